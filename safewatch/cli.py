@@ -1,0 +1,28 @@
+"""The one ``safewatch`` command: edge, cloud, sim, config, bench, demo."""
+
+from __future__ import annotations
+
+import typer
+
+from safewatch.cmd_bench import app as bench_app
+from safewatch.cmd_cloud import app as cloud_app
+from safewatch.cmd_config import app as config_app
+from safewatch.cmd_demo import demo
+from safewatch.cmd_edge import app as edge_app
+from safewatch.cmd_sim import app as sim_app
+
+app = typer.Typer(
+    name="safewatch",
+    help="SafeWatch: edge-to-cloud safety monitoring for mines and process plants.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(edge_app, name="edge", help="Run an edge gateway.")
+app.add_typer(cloud_app, name="cloud", help="Run the cloud ingest and API.")
+app.add_typer(sim_app, name="sim", help="Simulate a site's devices.")
+app.add_typer(config_app, name="config", help="Validate and show configuration.")
+app.add_typer(bench_app, name="bench", help="Run a benchmark; the last output line is JSON.")
+app.command("demo", help="Start simulator, gateway and cloud on this machine.")(demo)
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,41 @@
+"""The versioned edge -> cloud message schema, shared by both sides."""
+
+from wire._schema import (
+    TOPIC_ROOT,
+    WIRE_VERSION,
+    AlarmEvent,
+    AlarmLevel,
+    GapEvent,
+    GatewayStatus,
+    Message,
+    Point,
+    QualityName,
+    TelemetryBatch,
+    TopicKind,
+    WireError,
+    decode,
+    encode,
+    parse_topic,
+    topic_for,
+    topic_of,
+)
+
+__all__ = [
+    "TOPIC_ROOT",
+    "WIRE_VERSION",
+    "AlarmEvent",
+    "AlarmLevel",
+    "GapEvent",
+    "GatewayStatus",
+    "Message",
+    "Point",
+    "QualityName",
+    "TelemetryBatch",
+    "TopicKind",
+    "WireError",
+    "decode",
+    "encode",
+    "parse_topic",
+    "topic_for",
+    "topic_of",
+]
