@@ -1,0 +1,109 @@
+"""Helpers shared by the test levels: free ports, deadline waits, real services."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+INFLUX_URL = os.environ.get("SAFEWATCH_TEST_INFLUX_URL", "http://127.0.0.1:8086")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(condition: Callable[[], T], timeout: float, what: str, step: float = 0.02) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+
+
+async def async_wait_until(
+    condition: Callable[[], T | Awaitable[T]], timeout: float, what: str, step: float = 0.02
+) -> T:
+    """Async twin of :func:`wait_until`; ``condition`` may be a coroutine function."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(step)
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_mosquitto(workdir: Path, port: int | None = None) -> Broker:
+    """Start a private Mosquitto on a free (or given) port; wait until it accepts."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    port = port or free_port()
+    conf = workdir / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    broker = Broker("127.0.0.1", port, proc)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), 10, f"mosquitto on port {port}")
+    except AssertionError:
+        broker.stop()
+        raise
+    return broker
+
+
+@contextmanager
+def mosquitto(workdir: Path) -> Iterator[Broker]:
+    broker = start_mosquitto(workdir)
+    try:
+        yield broker
+    finally:
+        broker.stop()
