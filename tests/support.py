@@ -48,10 +48,10 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, step: floa
 
 
 async def async_wait_until(
-    condition: Callable[[], T | Awaitable[T]], timeout: float, what: str, step: float = 0.02
+    condition: Callable[[], T | Awaitable[T]], within: float, what: str, step: float = 0.02
 ) -> T:
     """Async twin of :func:`wait_until`; ``condition`` may be a coroutine function."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         result = condition()
         if inspect.isawaitable(result):
@@ -59,7 +59,7 @@ async def async_wait_until(
         if result:
             return result  # type: ignore[return-value]
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(step)
 
 
