@@ -132,6 +132,11 @@ def _clean_loc(loc: Iterable[str | int]) -> Loc:
     return tuple(p for p in loc if p not in ("modbus_tcp",))
 
 
+def load_model(path: str | Path, model: type[M]) -> M:
+    """Load any YAML file into ``model``; errors carry file, line and field."""
+    return _Document(Path(path)).validate(model)
+
+
 def load_profile(path: Path) -> SensorProfile:
     return _Document(path).validate(SensorProfile)
 
