@@ -1,1 +1,1 @@
-"""SafeWatch package."""
+"""Benchmarks, each run as ``safewatch bench NAME``; the last output line is JSON."""

@@ -1,1 +1,13 @@
-"""SafeWatch package."""
+"""Site simulators: serve a site's Modbus devices, play scenarios, inject faults."""
+
+from simulators._scenario import Scenario, ScenarioPlayer, load_scenario
+from simulators._site import CoilWriteHook, SimulatorError, SiteSimulator
+
+__all__ = [
+    "CoilWriteHook",
+    "Scenario",
+    "ScenarioPlayer",
+    "SimulatorError",
+    "SiteSimulator",
+    "load_scenario",
+]

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -45,6 +45,18 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, step: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(step)
+
+
+@overload
+async def async_wait_until(
+    condition: Callable[[], Awaitable[T]], within: float, what: str, step: float = ...
+) -> T: ...
+
+
+@overload
+async def async_wait_until(
+    condition: Callable[[], T], within: float, what: str, step: float = ...
+) -> T: ...
 
 
 async def async_wait_until(

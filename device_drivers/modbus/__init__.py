@@ -1,5 +1,6 @@
 """Modbus support: a pure register codec and an async TCP client."""
 
+from device_drivers.modbus._client import ModbusTcpDriver
 from device_drivers.modbus._codec import (
     CodecError,
     DataType,
@@ -14,6 +15,7 @@ from device_drivers.modbus._codec import (
 __all__ = [
     "CodecError",
     "DataType",
+    "ModbusTcpDriver",
     "Order",
     "decode",
     "encode",
