@@ -1,0 +1,179 @@
+"""MQTT ingest: wire messages from the gateways into InfluxDB and the store.
+
+Telemetry, alarms and events arrive on an MQTT v5 shared subscription
+(``$share/<group>/safewatch/v1/+/+/<kind>``) so several ingest workers split the
+load; status is a normal subscription because brokers do not deliver retained
+messages to shared subscriptions. Every message is deduplicated on
+(gateway, seq) in the store, so a resend after a reconnect is dropped.
+
+A bad message (wrong topic, malformed payload, topic/payload mismatch) is
+dropped, logged with its topic and counted by reason; it never stops the ingest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import uuid
+from typing import Final
+
+import aiomqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+import wire
+from cloud._backoff import Backoff
+from cloud.storage import PointWriter, Store, StoreError, to_lines
+
+__all__ = ["IngestService"]
+
+log = logging.getLogger(__name__)
+
+_SHARED_KINDS: Final = ("telemetry", "alarms", "events")
+
+
+class IngestService:
+    """Subscribes to every gateway's topics and stores what arrives.
+
+    ``connected`` says whether the broker session is up; ``counters()`` gives
+    received/processed counts and ``dropped_<reason>`` for each dropped message.
+    """
+
+    def __init__(
+        self,
+        mqtt_host: str,
+        mqtt_port: int,
+        store: Store,
+        writer: PointWriter,
+        *,
+        group: str = "safewatch-ingest",
+        client_id: str | None = None,
+        connect_timeout_s: float = 10.0,
+        backoff_cap_s: float = 30.0,
+    ) -> None:
+        self.mqtt_host = mqtt_host
+        self.mqtt_port = mqtt_port
+        self.store = store
+        self.writer = writer
+        self.group = group
+        self.client_id = client_id or f"{group}-{uuid.uuid4().hex[:10]}"
+        self.connect_timeout_s = connect_timeout_s
+        self.backoff_cap_s = backoff_cap_s
+        self._connected = False
+        self._counters: collections.Counter[str] = collections.Counter()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    def subscriptions(self) -> list[str]:
+        shared = [f"$share/{self.group}/{wire.TOPIC_ROOT}/+/+/{kind}" for kind in _SHARED_KINDS]
+        return [*shared, f"{wire.TOPIC_ROOT}/+/+/status"]
+
+    async def run(self) -> None:
+        """Connect, subscribe, handle messages; reconnect forever with capped jittered backoff."""
+        backoff = Backoff(initial=0.5, cap=self.backoff_cap_s)
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.mqtt_host,
+                    self.mqtt_port,
+                    identifier=self.client_id,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    timeout=self.connect_timeout_s,
+                ) as client:
+                    options = SubscribeOptions(qos=1)
+                    async with asyncio.timeout(self.connect_timeout_s):
+                        await client.subscribe([(t, options) for t in self.subscriptions()])
+                    self._connected = True
+                    self._counters["connects"] += 1
+                    backoff.reset()
+                    log.info("ingest subscribed on %s:%d", self.mqtt_host, self.mqtt_port)
+                    async for message in client.messages:
+                        await self.handle(str(message.topic), message.payload)
+            except (aiomqtt.MqttError, TimeoutError) as exc:
+                problem: object = exc
+            else:
+                problem = "session ended"
+            finally:
+                self._connected = False
+            self._counters["disconnects"] += 1
+            delay = backoff.next_delay()
+            log.warning(
+                "ingest: broker %s:%d unavailable (%s); retry in %.1fs",
+                self.mqtt_host,
+                self.mqtt_port,
+                problem,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    def _drop(self, reason: str, topic: str, detail: object) -> None:
+        self._counters[f"dropped_{reason}"] += 1
+        log.warning("ingest dropped a message on %r (%s): %s", topic, reason, detail)
+
+    async def handle(self, topic: str, payload: object) -> None:
+        """Decode, check and store one message; never raises for bad input."""
+        self._counters["received"] += 1
+        if not isinstance(payload, bytes | bytearray):
+            self._drop("malformed", topic, f"payload of type {type(payload).__name__}")
+            return
+        try:
+            wire.parse_topic(topic)
+        except wire.WireError as exc:
+            self._drop("bad_topic", topic, exc)
+            return
+        try:
+            message = wire.decode(bytes(payload))
+        except wire.WireError as exc:
+            self._drop("malformed", topic, exc)
+            return
+        try:
+            expected = wire.topic_of(message)
+        except wire.WireError as exc:
+            self._drop("malformed", topic, exc)
+            return
+        if expected != topic:
+            self._drop("topic_mismatch", topic, f"message belongs on {expected!r}")
+            return
+        try:
+            await self._store(message)
+        except StoreError as exc:
+            self._drop("store_error", topic, exc)
+        except Exception as exc:  # one message must never stop the ingest
+            log.exception("ingest failed on a message from %r", topic)
+            self._drop("internal_error", topic, exc)
+
+    async def _store(self, message: wire.Message) -> None:
+        if isinstance(message, wire.GatewayStatus):
+            await asyncio.to_thread(self.store.record_status, message)
+            self._counters["status"] += 1
+            return
+        fresh = await asyncio.to_thread(
+            self.store.note_seq, message.gateway, message.site, message.seq
+        )
+        if not fresh:
+            self._counters["duplicates"] += 1
+            return
+        try:
+            if isinstance(message, wire.TelemetryBatch):
+                self.writer.enqueue(to_lines(message))
+                await asyncio.to_thread(self.store.upsert_latest, message)
+                self._counters["telemetry"] += 1
+                self._counters["points"] += len(message.points)
+            elif isinstance(message, wire.AlarmEvent):
+                await asyncio.to_thread(self.store.record_alarm, message)
+                self._counters["alarms"] += 1
+            else:
+                await asyncio.to_thread(self.store.record_gap, message)
+                self._counters["gaps"] += 1
+        except Exception:
+            # Let a resend of this message be processed again.
+            try:
+                await asyncio.to_thread(self.store.forget_seq, message.gateway, message.seq)
+            except StoreError:
+                log.warning("could not forget seq %d of %s", message.seq, message.gateway)
+            raise

@@ -1,0 +1,218 @@
+"""The cloud process: MQTT ingest, InfluxDB writer and the HTTP API in one TaskGroup.
+
+Nothing outside is required at start: while the broker, InfluxDB or the database
+is down, ``/health`` says ``degraded`` and each part retries with capped jittered
+backoff. Shutdown is orderly: stop ingest, flush the writer, stop the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from cloud._backoff import Backoff
+from cloud.api import create_app
+from cloud.ingest import IngestService
+from cloud.storage import (
+    InfluxError,
+    InfluxV1Writer,
+    InfluxV2Writer,
+    PointWriter,
+    Store,
+    StoreError,
+)
+
+__all__ = ["CloudService", "CloudSettings"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """Everything ``safewatch cloud run`` needs; secrets come from the environment."""
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    influx_url: str = "http://127.0.0.1:8086"
+    influx_db: str = "safewatch"
+    influx_username: str | None = None
+    influx_password: str | None = None
+    influx_token: str | None = None  # set: write through the 2.x client (bucket = influx_db)
+    influx_org: str = ""
+    db_url: str = "sqlite:///var/safewatch-cloud.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    group: str = "safewatch-ingest"
+    shutdown_flush_s: float = 5.0
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.listening = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.listening.set()
+
+
+class CloudService:
+    """Owns the store, the writer, the ingest and the API server."""
+
+    def __init__(self, settings: CloudSettings, *, writer: PointWriter | None = None) -> None:
+        self.settings = settings
+        self.store = Store(settings.db_url)
+        self.writer: PointWriter = writer or _make_writer(settings)
+        self.ingest = IngestService(
+            settings.mqtt_host, settings.mqtt_port, self.store, self.writer, group=settings.group
+        )
+        self.app = create_app(self.store, self.health)
+        self._server = _QuietServer(
+            uvicorn.Config(
+                self.app,
+                host=settings.host,
+                port=settings.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        self._stop = asyncio.Event()
+        self._schema_ready = asyncio.Event()
+
+    def health(self) -> dict[str, Any]:
+        counters = {f"ingest_{k}": v for k, v in self.ingest.counters().items()}
+        counters.update({f"influx_{k}": v for k, v in self.writer.counters().items()})
+        counters["influx_pending"] = self.writer.pending
+        return {
+            "db": self._schema_ready.is_set() and self.store.ping(),
+            "influx": self.writer.reachable,
+            "mqtt": self.ingest.connected,
+            "counters": counters,
+        }
+
+    @property
+    def started(self) -> bool:
+        return bool(self._server.started)
+
+    @property
+    def api_url(self) -> str:
+        """The API's base URL (with the real port once listening, also for port 0)."""
+        port = self.settings.port
+        for server in self._server.servers:
+            for sock in server.sockets:
+                port = sock.getsockname()[1]
+                break
+        return f"http://{self.settings.host}:{port}"
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to shut down (safe from a signal handler on the loop)."""
+        self._stop.set()
+
+    async def run(self, on_ready: Callable[[CloudService], None] | None = None) -> None:
+        async with asyncio.TaskGroup() as tg:
+            server_task = tg.create_task(self._serve(), name="http-api")
+            writer_task = tg.create_task(self.writer.run(), name="influx-writer")
+            setup_tasks = [
+                tg.create_task(self._ensure_schema(), name="db-schema"),
+                tg.create_task(self._ensure_influx_database(), name="influx-database"),
+            ]
+            ingest_task = tg.create_task(self._ingest_when_ready(), name="mqtt-ingest")
+            announce_task = tg.create_task(self._announce(on_ready), name="announce")
+
+            stop_task = tg.create_task(self._stop.wait(), name="stop-request")
+            await asyncio.wait({stop_task, server_task}, return_when=asyncio.FIRST_COMPLETED)
+            log.info("cloud shutting down")
+
+            for task in (ingest_task, *setup_tasks):
+                task.cancel()
+            await asyncio.gather(ingest_task, *setup_tasks, return_exceptions=True)
+            writer_task.cancel()
+            await asyncio.gather(writer_task, return_exceptions=True)
+            await self._final_flush()
+            self._server.should_exit = True
+            stop_task.cancel()
+            announce_task.cancel()
+        await self.writer.aclose()
+        await asyncio.to_thread(self.store.close)
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit as exc:  # uvicorn exits when it cannot bind
+            raise RuntimeError(
+                f"HTTP API cannot listen on {self.settings.host}:{self.settings.port}"
+            ) from exc
+
+    async def _announce(self, on_ready: Callable[[CloudService], None] | None) -> None:
+        await self._server.listening.wait()
+        if on_ready is not None:
+            on_ready(self)
+
+    async def _ensure_schema(self) -> None:
+        backoff = Backoff(initial=0.5, cap=30.0)
+        while True:
+            try:
+                await asyncio.to_thread(self.store.create_all)
+            except StoreError as exc:
+                delay = backoff.next_delay()
+                log.warning("database not ready (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                self._schema_ready.set()
+                return
+
+    async def _ensure_influx_database(self) -> None:
+        backoff = Backoff(initial=0.5, cap=30.0)
+        while True:
+            try:
+                await self.writer.ensure_database()
+            except InfluxError as exc:
+                delay = backoff.next_delay()
+                log.warning("InfluxDB not ready (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                return
+
+    async def _ingest_when_ready(self) -> None:
+        await self._schema_ready.wait()
+        await self.ingest.run()
+
+    async def _final_flush(self) -> None:
+        if not self.writer.pending:
+            return
+        try:
+            async with asyncio.timeout(self.settings.shutdown_flush_s):
+                await self.writer.flush()
+        except (InfluxError, TimeoutError) as exc:
+            log.error("shutdown: %d lines not written to InfluxDB (%s)", self.writer.pending, exc)
+
+
+def _make_writer(settings: CloudSettings) -> PointWriter:
+    if settings.influx_token:
+        return InfluxV2Writer(
+            settings.influx_url,
+            token=settings.influx_token,
+            org=settings.influx_org,
+            bucket=settings.influx_db,
+        )
+    return InfluxV1Writer(
+        settings.influx_url,
+        settings.influx_db,
+        username=settings.influx_username,
+        password=settings.influx_password,
+    )

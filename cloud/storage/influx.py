@@ -1,0 +1,446 @@
+"""Telemetry to InfluxDB: a pure line-protocol codec and batching writers.
+
+``to_lines`` turns a :class:`wire.TelemetryBatch` into InfluxDB line protocol
+(one measurement per sensor kind; tags site, gateway, area, position, device,
+tag, unit; fields value, quality, reason; nanosecond timestamps).
+
+Writers keep a bounded queue of lines and send it in batches. When the queue
+is full the oldest lines are dropped and counted (``dropped_queue_full``); a
+server that is down keeps lines queued (``InfluxUnavailable``), a server that
+refuses them (4xx) makes them dropped and counted (``InfluxRejected``).
+
+- :class:`InfluxV1Writer` speaks the v1 HTTP API (``/write``, ``/query``,
+  ``/ping``) with gzip bodies; InfluxDB 2.x/3.x serve that API too.
+- :class:`InfluxV2Writer` uses ``influxdb-client`` with token auth (org, bucket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import gzip
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+import stamina
+
+import wire
+from cloud._backoff import Backoff
+from cloud.storage._errors import InfluxRejected, InfluxUnavailable
+
+__all__ = ["InfluxV1Writer", "InfluxV2Writer", "PointWriter", "to_lines"]
+
+log = logging.getLogger(__name__)
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\ ", "\r": r"\ "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\r": r"\ "})
+_STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+
+
+def _measurement(name: str) -> str:
+    return name.translate(_MEASUREMENT_ESCAPES)
+
+
+def _key(text: str) -> str:
+    """Escape a tag key, tag value or field key (comma, equals, space)."""
+    return text.translate(_KEY_ESCAPES)
+
+
+def _string_field(text: str) -> str:
+    return '"' + text.translate(_STRING_ESCAPES) + '"'
+
+
+def _line(batch: wire.TelemetryBatch, point: wire.Point) -> str:
+    tags = {
+        "area": point.area,
+        "device": point.device,
+        "gateway": batch.gateway,
+        "position": point.position,
+        "site": batch.site,
+        "tag": point.tag,
+        "unit": point.unit,
+    }
+    # Line protocol has no empty tag values: an empty tag is simply absent.
+    tag_part = "".join(f",{_key(k)}={_key(v)}" for k, v in sorted(tags.items()) if v)
+    fields: list[str] = []
+    if point.value is not None and math.isfinite(point.value):
+        fields.append(f"value={float(point.value)!r}")
+    fields.append(f"quality={_string_field(point.quality)}")
+    if point.reason is not None:
+        fields.append(f"reason={_string_field(point.reason)}")
+    return f"{_measurement(point.kind)}{tag_part} {','.join(fields)} {point.ts_ns}"
+
+
+def to_lines(batch: wire.TelemetryBatch) -> list[str]:
+    """One line-protocol line per point of ``batch`` (pure; no I/O)."""
+    return [_line(batch, point) for point in batch.points]
+
+
+@runtime_checkable
+class PointWriter(Protocol):
+    """What the ingest needs from a time-series writer."""
+
+    @property
+    def reachable(self) -> bool: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def counters(self) -> dict[str, int]: ...
+
+    def enqueue(self, lines: Iterable[str]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def ensure_database(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...
+
+
+_IDLE_PING_S = 10.0
+
+
+class _ServerError(Exception):
+    """A 5xx answer: worth retrying."""
+
+
+class _QueuedWriter:
+    """Bounded line queue, batching and the flush loop shared by both writers."""
+
+    def __init__(
+        self, *, batch_lines: int, flush_interval_s: float, max_pending_lines: int
+    ) -> None:
+        if batch_lines < 1 or max_pending_lines < batch_lines or flush_interval_s <= 0:
+            raise ValueError(
+                "need batch_lines >= 1, max_pending_lines >= batch_lines, flush_interval_s > 0"
+            )
+        self.batch_lines = batch_lines
+        self.flush_interval_s = flush_interval_s
+        self.max_pending_lines = max_pending_lines
+        self._queue: collections.deque[str] = collections.deque()
+        self._counters: collections.Counter[str] = collections.Counter()
+        self._wakeup = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._reachable = False
+        self._last_contact = 0.0
+
+    @property
+    def reachable(self) -> bool:
+        """True after the last contact with the server succeeded."""
+        return self._reachable
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def counters(self) -> dict[str, int]:
+        """written, rejected, dropped_queue_full, unavailable (failed sends), enqueued."""
+        return dict(self._counters)
+
+    def enqueue(self, lines: Iterable[str]) -> None:
+        """Queue lines; never blocks. When full, the oldest lines are dropped and counted."""
+        added = 0
+        for line in lines:
+            self._queue.append(line)
+            added += 1
+        self._counters["enqueued"] += added
+        overflow = len(self._queue) - self.max_pending_lines
+        if overflow > 0:
+            for _ in range(overflow):
+                self._queue.popleft()
+            self._counters["dropped_queue_full"] += overflow
+            log.warning("influx queue full: dropped %d oldest lines", overflow)
+        if len(self._queue) >= self.batch_lines:
+            self._wakeup.set()
+
+    async def _send(self, lines: list[str]) -> None:
+        raise NotImplementedError
+
+    async def flush(self) -> None:
+        """Send every queued line in batches.
+
+        Raises :class:`InfluxUnavailable` when the server cannot take them (the
+        unsent lines stay queued). Rejected batches are dropped, counted and
+        logged; flushing goes on with the next batch.
+        """
+        async with self._flush_lock:
+            while self._queue:
+                batch = [self._queue[i] for i in range(min(self.batch_lines, len(self._queue)))]
+                try:
+                    await self._send(batch)
+                except InfluxUnavailable:
+                    self._reachable = False
+                    self._counters["unavailable"] += 1
+                    raise
+                except InfluxRejected as exc:
+                    self._reachable = True
+                    self._drop_front(len(batch))
+                    self._counters["rejected"] += exc.rejected
+                    self._counters["written"] += len(batch) - exc.rejected
+                    log.error("influx rejected %d of %d lines: %s", exc.rejected, len(batch), exc)
+                    continue
+                self._reachable = True
+                self._drop_front(len(batch))
+                self._counters["written"] += len(batch)
+
+    def _drop_front(self, count: int) -> None:
+        for _ in range(min(count, len(self._queue))):
+            self._queue.popleft()
+
+    async def run(self) -> None:
+        """Flush every ``flush_interval_s`` (sooner when a batch is full), forever.
+
+        While the server is down, waits with capped jittered backoff; lines stay queued.
+        """
+        backoff = Backoff(initial=self.flush_interval_s, cap=30.0)
+        loop = asyncio.get_running_loop()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                if self._queue:
+                    await self.flush()
+                    self._last_contact = loop.time()
+                elif not self._reachable or loop.time() - self._last_contact > _IDLE_PING_S:
+                    # Keep health honest while no telemetry flows.
+                    await self.ping()
+                    self._last_contact = loop.time()
+            except InfluxUnavailable as exc:
+                delay = backoff.next_delay()
+                log.warning(
+                    "influx unavailable (%s); %d lines queued; retry in %.1fs",
+                    exc,
+                    len(self._queue),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+            else:
+                backoff.reset()
+
+    async def ping(self) -> bool:
+        raise NotImplementedError
+
+    async def ensure_database(self) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+class InfluxV1Writer(_QueuedWriter):
+    """Batched gzip line-protocol writes to the v1 HTTP API (``/write?db=..&precision=ns``).
+
+    Credentials are passed in by the caller (read from the environment, never YAML).
+    Connection errors and 5xx are retried ``retry_attempts`` times with capped
+    jittered backoff; 4xx answers are not retried.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        batch_lines: int = 5000,
+        flush_interval_s: float = 1.0,
+        max_pending_lines: int = 200_000,
+        timeout_s: float = 10.0,
+        retry_attempts: int = 3,
+        retry_wait_max_s: float = 2.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(
+            batch_lines=batch_lines,
+            flush_interval_s=flush_interval_s,
+            max_pending_lines=max_pending_lines,
+        )
+        self.url = url.rstrip("/")
+        self.database = database
+        self.timeout_s = timeout_s
+        self.retry_attempts = retry_attempts
+        self.retry_wait_max_s = retry_wait_max_s
+        auth = httpx.BasicAuth(username, password or "") if username else None
+        self._client = httpx.AsyncClient(
+            base_url=self.url, auth=auth, transport=transport, timeout=timeout_s
+        )
+
+    async def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        """POST with retries on connection errors and 5xx; translate to our errors."""
+        try:
+            async for attempt in stamina.retry_context(
+                on=(httpx.TransportError, _ServerError),
+                attempts=self.retry_attempts,
+                timeout=None,
+                wait_initial=0.05,
+                wait_max=self.retry_wait_max_s,
+            ):
+                with attempt:
+                    async with asyncio.timeout(self.timeout_s):
+                        response = await self._client.post(path, **kwargs)
+                    if response.status_code >= 500:
+                        raise _ServerError(f"HTTP {response.status_code}: {_error_text(response)}")
+                    return response
+        except (httpx.TransportError, _ServerError, TimeoutError) as exc:
+            raise InfluxUnavailable(f"InfluxDB at {self.url}: {exc or type(exc).__name__}") from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _send(self, lines: list[str]) -> None:
+        body = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=5)
+        response = await self._post(
+            "/write",
+            params={"db": self.database, "precision": "ns"},
+            content=body,
+            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
+        )
+        if response.status_code in (401, 403, 404):
+            # Wrong credentials or a missing database: the data is fine, keep it queued.
+            raise InfluxUnavailable(
+                f"InfluxDB refused access (HTTP {response.status_code}): {_error_text(response)}"
+            )
+        if response.status_code >= 400:
+            message = _error_text(response)
+            raise InfluxRejected(message, _rejected_count(message, len(lines)))
+
+    async def query(self, q: str) -> dict[str, Any]:
+        """Run an InfluxQL statement via POST /query and return the decoded JSON."""
+        response = await self._post("/query", params={"db": self.database, "q": q})
+        if response.status_code >= 400:
+            raise InfluxRejected(_error_text(response), 0)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def ensure_database(self) -> None:
+        """CREATE DATABASE (idempotent in InfluxDB 1.x)."""
+        name = self.database.replace("\\", "\\\\").replace('"', '\\"')
+        await self.query(f'CREATE DATABASE "{name}"')
+        self._reachable = True
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self._client.get("/ping")
+        except (httpx.TransportError, TimeoutError):
+            self._reachable = False
+            return False
+        self._reachable = response.status_code == 204
+        return self._reachable
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:500]
+    if isinstance(body, dict) and "error" in body:
+        return str(body["error"])
+    return response.text.strip()[:500]
+
+
+_DROPPED = re.compile(r"dropped=(\d+)")
+
+
+def _rejected_count(message: str, sent: int) -> int:
+    """A 1.x partial write names how many points it dropped; otherwise all were."""
+    match = _DROPPED.search(message)
+    return min(int(match.group(1)), sent) if match else sent
+
+
+class _V2WriteApi(Protocol):
+    def write(self, bucket: str, org: str, record: list[str], write_precision: str) -> Any: ...
+
+
+class InfluxV2Writer(_QueuedWriter):
+    """Batched writes through ``influxdb-client`` (token auth, org, bucket) for 2.x/3.x.
+
+    The blocking client runs in a worker thread. ``write_api_factory`` is the
+    seam for tests; by default it builds a synchronous ``influxdb_client`` write API.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str,
+        org: str,
+        bucket: str,
+        batch_lines: int = 5000,
+        flush_interval_s: float = 1.0,
+        max_pending_lines: int = 200_000,
+        timeout_s: float = 10.0,
+        write_api_factory: Callable[[], _V2WriteApi] | None = None,
+    ) -> None:
+        super().__init__(
+            batch_lines=batch_lines,
+            flush_interval_s=flush_interval_s,
+            max_pending_lines=max_pending_lines,
+        )
+        self.url = url.rstrip("/")
+        self.org = org
+        self.bucket = bucket
+        self.timeout_s = timeout_s
+        self._client: Any = None
+        if write_api_factory is None:
+            from influxdb_client.client.influxdb_client import InfluxDBClient
+            from influxdb_client.client.write_api import SYNCHRONOUS
+
+            self._client = InfluxDBClient(
+                url=self.url, token=token, org=org, timeout=int(timeout_s * 1000)
+            )
+            client = self._client
+
+            def write_api_factory() -> _V2WriteApi:
+                api: _V2WriteApi = client.write_api(write_options=SYNCHRONOUS)
+                return api
+
+        self._write_api = write_api_factory()
+
+    async def _send(self, lines: list[str]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await asyncio.to_thread(
+                    self._write_api.write, self.bucket, self.org, list(lines), "ns"
+                )
+        except TimeoutError as exc:
+            raise InfluxUnavailable(f"InfluxDB at {self.url}: write timed out") from exc
+        except OSError as exc:
+            raise InfluxUnavailable(f"InfluxDB at {self.url}: {exc}") from exc
+        except Exception as exc:
+            # influxdb_client raises ApiException (with .status) and urllib3 errors.
+            status = getattr(exc, "status", None)
+            if isinstance(status, int) and 400 <= status < 500 and status not in (401, 403, 404):
+                raise InfluxRejected(str(exc), len(lines)) from exc
+            raise InfluxUnavailable(f"InfluxDB at {self.url}: {exc}") from exc
+
+    async def ping(self) -> bool:
+        if self._client is None:
+            return self._reachable
+        try:
+            ok = bool(await asyncio.to_thread(self._client.ping))
+        except Exception:
+            ok = False
+        self._reachable = ok
+        return ok
+
+    async def ensure_database(self) -> None:
+        """Buckets are provisioned by the operator in 2.x; only check that the server answers."""
+        if not await self.ping():
+            raise InfluxUnavailable(f"InfluxDB at {self.url} does not answer /ping")
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)

@@ -1,0 +1,144 @@
+"""IngestService against a private Mosquitto, the real InfluxDB and a SQLite store."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+import wire
+from cloud import IngestService
+from cloud.storage import InfluxV1Writer, Store
+from tests.support import Broker, async_wait_until
+
+pytestmark = pytest.mark.contract
+
+T0 = 1_700_000_000_000_000_000
+
+
+def influx_values(url: str, db: str, q: str) -> list[list[Any]]:
+    r = httpx.post(f"{url}/query", params={"db": db, "q": q, "epoch": "ns"})
+    r.raise_for_status()
+    series = r.json()["results"][0].get("series", [])
+    return [row for s in series for row in s["values"]]
+
+
+def telemetry(seq: int, value: float) -> wire.TelemetryBatch:
+    p = wire.Point(
+        tag="CH4-101",
+        device="gas-1",
+        kind="ch4",
+        unit="%",
+        area="panel-3",
+        position="face",
+        value=value,
+        quality="good",
+        ts_ns=T0 + seq,
+    )
+    return wire.TelemetryBatch(gateway="gw-1", site="mine-a", seq=seq, sent_ns=T0 + seq, points=[p])
+
+
+def cut_alarm(seq: int) -> wire.AlarmEvent:
+    return wire.AlarmEvent(
+        gateway="gw-1",
+        site="mine-a",
+        seq=seq,
+        alarm_id="CH4-101-cut",
+        tag="CH4-101",
+        device="gas-1",
+        kind="ch4",
+        area="panel-3",
+        position="face",
+        level="cut",
+        previous="alarm",
+        value=1.6,
+        threshold=1.5,
+        ts_ns=T0 + seq,
+        message="CH4 1.6 % at face: power cut",
+        actuators=["power-1201"],
+    )
+
+
+async def test_ingest_stores_alarms_once_latest_and_points(
+    broker: Broker, influx_db: tuple[str, str], tmp_path: Path
+) -> None:
+    influx_url, db = influx_db
+    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}")
+    store.create_all()
+    writer = InfluxV1Writer(influx_url, db, flush_interval_s=0.05)
+    ingest = IngestService(broker.host, broker.port, store, writer, group="contract")
+
+    async with aiomqtt.Client(
+        broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
+    ) as gateway:
+        # Retained before the cloud connects: only a normal subscription receives it.
+        status = wire.GatewayStatus(gateway="gw-1", site="mine-a", state="online", ts_ns=T0)
+        await gateway.publish(wire.topic_of(status), wire.encode(status), qos=1, retain=True)
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(writer.run(), name="influx-writer"),
+                tg.create_task(ingest.run(), name="mqtt-ingest"),
+            ]
+            await async_wait_until(lambda: ingest.connected, 10, "ingest subscribed")
+
+            for message in (telemetry(1, 0.4), cut_alarm(2), cut_alarm(2), telemetry(3, 0.9)):
+                await gateway.publish(wire.topic_of(message), wire.encode(message), qos=1)
+            await gateway.publish("safewatch/v1/mine-a/gw-1/alarms", b"\x00garbage", qos=1)
+
+            await async_wait_until(
+                lambda: ingest.counters().get("received", 0) >= 6, 10, "six messages received"
+            )
+            await async_wait_until(
+                lambda: writer.pending == 0 and writer.counters().get("written", 0) >= 2,
+                10,
+                "points written to InfluxDB",
+            )
+            for task in tasks:
+                task.cancel()
+
+    alarms = store.alarms(site="mine-a")
+    assert [(a.seq, a.level, a.actuators) for a in alarms] == [(2, "cut", ["power-1201"])]
+    (latest,) = store.latest("mine-a")
+    assert (latest.tag, latest.value, latest.ts_ns) == ("CH4-101", 0.9, T0 + 3)
+    (gw,) = store.gateways()
+    assert (gw.state, gw.last_seq, gw.gaps) == ("online", 3, 0)
+    counters = ingest.counters()
+    assert counters["duplicates"] == 1
+    assert counters["dropped_malformed"] == 1
+    assert counters["status"] == 1
+    assert influx_values(influx_url, db, 'SELECT value, "tag", site FROM "ch4"') == [
+        [T0 + 1, 0.4, "CH4-101", "mine-a"],
+        [T0 + 3, 0.9, "CH4-101", "mine-a"],
+    ]
+    await writer.aclose()
+    store.close()
+
+
+async def test_ingest_survives_a_broker_that_is_not_there_yet(
+    tmp_path: Path, influx_db: tuple[str, str]
+) -> None:
+    from tests.support import free_port, start_mosquitto
+
+    port = free_port()
+    store = Store(f"sqlite:///{tmp_path / 'late.db'}")
+    store.create_all()
+    writer = InfluxV1Writer(*influx_db)
+    ingest = IngestService("127.0.0.1", port, store, writer, backoff_cap_s=0.5)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(ingest.run(), name="mqtt-ingest")
+        await async_wait_until(
+            lambda: ingest.counters().get("disconnects", 0) >= 2, 10, "failed connection attempts"
+        )
+        assert not ingest.connected
+        broker = await asyncio.to_thread(start_mosquitto, tmp_path, port)
+        try:
+            await async_wait_until(lambda: ingest.connected, 15, "ingest connected late")
+        finally:
+            task.cancel()
+            await asyncio.to_thread(broker.stop)
+    await writer.aclose()

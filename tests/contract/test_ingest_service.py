@@ -1,0 +1,186 @@
+"""CloudService and ``safewatch cloud run`` with a private Mosquitto, real InfluxDB, SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import httpx
+import pytest
+
+import wire
+from cloud import CloudService, CloudSettings
+from tests.support import Broker, async_wait_until, free_port, wait_until
+
+pytestmark = pytest.mark.contract
+
+T0 = 1_700_000_000_000_000_000
+
+
+async def test_service_ingests_serves_and_stops_in_order(
+    broker: Broker, influx_db: tuple[str, str], tmp_path: Path
+) -> None:
+    influx_url, db = influx_db
+    settings = CloudSettings(
+        mqtt_host=broker.host,
+        mqtt_port=broker.port,
+        influx_url=influx_url,
+        influx_db=db,
+        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        port=0,
+    )
+    service = CloudService(settings)
+    ready = asyncio.Event()
+    run = asyncio.create_task(service.run(on_ready=lambda _s: ready.set()), name="cloud")
+    try:
+        async with asyncio.timeout(15):
+            await ready.wait()
+        async with httpx.AsyncClient(base_url=service.api_url) as api:
+
+            async def healthy() -> bool:
+                return bool((await api.get("/health")).json()["status"] == "ok")
+
+            await async_wait_until(healthy, 15, "health ok")
+            alarm = wire.AlarmEvent(
+                gateway="gw-1",
+                site="mine-a",
+                seq=1,
+                alarm_id="a1",
+                tag="CH4-101",
+                device="gas-1",
+                kind="ch4",
+                area="panel-3",
+                position="face",
+                level="alarm",
+                previous="normal",
+                value=1.1,
+                threshold=1.0,
+                ts_ns=T0,
+                message="CH4 alarm",
+            )
+            point = wire.Point(
+                tag="CH4-101",
+                device="gas-1",
+                kind="ch4",
+                unit="%",
+                area="panel-3",
+                position="face",
+                value=1.1,
+                quality="good",
+                ts_ns=T0,
+            )
+            batch = wire.TelemetryBatch(
+                gateway="gw-1", site="mine-a", seq=2, sent_ns=T0, points=[point]
+            )
+            async with aiomqtt.Client(broker.host, broker.port) as gw:
+                for message in (alarm, batch):
+                    await gw.publish(wire.topic_of(message), wire.encode(message), qos=1)
+
+            async def latest_seen() -> bool:
+                return (
+                    await api.get("/api/v1/latest", params={"site": "mine-a"})
+                ).status_code == 200
+
+            await async_wait_until(latest_seen, 10, "latest values for mine-a")
+            alarms = (await api.get("/api/v1/alarms", params={"site": "mine-a"})).json()
+            assert [(a["tag"], a["level"], a["ts_ns"]) for a in alarms] == [
+                ("CH4-101", "alarm", T0)
+            ]
+            (latest,) = (await api.get("/api/v1/latest", params={"site": "mine-a"})).json()
+            assert (latest["value"], latest["ts"]) == (1.1, "2023-11-14T22:13:20.000000Z")
+    finally:
+        service.request_stop()
+        async with asyncio.timeout(15):
+            await run
+    # The final flush on shutdown left nothing behind.
+    assert service.writer.pending == 0
+    async with httpx.AsyncClient() as client:
+        r = await client.post(
+            f"{influx_url}/query", params={"db": db, "q": 'SELECT value FROM "ch4"'}
+        )
+    assert r.json()["results"][0]["series"][0]["values"][0][1] == 1.1
+
+
+async def test_service_starts_degraded_when_broker_and_influx_are_down(tmp_path: Path) -> None:
+    settings = CloudSettings(
+        mqtt_port=free_port(),
+        influx_url=f"http://127.0.0.1:{free_port()}",
+        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        port=0,
+    )
+    service = CloudService(settings)
+    ready = asyncio.Event()
+    run = asyncio.create_task(service.run(on_ready=lambda _s: ready.set()), name="cloud")
+    try:
+        async with asyncio.timeout(15):
+            await ready.wait()
+        async with httpx.AsyncClient(base_url=service.api_url) as api:
+
+            async def db_up() -> bool:
+                return bool((await api.get("/health")).json()["db"])
+
+            await async_wait_until(db_up, 10, "database ready")
+            health = (await api.get("/health")).json()
+        assert (health["status"], health["mqtt"], health["influx"]) == ("degraded", False, False)
+        assert not run.done()
+    finally:
+        service.request_stop()
+        async with asyncio.timeout(15):
+            await run
+
+
+def test_cli_prints_urls_and_stops_on_sigterm(
+    broker: Broker, influx_db: tuple[str, str], tmp_path: Path
+) -> None:
+    influx_url, db = influx_db
+    db_file = tmp_path / "nested" / "dir" / "cloud.db"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "safewatch.cli",
+            "cloud",
+            "run",
+            "--port",
+            "0",
+            "--mqtt-host",
+            broker.host,
+            "--mqtt-port",
+            str(broker.port),
+            "--influx-url",
+            influx_url,
+            "--influx-db",
+            db,
+            "--db-url",
+            f"sqlite:///{db_file}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.stdout is not None
+    try:
+        first = wait_until(proc.stdout.readline, 20, "the ready line")
+        match = re.search(r"cloud ready: API (http://\S+)", first)
+        assert match, first
+        base = match.group(1)
+        health = wait_until(
+            lambda: httpx.get(f"{base}/health").json()["status"] == "ok", 15, "health ok"
+        )
+        assert health
+        assert db_file.exists()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out
+    assert "cloud stopped" in out

@@ -1,0 +1,162 @@
+"""The HTTP API over a SQLite store, through httpx ASGITransport."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import wire
+from cloud import create_app
+from cloud.api import iso_utc
+from cloud.storage import Store
+
+T0 = 1_700_000_000_123_456_789
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'api.db'}")
+    s.create_all()
+    return s
+
+
+@pytest.fixture
+def health_state() -> dict[str, Any]:
+    return {"db": True, "influx": True, "mqtt": True, "counters": {"ingest_received": 3}}
+
+
+def asgi_client(store: Store, health_state: dict[str, Any]) -> httpx.AsyncClient:
+    app = create_app(store, lambda: health_state)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+
+
+@pytest.fixture
+async def client(store: Store, health_state: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+    async with asgi_client(store, health_state) as c:
+        yield c
+
+
+def alarm(seq: int, level: str, site: str = "mine-a") -> wire.AlarmEvent:
+    return wire.AlarmEvent(
+        gateway="gw-1",
+        site=site,
+        seq=seq,
+        alarm_id=f"a{seq}",
+        tag="CH4-101",
+        device="gas-1",
+        kind="ch4",
+        area="panel-3",
+        position="face",
+        level=level,  # type: ignore[arg-type]
+        previous="normal",
+        value=1.2,
+        threshold=1.0,
+        ts_ns=T0 + seq,
+        message="m",
+        actuators=[],
+    )
+
+
+def test_iso_utc_keeps_microseconds() -> None:
+    assert iso_utc(T0) == "2023-11-14T22:13:20.123456Z"
+    assert iso_utc(0) == "1970-01-01T00:00:00.000000Z"
+
+
+async def test_health_ok_then_degraded(
+    client: httpx.AsyncClient, health_state: dict[str, Any]
+) -> None:
+    body = (await client.get("/health")).json()
+    assert body == {
+        "status": "ok",
+        "db": True,
+        "influx": True,
+        "mqtt": True,
+        "counters": {"ingest_received": 3},
+    }
+    health_state["influx"] = False
+    body = (await client.get("/health")).json()
+    assert (body["status"], body["influx"], body["db"]) == ("degraded", False, True)
+
+
+async def test_alarms_newest_first_and_filtered(client: httpx.AsyncClient, store: Store) -> None:
+    store.record_alarm(alarm(1, "alarm"))
+    store.record_alarm(alarm(2, "cut"))
+    store.record_alarm(alarm(3, "alarm", site="mine-b"))
+
+    body = (await client.get("/api/v1/alarms")).json()
+    assert [a["seq"] for a in body] == [3, 2, 1]
+    assert body[0]["ts_ns"] == T0 + 3 and body[0]["ts"] == "2023-11-14T22:13:20.123456Z"
+    assert [
+        a["seq"] for a in (await client.get("/api/v1/alarms?site=mine-a&level=cut")).json()
+    ] == [2]
+    assert [a["seq"] for a in (await client.get("/api/v1/alarms", params={"limit": 1})).json()] == [
+        3
+    ]
+    assert (await client.get("/api/v1/alarms?gateway=gw-x")).json() == []
+    assert (await client.get("/api/v1/alarms?level=purple")).status_code == 422
+    assert (await client.get("/api/v1/alarms?limit=0")).status_code == 422
+
+
+async def test_latest_for_a_site_and_404_for_an_unknown_one(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    point = wire.Point(
+        tag="O2-1",
+        device="gas-3",
+        kind="o2",
+        unit="%vol",
+        area="panel-3",
+        position="return",
+        value=None,
+        quality="bad",
+        ts_ns=T0,
+        reason="timeout",
+    )
+    store.upsert_latest(
+        wire.TelemetryBatch(gateway="gw-1", site="mine-a", seq=1, sent_ns=T0, points=[point])
+    )
+    assert (await client.get("/api/v1/latest", params={"site": "mine-a"})).json() == [
+        {
+            "tag": "O2-1",
+            "device": "gas-3",
+            "gateway": "gw-1",
+            "kind": "o2",
+            "unit": "%vol",
+            "area": "panel-3",
+            "position": "return",
+            "value": None,
+            "quality": "bad",
+            "reason": "timeout",
+            "ts": "2023-11-14T22:13:20.123456Z",
+            "ts_ns": T0,
+        }
+    ]
+    missing = await client.get("/api/v1/latest", params={"site": "nowhere"})
+    assert missing.status_code == 404
+    assert "unknown site 'nowhere'" in missing.json()["detail"]
+    assert (await client.get("/api/v1/latest")).status_code == 422
+
+
+async def test_gateways_listed(client: httpx.AsyncClient, store: Store) -> None:
+    store.record_status(
+        wire.GatewayStatus(gateway="gw-1", site="mine-a", state="offline", ts_ns=T0, version="1.2")
+    )
+    (gw,) = (await client.get("/api/v1/gateways")).json()
+    assert (gw["gateway"], gw["site"], gw["state"], gw["version"]) == (
+        "gw-1",
+        "mine-a",
+        "offline",
+        "1.2",
+    )
+
+
+async def test_database_failure_is_a_503(tmp_path: Path, health_state: dict[str, Any]) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'never-created.db'}")  # no tables
+    async with asgi_client(store, health_state) as client:
+        response = await client.get("/api/v1/alarms")
+    assert response.status_code == 503
+    assert "database unavailable" in response.json()["detail"]

@@ -1,0 +1,203 @@
+"""Influx writers against fakes at the HTTP / client seam: batching, gzip, errors, queue bound."""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud.storage import (
+    InfluxUnavailable,
+    InfluxV1Writer,
+    InfluxV2Writer,
+    PointWriter,
+)
+
+LINES = [
+    f'ch4,tag=T{i} value={i}.0,quality="good" {1_700_000_000_000_000_000 + i}' for i in range(5)
+]
+
+
+class FakeInflux:
+    """Answers /write with scripted status codes and records what it got."""
+
+    def __init__(self, *statuses: tuple[int, dict[str, str] | None]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[httpx.Request] = []
+        self.bodies: list[list[str]] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path == "/write":
+            assert request.headers["content-encoding"] == "gzip"
+            self.bodies.append(gzip.decompress(request.content).decode().splitlines())
+        status, body = self.statuses.pop(0) if self.statuses else (204, None)
+        return httpx.Response(status, json=body) if body else httpx.Response(status)
+
+
+def writer(fake: Callable[[httpx.Request], httpx.Response], **kw: Any) -> InfluxV1Writer:
+    options: dict[str, Any] = {
+        "batch_lines": 2,
+        "max_pending_lines": 10,
+        "retry_attempts": 2,
+        "retry_wait_max_s": 0.01,
+    }
+    options.update(kw)
+    return InfluxV1Writer(
+        "http://influx.test:8086", "plant", transport=httpx.MockTransport(fake), **options
+    )
+
+
+async def test_flush_sends_gzip_batches_with_db_and_ns_precision() -> None:
+    fake = FakeInflux()
+    w = writer(fake, username="reader", password="s3cret")
+    w.enqueue(LINES)
+    await w.flush()
+    assert fake.bodies == [LINES[0:2], LINES[2:4], LINES[4:5]]
+    first = fake.requests[0]
+    assert first.method == "POST"
+    assert dict(first.url.params) == {"db": "plant", "precision": "ns"}
+    assert first.headers["authorization"].startswith("Basic ")
+    assert w.pending == 0
+    assert w.counters()["written"] == 5
+    assert w.reachable
+
+
+async def test_5xx_is_retried_then_delivered() -> None:
+    fake = FakeInflux((503, {"error": "busy"}))
+    w = writer(fake, batch_lines=5)
+    w.enqueue(LINES)
+    await w.flush()
+    assert fake.bodies == [LINES, LINES]
+    assert w.counters()["written"] == 5
+
+
+async def test_unreachable_keeps_every_line_queued() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    w = writer(refuse)
+    w.enqueue(LINES)
+    with pytest.raises(InfluxUnavailable, match="connection refused"):
+        await w.flush()
+    assert w.pending == 5
+    assert w.counters()["unavailable"] == 1
+    assert "written" not in w.counters()
+    assert not w.reachable
+
+
+async def test_missing_database_is_unavailable_not_rejected() -> None:
+    fake = FakeInflux((404, {"error": 'database not found: "plant"'}))
+    w = writer(fake)
+    w.enqueue(LINES[:2])
+    with pytest.raises(InfluxUnavailable, match="database not found"):
+        await w.flush()
+    assert w.pending == 2
+    assert len(fake.requests) == 1  # 4xx never retried
+
+
+async def test_4xx_is_counted_as_rejected_with_partial_write_count_and_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    conflict = 'partial write: field type conflict: input field "value" is type string dropped=1'
+    fake = FakeInflux((400, {"error": conflict}), (400, {"error": "unable to parse"}))
+    w = writer(fake)
+    w.enqueue(LINES)
+    await w.flush()  # rejections do not stop the rest of the queue
+    assert len(fake.requests) == 3
+    assert w.pending == 0
+    assert w.counters()["rejected"] == 1 + 2
+    assert w.counters()["written"] == 1 + 1
+    assert "field type conflict" in caplog.text
+    assert "unable to parse" in caplog.text
+
+
+async def test_full_queue_drops_oldest_and_counts_them() -> None:
+    fake = FakeInflux()
+    w = writer(fake, batch_lines=2, max_pending_lines=3)
+    w.enqueue(LINES)
+    assert w.pending == 3
+    assert w.counters()["dropped_queue_full"] == 2
+    await w.flush()
+    assert [line for body in fake.bodies for line in body] == LINES[2:]
+
+
+async def test_ensure_database_creates_it_via_query_and_ping() -> None:
+    seen: list[httpx.Request] = []
+
+    def app(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/ping":
+            return httpx.Response(204)
+        return httpx.Response(200, json={"results": [{"statement_id": 0}]})
+
+    w = writer(app)
+    await w.ensure_database()
+    assert seen[0].url.path == "/query"
+    assert seen[0].url.params["q"] == 'CREATE DATABASE "plant"'
+    assert await w.ping() is True
+
+
+class FakeWriteApi:
+    def __init__(self, fail_status: int | None = None) -> None:
+        self.calls: list[tuple[str, str, list[str], str]] = []
+        self.fail_status = fail_status
+
+    def write(self, bucket: str, org: str, record: list[str], write_precision: str) -> None:
+        if self.fail_status is not None:
+            exc = RuntimeError(f"HTTP {self.fail_status}")
+            exc.status = self.fail_status  # type: ignore[attr-defined]
+            raise exc
+        self.calls.append((bucket, org, record, write_precision))
+
+
+async def test_v2_writer_hands_batches_to_the_client() -> None:
+    api = FakeWriteApi()
+    w = InfluxV2Writer(
+        "http://influx2.test:8086",
+        token="t0k",
+        org="mines",
+        bucket="telemetry",
+        batch_lines=3,
+        write_api_factory=lambda: api,
+    )
+    assert isinstance(w, PointWriter)
+    w.enqueue(LINES)
+    await w.flush()
+    assert api.calls == [
+        ("telemetry", "mines", LINES[:3], "ns"),
+        ("telemetry", "mines", LINES[3:], "ns"),
+    ]
+    assert w.counters()["written"] == 5
+
+
+async def test_v2_writer_translates_client_errors() -> None:
+    rejected = InfluxV2Writer(
+        "http://x",
+        token="t",
+        org="o",
+        bucket="b",
+        write_api_factory=lambda: FakeWriteApi(fail_status=400),
+    )
+    rejected.enqueue(LINES[:2])
+    await rejected.flush()
+    assert rejected.counters()["rejected"] == 2 and rejected.pending == 0
+
+    down = InfluxV2Writer(
+        "http://x",
+        token="t",
+        org="o",
+        bucket="b",
+        write_api_factory=lambda: FakeWriteApi(fail_status=503),
+    )
+    down.enqueue(LINES[:2])
+    with pytest.raises(InfluxUnavailable):
+        await down.flush()
+    assert down.pending == 2
+
+
+def test_v1_writer_is_a_point_writer() -> None:
+    assert isinstance(writer(FakeInflux()), PointWriter)
