@@ -1,8 +1,444 @@
-"""``safewatch demo``."""
+"""``safewatch demo``: simulator, edge gateway and cloud on one machine.
+
+Starts three child processes with the ordinary CLI (``safewatch sim run``,
+``safewatch cloud run``, ``safewatch edge run``), waits until the simulated
+devices and the API answer, then shows the latest values and alarms from the
+cloud API until Ctrl-C or SIGTERM. Children are stopped in reverse start order;
+if one dies, the demo stops the others and exits non-zero with its last output.
+State lives under ``var/demo/`` in the current directory.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import IO, Annotated, Any
 
-def demo() -> None:
-    """Start simulator, gateway and cloud locally and play the methane scenario."""
-    raise NotImplementedError("safewatch demo is being built")
+import httpx
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from edge.config import PACKAGED_PROFILES, ConfigError, LoadedSite, Thresholds, load_site
+
+FIRMWARE_CONFIGS = PACKAGED_PROFILES.parent
+DEMO_SITE = FIRMWARE_CONFIGS / "sites" / "demo-mine.yaml"
+DEMO_SCENARIO = FIRMWARE_CONFIGS / "scenarios" / "methane-face.yaml"
+DEMO_DIR = Path("var/demo")
+INFLUX_DB = "safewatch_demo"
+
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+REFRESH_S = 1.0
+HTTP_TIMEOUT_S = 2.0
+LOG_TAIL_LINES = 20
+
+LEVEL_STYLES: Mapping[str, str] = {
+    "normal": "green",
+    "alarm": "bold yellow",
+    "cut": "bold white on red",
+    "fault": "bold magenta",
+}
+QUALITY_STYLES: Mapping[str, str] = {"good": "green", "uncertain": "yellow", "bad": "red"}
+
+
+class DemoError(Exception):
+    """The demo could not start or a child process failed."""
+
+
+@dataclass
+class Child:
+    """One ``safewatch`` subprocess; its stdout and stderr go to ``log_path``."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Own process group: Ctrl-C reaches only the demo, which stops the
+        # children in order (gateway first, simulator last).
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            process_group=0,
+        )
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started), else the exit status."""
+        return None if self.process is None else self.process.poll()
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM, wait up to ``timeout`` s, then SIGKILL."""
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def child_commands(
+    *,
+    site: Path,
+    scenario: Path,
+    speed: float,
+    loop: bool,
+    api_port: int,
+    demo_dir: Path = DEMO_DIR,
+    python: str = sys.executable,
+) -> dict[str, list[str]]:
+    """The argv of each child, in start order: sim, cloud, edge."""
+    cli = [python, "-m", "safewatch.cli"]
+    return {
+        "sim": [
+            *cli,
+            "sim",
+            "run",
+            "--config",
+            str(site),
+            "--scenario",
+            str(scenario),
+            "--speed",
+            repr(speed),
+            "--loop" if loop else "--no-loop",
+        ],
+        "cloud": [
+            *cli,
+            "cloud",
+            "run",
+            "--port",
+            str(api_port),
+            "--db-url",
+            f"sqlite:///{demo_dir / 'cloud.db'}",
+            "--influx-db",
+            INFLUX_DB,
+        ],
+        "edge": [
+            *cli,
+            "edge",
+            "run",
+            "--config",
+            str(site),
+            "--buffer",
+            str(demo_dir / "buffer.db"),
+        ],
+    }
+
+
+def level_of(value: float | None, quality: str | None, thresholds: Thresholds) -> str:
+    """Display level of one reading from the site thresholds (no hysteresis).
+
+    The gateway's rule engine decides real alarms; this only colours the table
+    when the API does not report a level itself.
+    """
+    if quality == "bad" or value is None or not math.isfinite(value):
+        return "fault"
+    high = thresholds.direction == "high"
+
+    def reached(limit: float) -> bool:
+        return value >= limit if high else value <= limit
+
+    if thresholds.cut is not None and reached(thresholds.cut):
+        return "cut"
+    if reached(thresholds.alarm):
+        return "alarm"
+    return "normal"
+
+
+def _items(payload: Any) -> list[Mapping[str, Any]]:
+    """The list of objects in an API answer: a bare list or the first list value."""
+    if isinstance(payload, Mapping):
+        payload = next((v for v in payload.values() if isinstance(v, list)), [])
+    if not isinstance(payload, list):
+        return []
+    return [item for item in payload if isinstance(item, Mapping)]
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _when(item: Mapping[str, Any]) -> str:
+    ts_ns = item.get("ts_ns")
+    if isinstance(ts_ns, int):
+        return datetime.fromtimestamp(ts_ns / 1e9, UTC).strftime("%H:%M:%S")
+    ts = item.get("ts") or item.get("time")
+    return str(ts) if ts is not None else "-"
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def render(site: LoadedSite, latest: Any, alarms: Any, note: str = "") -> Group:
+    """Tables for the latest value of every site tag and the recent alarms (pure)."""
+    by_tag = {str(item.get("tag")): item for item in _items(latest)}
+    values = Table(title=f"{site.config.site.id} - latest values", expand=False)
+    for column in ("tag", "area / position", "value", "unit", "quality", "level", "at (UTC)"):
+        values.add_column(column)
+    for _device, tag in site.tags():
+        item = by_tag.get(tag.name)
+        where = f"{tag.location.area} / {tag.location.position}"
+        if item is None:
+            values.add_row(tag.name, where, "-", site.unit_of(tag), "-", Text("waiting"), "-")
+            continue
+        value = _number(item.get("value"))
+        quality = str(item.get("quality", "-"))
+        api_level = item.get("level")
+        level = (
+            str(api_level)
+            if isinstance(api_level, str)
+            else level_of(value, quality, site.thresholds_of(tag))
+        )
+        values.add_row(
+            tag.name,
+            where,
+            _fmt(value),
+            str(item.get("unit") or site.unit_of(tag)),
+            Text(quality, style=QUALITY_STYLES.get(quality, "")),
+            Text(level, style=LEVEL_STYLES.get(level, "")),
+            _when(item),
+        )
+    recent = Table(title="recent alarms", expand=False)
+    for column in ("at (UTC)", "tag", "level", "value", "message"):
+        recent.add_column(column)
+    for item in _items(alarms)[:5]:
+        level = str(item.get("level", "-"))
+        recent.add_row(
+            _when(item),
+            str(item.get("tag", "-")),
+            Text(level, style=LEVEL_STYLES.get(level, "")),
+            _fmt(_number(item.get("value"))),
+            str(item.get("message", "")),
+        )
+    parts: list[Table | Text] = [values, recent]
+    if note:
+        parts.append(Text(note, style="dim"))
+    return Group(*parts)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _health_ok(client: httpx.Client, base: str) -> bool:
+    try:
+        return client.get(f"{base}/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class StopFlag:
+    """Set from a signal handler; polled by the main loop (no locks in handlers)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def request(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+
+    def sleep(self, seconds: float, step: float = 0.1) -> None:
+        """Sleep up to ``seconds``; return early once a stop is requested."""
+        deadline = time.monotonic() + seconds
+        while not self.requested and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(step, left))
+
+
+class _Supervisor:
+    """Owns the children: starts them, watches them, stops them in reverse order."""
+
+    def __init__(self, stop: StopFlag) -> None:
+        self.children: list[Child] = []
+        self.stop = stop
+
+    def start(self, child: Child) -> None:
+        self.children.append(child)
+        child.start()
+
+    def check(self) -> None:
+        """Raise :class:`DemoError` with the child's last output if one has exited."""
+        for child in self.children:
+            code = child.exit_code()
+            if code is not None:
+                raise DemoError(
+                    f"{child.name} exited with status {code}; last output "
+                    f"({child.log_path}):\n{child.tail()}"
+                )
+
+    def wait_for(self, what: str, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not condition():
+            self.check()
+            if self.stop.requested:
+                raise KeyboardInterrupt
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {c.name} ({c.log_path}):\n{c.tail()}" for c in self.children)
+                raise DemoError(f"{what} did not answer within {STARTUP_TIMEOUT_S:.0f}s\n{logs}")
+            self.stop.sleep(0.2)
+
+    def stop_all(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
+def _print_urls(console: Console, site: LoadedSite, api_port: int, demo_dir: Path) -> None:
+    api = f"http://127.0.0.1:{api_port}"
+    site_id = site.config.site.id
+    console.print(f"[bold green]SafeWatch demo running[/] - site {site_id}")
+    console.print(f"  API docs:        {api}/docs")
+    console.print(f"  latest values:   {api}/api/v1/latest?site={site_id}")
+    console.print(f"  alarms:          {api}/api/v1/alarms?site={site_id}")
+    console.print(
+        f"  InfluxDB:        curl -G http://127.0.0.1:8086/query --data-urlencode db={INFLUX_DB} "
+        '--data-urlencode "q=SELECT * FROM ch4 ORDER BY time DESC LIMIT 5"',
+        markup=False,
+    )
+    console.print("  MQTT:            mosquitto_sub -v -t 'safewatch/v1/#'", markup=False)
+    console.print(f"  logs:            {demo_dir}/{{sim,cloud,edge}}.log")
+    console.print("Press Ctrl-C to stop.", style="dim")
+
+
+def _fetch(
+    client: httpx.Client, url: str, params: Mapping[str, str | int], missing_ok: bool = False
+) -> tuple[Any, str]:
+    """(decoded JSON or None, error text or ""); ``missing_ok``: a 404 means "no data yet"."""
+    try:
+        response = client.get(url, params=params)
+        if missing_ok and response.status_code == 404:
+            return None, ""
+        response.raise_for_status()
+        return response.json(), ""
+    except (httpx.HTTPError, ValueError) as exc:
+        return None, f"{url}: {exc}"
+
+
+SiteOpt = Annotated[Path, typer.Option("--site", help="Site YAML the simulator and gateway use.")]
+ScenarioOpt = Annotated[Path, typer.Option("--scenario", help="Scenario YAML the simulator plays.")]
+SpeedOpt = Annotated[float, typer.Option("--speed", min=0.01, help="Scenario time multiplier.")]
+PortOpt = Annotated[int, typer.Option("--api-port", min=1, max=65535, help="Cloud API port.")]
+LoopOpt = Annotated[bool, typer.Option("--loop/--no-loop", help="Repeat the scenario.")]
+
+
+def demo(
+    speed: SpeedOpt = 1.0,
+    site: SiteOpt = DEMO_SITE,
+    scenario: ScenarioOpt = DEMO_SCENARIO,
+    api_port: PortOpt = 8000,
+    loop: LoopOpt = True,
+) -> None:
+    """Start simulator, gateway and cloud locally and play the methane scenario.
+
+    Needs Mosquitto on 127.0.0.1:1883 and InfluxDB on 127.0.0.1:8086
+    (`make demo` starts them).
+    """
+    console = Console()
+    try:
+        loaded = load_site(site)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            console.print(str(issue), markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+    stop = StopFlag()
+    previous = {s: signal.signal(s, stop.request) for s in (signal.SIGINT, signal.SIGTERM)}
+    supervisor = _Supervisor(stop)
+    commands = child_commands(
+        site=site, scenario=scenario, speed=speed, loop=loop, api_port=api_port
+    )
+    api = f"http://127.0.0.1:{api_port}"
+    try:
+        with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
+            _run(console, loaded, supervisor, commands, client, api, api_port)
+    except DemoError as exc:
+        console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if not console.is_terminal:
+            console.line()  # a non-terminal Live leaves the cursor after the table
+        console.print("stopping demo processes ...", style="dim")
+        supervisor.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(
+    console: Console,
+    site: LoadedSite,
+    supervisor: _Supervisor,
+    commands: Mapping[str, Sequence[str]],
+    client: httpx.Client,
+    api: str,
+    api_port: int,
+) -> None:
+    if _port_open("127.0.0.1", api_port):
+        raise DemoError(f"port {api_port} is already in use; pass --api-port")
+    for bus in site.config.buses:
+        if _port_open(bus.host, bus.port):
+            raise DemoError(f"{bus.host}:{bus.port} (bus {bus.id}) is already in use")
+
+    def start(name: str) -> None:
+        console.print(f"starting {name}: {' '.join(commands[name])}", style="dim", markup=False)
+        supervisor.start(Child(name, list(commands[name]), DEMO_DIR / f"{name}.log"))
+
+    start("sim")
+    start("cloud")
+    for bus in site.config.buses:
+        supervisor.wait_for(
+            f"simulator bus {bus.id} on {bus.host}:{bus.port}",
+            partial(_port_open, bus.host, bus.port),
+        )
+    supervisor.wait_for(f"cloud API {api}/health", lambda: _health_ok(client, api))
+    # The gateway starts last: a methane sensor it cannot reach is a fault and
+    # would trip the power-cut lockout before the simulator serves.
+    start("edge")
+    _print_urls(console, site, api_port, DEMO_DIR)
+
+    site_id = site.config.site.id
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while not supervisor.stop.requested:
+            supervisor.check()
+            # The API answers 404 for a site until its first telemetry arrives.
+            latest, err1 = _fetch(client, f"{api}/api/v1/latest", {"site": site_id}, True)
+            alarms, err2 = _fetch(client, f"{api}/api/v1/alarms", {"site": site_id, "limit": 5})
+            note = "; ".join(e for e in (err1, err2) if e)
+            live.update(render(site, latest, alarms, note))
+            supervisor.stop.sleep(REFRESH_S)

@@ -1,0 +1,243 @@
+"""``safewatch demo``: child commands, display levels, rendering, supervision.
+
+The supervision tests run the real ``demo`` function with fake child
+processes (a TCP listener for the simulator, a tiny HTTP server for the cloud
+API) so that start-up waits, SIGTERM handling and child failure are exercised
+without the real simulator, gateway and cloud.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+import typer
+from rich.console import Console
+
+from edge.config import Thresholds, load_site
+from safewatch import cmd_demo
+from safewatch.cmd_demo import (
+    DEMO_SCENARIO,
+    DEMO_SITE,
+    Child,
+    child_commands,
+    level_of,
+    render,
+)
+from tests.support import free_port, wait_until
+
+
+def test_packaged_demo_files_exist() -> None:
+    assert DEMO_SITE.is_file()
+    assert DEMO_SCENARIO.is_file()
+    assert load_site(DEMO_SITE).config.site.id == "demo-mine"
+
+
+def test_child_commands_use_the_agreed_cli() -> None:
+    cmds = child_commands(
+        site=Path("s.yaml"),
+        scenario=Path("c.yaml"),
+        speed=2.0,
+        loop=False,
+        api_port=8123,
+        demo_dir=Path("var/demo"),
+        python="py",
+    )
+    assert list(cmds) == ["sim", "cloud", "edge"]
+    cli = ["py", "-m", "safewatch.cli"]
+    assert cmds["sim"] == [
+        *cli,
+        *("sim", "run", "--config", "s.yaml", "--scenario", "c.yaml", "--speed", "2.0"),
+        "--no-loop",
+    ]
+    assert cmds["cloud"] == [
+        *cli,
+        *("cloud", "run", "--port", "8123", "--db-url", "sqlite:///var/demo/cloud.db"),
+        *("--influx-db", "safewatch_demo"),
+    ]
+    assert cmds["edge"] == [
+        *cli,
+        *("edge", "run", "--config", "s.yaml", "--buffer", "var/demo/buffer.db"),
+    ]
+
+
+def test_level_of_high_and_low_thresholds() -> None:
+    ch4 = Thresholds(alarm=1.0, cut=1.5, restore=1.0)
+    assert level_of(0.4, "good", ch4) == "normal"
+    assert level_of(1.0, "good", ch4) == "alarm"
+    assert level_of(1.5, "good", ch4) == "cut"
+    assert level_of(1.2, "bad", ch4) == "fault"
+    assert level_of(None, "good", ch4) == "fault"
+    o2 = Thresholds(direction="low", alarm=20.0, cut=18.0, restore=20.0)
+    assert level_of(20.9, "good", o2) == "normal"
+    assert level_of(19.5, "good", o2) == "alarm"
+    assert level_of(17.0, "good", o2) == "cut"
+    co = Thresholds(alarm=24.0)
+    assert level_of(500.0, "good", co) == "alarm"
+
+
+def _text(renderable: object) -> str:
+    console = Console(record=True, width=200, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_render_joins_api_values_with_site_tags() -> None:
+    site = load_site(DEMO_SITE)
+    latest = [
+        {"tag": "CH4_1201_T1", "value": 1.62, "unit": "%", "quality": "good"},
+        {"tag": "O2_1201", "value": 20.9, "quality": "uncertain", "level": "normal"},
+    ]
+    alarms = {
+        "alarms": [
+            {"tag": "CH4_1201_T1", "level": "cut", "value": 1.62, "message": "CH4 over cut"},
+        ]
+    }
+    out = _text(render(site, latest, alarms, note="x: boom"))
+    row_t1 = next(line for line in out.splitlines() if "CH4_1201_T1" in line and "face" in line)
+    assert "1.62" in row_t1 and "cut" in row_t1
+    row_o2 = next(line for line in out.splitlines() if "O2_1201" in line)
+    assert "uncertain" in row_o2 and "normal" in row_o2
+    row_co = next(line for line in out.splitlines() if "CO_1201" in line)
+    assert "waiting" in row_co and "ppm" in row_co
+    assert "CH4 over cut" in out
+    assert "x: boom" in out
+
+
+def test_render_survives_unexpected_payloads() -> None:
+    site = load_site(DEMO_SITE)
+    out = _text(render(site, None, "not json we know", note=""))
+    assert out.count("waiting") == len(site.tags())
+
+
+def test_child_stop_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    child = Child("stubborn", [sys.executable, "-c", code], tmp_path / "stubborn.log")
+    child.start()
+    wait_until(ready.exists, 10, "child ready")
+    child.stop(timeout=0.3)
+    assert child.exit_code() == -signal.SIGKILL
+
+
+FAKE_SIM = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen()
+print("simulator ready", flush=True)
+while True:
+    conn, _ = s.accept(); conn.close()
+"""
+
+FAKE_CLOUD = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+log = open(sys.argv[2], "a")
+first_latest = []  # the real API answers 404 until a site's first telemetry
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write(self.path + "\\n"); log.flush()
+        if self.path == "/health":
+            body = {"status": "ok"}
+        elif self.path.startswith("/api/v1/latest") and not first_latest:
+            first_latest.append(1)
+            self.send_response(404); self.end_headers(); return
+        elif self.path.startswith("/api/v1/latest"):
+            body = [{"tag": "CH4_1201_T1", "value": 1.23, "unit": "%", "quality": "good"}]
+        elif self.path.startswith("/api/v1/alarms"):
+            body = []
+        else:
+            self.send_response(404); self.end_headers(); return
+        data = json.dumps(body).encode()
+        self.send_response(200); self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data))); self.end_headers()
+        self.wfile.write(data)
+    def log_message(self, *args):
+        pass
+HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _fake_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edge_code: str
+) -> tuple[Path, int, Path]:
+    """A site on a free port and fake children; returns (site, api_port, request log)."""
+    sim_port, api_port = free_port(), free_port()
+    site = tmp_path / "site.yaml"
+    site.write_text(DEMO_SITE.read_text().replace("port: 5020", f"port: {sim_port}"))
+    (tmp_path / "sim.py").write_text(FAKE_SIM)
+    (tmp_path / "cloud.py").write_text(FAKE_CLOUD)
+    requests = tmp_path / "requests.log"
+    py = sys.executable
+    fakes = {
+        "sim": [py, str(tmp_path / "sim.py"), str(sim_port)],
+        "cloud": [py, str(tmp_path / "cloud.py"), str(api_port), str(requests)],
+        "edge": [py, "-c", textwrap.dedent(edge_code)],
+    }
+    monkeypatch.setattr(cmd_demo, "child_commands", lambda **_: fakes)
+    monkeypatch.setattr(cmd_demo, "DEMO_DIR", tmp_path / "demo")
+    monkeypatch.setattr(cmd_demo, "REFRESH_S", 0.1)
+    return site, api_port, requests
+
+
+def test_demo_polls_the_api_and_stops_children_on_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site, api_port, requests = _fake_demo(tmp_path, monkeypatch, "import time; time.sleep(60)")
+    children: list[Child] = []
+    original_start = Child.start
+
+    def recording_start(self: Child) -> None:
+        children.append(self)
+        original_start(self)
+
+    monkeypatch.setattr(Child, "start", recording_start)
+
+    def terminate_once_polled() -> None:
+        # The first poll gets a 404 (no data yet); once a third poll arrives the
+        # second one's answer has been rendered.
+        wait_until(
+            lambda: (
+                requests.exists()
+                and requests.read_text().count("/api/v1/latest?site=demo-mine") >= 3
+            ),
+            20,
+            "the demo to poll /api/v1/latest three times",
+        )
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_once_polled, daemon=True)
+    killer.start()
+    cmd_demo.demo(speed=1.0, site=site, scenario=DEMO_SCENARIO, api_port=api_port, loop=True)
+    killer.join(timeout=5)
+
+    assert [c.name for c in children] == ["sim", "cloud", "edge"]
+    assert all(c.exit_code() is not None for c in children), "every child stopped"
+    out = capsys.readouterr().out
+    assert f"http://127.0.0.1:{api_port}/docs" in out
+    assert "mosquitto_sub -v -t 'safewatch/v1/#'" in out
+    assert "1.23" in out
+    assert "404" not in out, "a site without data yet is not an error"
+    assert "/api/v1/alarms?site=demo-mine&limit=5" in requests.read_text()
+
+
+def test_demo_exits_nonzero_with_the_dead_childs_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site, api_port, _ = _fake_demo(
+        tmp_path, monkeypatch, "print('edge: cannot reach broker', flush=True); raise SystemExit(4)"
+    )
+    with pytest.raises(typer.Exit) as exc_info:
+        cmd_demo.demo(speed=1.0, site=site, scenario=DEMO_SCENARIO, api_port=api_port, loop=True)
+    assert exc_info.value.exit_code == 1
+    out = capsys.readouterr().out
+    assert "edge exited with status 4" in out
+    assert "edge: cannot reach broker" in out
