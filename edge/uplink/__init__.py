@@ -1,1 +1,20 @@
-"""SafeWatch package."""
+"""Uplink: durable store-and-forward buffer, batching writers and the MQTT publisher."""
+
+from edge.uplink.batcher import AlarmWriter, TelemetryBatcher
+from edge.uplink.buffer import (
+    BufferStats,
+    BufferStorageError,
+    PendingMessage,
+    StoreAndForwardBuffer,
+)
+from edge.uplink.publisher import MqttPublisher
+
+__all__ = [
+    "AlarmWriter",
+    "BufferStats",
+    "BufferStorageError",
+    "MqttPublisher",
+    "PendingMessage",
+    "StoreAndForwardBuffer",
+    "TelemetryBatcher",
+]

@@ -1,0 +1,250 @@
+"""The gateway process: pollers, safety engine, durable buffer and MQTT uplink.
+
+:meth:`Gateway.run` owns one ``asyncio.TaskGroup`` with named tasks::
+
+    poll:<bus>           one per bus; the only task talking on that bus
+    stale-watchdog       faults tags whose device stopped answering altogether
+    alarm-writer         alarm outbox -> durable buffer
+    telemetry-batcher    sample queue -> telemetry batches in the buffer
+    mqtt-publisher       buffer -> broker
+
+The safety path (poll -> rules -> interlock -> coil write) runs inside the
+poll tasks and never waits on the others. :meth:`Gateway.stop` shuts down in
+order: stop polling, store pending alarms and telemetry, flush the buffer to
+the broker within a deadline, publish status offline, disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import os
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from device_drivers import Sample
+from device_drivers.modbus import ModbusTcpDriver
+from edge.actuation import ActuatorCommand, Interlock
+from edge.alarms import AlarmManager, AlarmOutbox
+from edge.config import LoadedSite, ModbusTcpBus
+from edge.engine import SafetyEngine
+from edge.polling import BusPoller, RegisterDriver
+from edge.rules import Level
+from edge.uplink.batcher import AlarmWriter, TelemetryBatcher
+from edge.uplink.buffer import StoreAndForwardBuffer
+from edge.uplink.publisher import MqttPublisher
+
+__all__ = ["DriverFactory", "Gateway"]
+
+log = logging.getLogger("safewatch.edge.gateway")
+
+DriverFactory = Callable[[ModbusTcpBus], RegisterDriver]
+
+UPLINK_QUEUE_SIZE = 10_000
+RESTART_DELAY_S = 1.0
+
+
+def _modbus_driver(bus: ModbusTcpBus) -> RegisterDriver:
+    return ModbusTcpDriver(bus.id, bus.host, bus.port, bus.timeout_ms / 1000)
+
+
+class Gateway:
+    """One edge gateway for one site file."""
+
+    def __init__(
+        self,
+        site: LoadedSite,
+        *,
+        buffer_path: str | Path | None = None,
+        mqtt_host: str | None = None,
+        mqtt_port: int | None = None,
+        driver_factory: DriverFactory = _modbus_driver,
+        drain_s: float = 5.0,
+        stale_check_s: float = 0.25,
+    ) -> None:
+        cfg = site.config
+        self.site = site
+        self.buffer_path = Path(buffer_path or cfg.buffer.path)
+        self.mqtt_host = mqtt_host or cfg.mqtt.host
+        self.mqtt_port = mqtt_port or cfg.mqtt.port
+        self.drain_s = drain_s
+        self.stale_check_s = stale_check_s
+        self._driver_factory = driver_factory
+        self._stop = asyncio.Event()
+        self.task_failures = 0
+
+        self.outbox = AlarmOutbox()
+        self.alarms = AlarmManager(site, self.outbox.put)
+        self.interlock = Interlock(
+            site,
+            on_write_failed=self._actuator_failed,
+            on_write_recovered=self._actuator_recovered,
+        )
+        self.samples: asyncio.Queue[Sample] = asyncio.Queue(maxsize=UPLINK_QUEUE_SIZE)
+        self.engine = SafetyEngine(site, self.interlock, self.alarms, self.samples)
+        self.pollers = [
+            BusPoller(site, bus.id, driver_factory(bus), self.engine.handle, self.interlock)
+            for bus in cfg.buses
+        ]
+        self.buffer: StoreAndForwardBuffer | None = None
+        self.publisher: MqttPublisher | None = None
+        self.batcher: TelemetryBatcher | None = None
+        self.alarm_writer: AlarmWriter | None = None
+        self.ready = asyncio.Event()
+
+    # -- status ------------------------------------------------------------------
+
+    def levels(self) -> dict[str, Level]:
+        return self.engine.levels()
+
+    def counters(self) -> dict[str, int]:
+        out = {
+            "samples": self.engine.samples,
+            "uplink_dropped": self.engine.uplink_dropped,
+            "alarms_raised": self.alarms.raised,
+            "alarm_outbox": len(self.outbox),
+            "actuator_writes_ok": self.interlock.writes_ok,
+            "actuator_writes_failed": self.interlock.writes_failed,
+            "reads_ok": sum(p.reads_ok for p in self.pollers),
+            "reads_failed": sum(p.reads_failed for p in self.pollers),
+            "task_failures": self.task_failures,
+        }
+        if self.publisher is not None:
+            out["published"] = self.publisher.published
+            out["publish_failed"] = self.publisher.failed
+        if self.batcher is not None:
+            out["telemetry_batches"] = self.batcher.batches
+            out["points_lost"] = self.batcher.points_lost
+        if self.buffer is not None:
+            out["buffer_dropped"] = self.buffer.dropped
+            out["buffer_errors"] = self.buffer.errors
+        return out
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Request an orderly shutdown (safe to call from a signal handler)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        cfg = self.site.config
+        buffer = await asyncio.to_thread(
+            StoreAndForwardBuffer,
+            self.buffer_path,
+            int(cfg.buffer.max_mb * 1024 * 1024),
+            site=cfg.site.id,
+            gateway=cfg.gateway.id,
+        )
+        self.buffer = buffer
+        publisher = MqttPublisher(
+            buffer,
+            site=cfg.site.id,
+            gateway=cfg.gateway.id,
+            host=self.mqtt_host,
+            port=self.mqtt_port,
+            keepalive_s=cfg.mqtt.keepalive_s,
+            username=os.environ.get(cfg.mqtt.username_env) if cfg.mqtt.username_env else None,
+            password=os.environ.get(cfg.mqtt.password_env) if cfg.mqtt.password_env else None,
+            version=_version(),
+        )
+        self.publisher = publisher
+        self.batcher = TelemetryBatcher(self.site, buffer, self.samples, on_stored=publisher.notify)
+        self.alarm_writer = AlarmWriter(buffer, self.outbox, on_stored=publisher.notify)
+        log.info(
+            "gateway %s (site %s): %d bus(es), %d tag(s); buffer %s; mqtt %s:%d",
+            cfg.gateway.id,
+            cfg.site.id,
+            len(self.pollers),
+            len(self.engine.machines),
+            self.buffer_path,
+            self.mqtt_host,
+            self.mqtt_port,
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                safety = [
+                    tg.create_task(
+                        self._supervised(f"poll:{p.bus_id}", p.run), name=f"poll:{p.bus_id}"
+                    )
+                    for p in self.pollers
+                ]
+                safety.append(
+                    tg.create_task(
+                        self._supervised("stale-watchdog", self._watch_stale), name="stale-watchdog"
+                    )
+                )
+                writers = [
+                    tg.create_task(
+                        self._supervised("alarm-writer", self.alarm_writer.run), name="alarm-writer"
+                    ),
+                    tg.create_task(
+                        self._supervised("telemetry-batcher", self.batcher.run),
+                        name="telemetry-batcher",
+                    ),
+                ]
+                uplink = tg.create_task(
+                    self._supervised("mqtt-publisher", publisher.run, until_return=True),
+                    name="mqtt-publisher",
+                )
+                self.ready.set()
+                await self._stop.wait()
+                log.info("stopping: polling stops, alarms and telemetry are flushed")
+                await _cancel_and_wait(safety)
+                await _cancel_and_wait(writers)
+                await self.alarm_writer.flush()
+                await self.batcher.flush()
+                publisher.notify()
+                await publisher.stop(self.drain_s)
+                await uplink
+        finally:
+            await asyncio.to_thread(buffer.close)
+            log.info("gateway stopped: %s", self.counters())
+
+    async def _watch_stale(self) -> None:
+        while True:
+            await asyncio.sleep(self.stale_check_s)
+            self.engine.check_stale()
+
+    async def _supervised(
+        self,
+        name: str,
+        body: Callable[[], Coroutine[Any, Any, None]],
+        *,
+        until_return: bool = False,
+    ) -> None:
+        """Run ``body``; a crash is logged, counted and restarted (the safety loop must live)."""
+        while True:
+            try:
+                await body()
+            except Exception:
+                self.task_failures += 1
+                log.exception("task %s crashed; restarting in %.1f s", name, RESTART_DELAY_S)
+                await asyncio.sleep(RESTART_DELAY_S)
+                continue
+            if until_return:
+                return
+            log.error("task %s returned unexpectedly; restarting", name)
+
+    # -- interlock callbacks -----------------------------------------------------
+
+    def _actuator_failed(self, command: ActuatorCommand, error: str) -> None:
+        self.alarms.on_actuator_failed(command, error, time.time_ns())
+
+    def _actuator_recovered(self, command: ActuatorCommand) -> None:
+        self.alarms.on_actuator_recovered(command, time.time_ns())
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("safewatch")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait(tasks)

@@ -1,0 +1,189 @@
+"""MqttPublisher against a real, private Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+import wire
+from edge.uplink.buffer import StoreAndForwardBuffer
+from edge.uplink.publisher import MqttPublisher
+from tests.support import Broker, async_wait_until, start_mosquitto
+
+pytestmark = pytest.mark.contract
+
+SITE, GATEWAY = "s1", "gw1"
+STATUS = wire.topic_for(SITE, GATEWAY, "status")
+
+
+def point(i: int) -> wire.Point:
+    return wire.Point("CH4", "d1", "ch4", "%", "face", "face", 0.01 * i, "good", 1_000 + i)
+
+
+def alarm(tag: str) -> wire.AlarmEvent:
+    return wire.AlarmEvent(
+        gateway=GATEWAY,
+        site=SITE,
+        seq=0,
+        alarm_id=f"id-{tag}",
+        tag=tag,
+        device="d1",
+        kind="ch4",
+        area="face",
+        position="face",
+        level="cut",
+        previous="normal",
+        value=1.6,
+        threshold=1.5,
+        ts_ns=5,
+        message="over the cut limit",
+        actuators=["power"],
+    )
+
+
+class Subscriber:
+    """Collects every message under the gateway's topics."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+
+    def data(self) -> list[wire.Message]:
+        return [wire.decode(p) for t, p, _ in self.messages if t != STATUS]
+
+    def statuses(self) -> list[str]:
+        out: list[str] = []
+        for t, p, _ in self.messages:
+            if t == STATUS:
+                msg = wire.decode(p)
+                assert isinstance(msg, wire.GatewayStatus)
+                out.append(msg.state)
+        return out
+
+
+@contextlib.asynccontextmanager
+async def subscribed(broker: Broker) -> AsyncIterator[Subscriber]:
+    sub = Subscriber()
+    async with aiomqtt.Client(broker.host, broker.port, timeout=5) as client:
+        await client.subscribe(wire.topic_for(SITE, GATEWAY, "status").rsplit("/", 1)[0] + "/#", 1)
+
+        async def collect() -> None:
+            async for message in client.messages:
+                payload = message.payload
+                assert isinstance(payload, bytes)
+                sub.messages.append((str(message.topic), payload, message.retain))
+
+        task = asyncio.create_task(collect(), name="test-subscriber")
+        try:
+            yield sub
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def make_publisher(
+    buffer: StoreAndForwardBuffer, broker: Broker, *, backoff_s: float = 0.2
+) -> MqttPublisher:
+    return MqttPublisher(
+        buffer,
+        site=SITE,
+        gateway=GATEWAY,
+        host=broker.host,
+        port=broker.port,
+        op_timeout_s=2.0,
+        idle_poll_s=0.1,
+        backoff_initial_s=backoff_s,
+        backoff_max_s=backoff_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(publisher: MqttPublisher) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(publisher.run(), name="mqtt-publisher")
+    try:
+        yield task
+    finally:
+        if not task.done():
+            await asyncio.wait_for(publisher.stop(drain_s=2.0), 10)
+        await task
+
+
+def open_buffer(tmp_path: Path) -> StoreAndForwardBuffer:
+    return StoreAndForwardBuffer(tmp_path / "buf.db", 10_000_000, site=SITE, gateway=GATEWAY)
+
+
+async def test_pending_is_delivered_alarms_first_and_removed_after_puback(
+    tmp_path: Path, broker: Broker
+) -> None:
+    buffer = open_buffer(tmp_path)
+    t1 = buffer.append_telemetry([point(1), point(2)])
+    t2 = buffer.append_telemetry([point(3)])
+    a1 = buffer.append_alarm(alarm("CH4_T1"))
+    async with subscribed(broker) as sub:
+        publisher = make_publisher(buffer, broker)
+        async with running(publisher):
+            await async_wait_until(lambda: len(sub.data()) == 3, 10, "three messages")
+            await async_wait_until(lambda: buffer.pending() == [], 5, "buffer emptied by acks")
+            assert publisher.published == 3
+            assert "online" in sub.statuses()
+        got = sub.data()
+    assert got == [a1, t1, t2]  # alarms before backlog telemetry, then oldest first
+    topics = [t for t, _, _ in sub.messages if t != STATUS]
+    assert topics == [
+        wire.topic_of(a1),
+        wire.topic_of(t1),
+        wire.topic_of(t2),
+    ]
+    buffer.close()
+
+
+async def test_status_online_retained_then_offline_after_stop(
+    tmp_path: Path, broker: Broker
+) -> None:
+    buffer = open_buffer(tmp_path)
+    publisher = make_publisher(buffer, broker)
+    async with running(publisher):
+        await async_wait_until(lambda: publisher.connected, 10, "publisher connected")
+        async with subscribed(broker) as late:  # subscribes after the publish: retained
+            await async_wait_until(lambda: late.statuses() == ["online"], 5, "retained online")
+            assert late.messages[0][2] is True  # delivered as a retained message
+    async with subscribed(broker) as after:
+        await async_wait_until(lambda: after.statuses() == ["offline"], 5, "retained offline")
+    buffer.close()
+
+
+async def test_broker_outage_keeps_messages_and_delivers_after_restart(tmp_path: Path) -> None:
+    broker = start_mosquitto(tmp_path)
+    buffer = open_buffer(tmp_path)
+    # a slow, fixed reconnect cadence (1.5-3 s) leaves room to subscribe before it reconnects
+    publisher = make_publisher(buffer, broker, backoff_s=3.0)
+    try:
+        async with running(publisher):
+            await async_wait_until(lambda: publisher.connected, 10, "publisher connected")
+            broker.stop()
+            alarm_msg = buffer.append_alarm(alarm("CH4_T2"))
+            batch = buffer.append_telemetry([point(7)])
+            publisher.notify()
+            await async_wait_until(lambda: publisher.connect_failures >= 1, 15, "loss noticed")
+            failures = publisher.connect_failures
+            await async_wait_until(
+                lambda: publisher.connect_failures > failures, 15, "a failed reconnect"
+            )
+            # broker down: nothing was acknowledged, so nothing left the buffer
+            assert [p.seq for p in buffer.pending()] == [alarm_msg.seq, batch.seq]
+
+            broker = start_mosquitto(tmp_path, port=broker.port)
+            async with subscribed(broker) as sub:
+                assert publisher.connects == 1, "publisher reconnected before the test subscribed"
+                await async_wait_until(lambda: len(sub.data()) == 2, 15, "backlog delivered")
+                await async_wait_until(lambda: buffer.pending() == [], 5, "backlog acked")
+                assert sub.data() == [alarm_msg, batch]
+                assert publisher.connects == 2
+                assert "online" in sub.statuses()
+    finally:
+        broker.stop()
+        buffer.close()

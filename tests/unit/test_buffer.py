@@ -1,0 +1,159 @@
+"""Store-and-forward buffer: sequence numbers, priority, acks, byte bound, errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import wire
+from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
+
+
+def point(i: int = 0) -> wire.Point:
+    return wire.Point("CH4", "d1", "ch4", "%", "face", "face", 0.1 * i, "good", 1_000 + i)
+
+
+def alarm(tag: str = "CH4") -> wire.AlarmEvent:
+    return wire.AlarmEvent(
+        gateway="x",
+        site="x",
+        seq=0,
+        alarm_id=f"a-{tag}",
+        tag=tag,
+        device="d1",
+        kind="ch4",
+        area="face",
+        position="face",
+        level="cut",
+        previous="normal",
+        value=1.6,
+        threshold=1.5,
+        ts_ns=5,
+        message="over",
+    )
+
+
+def open_buffer(path: Path, max_bytes: int = 1_000_000) -> StoreAndForwardBuffer:
+    return StoreAndForwardBuffer(path, max_bytes, site="s1", gateway="gw1")
+
+
+def test_sequence_numbers_increase_forever_across_reopen_and_deletes(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    buf = open_buffer(path)
+    seqs = [buf.append_telemetry([point(i)]).seq for i in range(3)]
+    assert seqs == [1, 2, 3]
+    assert buf.ack(seqs) == 3
+    assert buf.pending() == []
+    buf.close()
+    buf = open_buffer(path)
+    batch = buf.append_telemetry([point()])
+    stored = buf.append_alarm(alarm())
+    assert (batch.seq, stored.seq) == (4, 5)
+    assert (stored.gateway, stored.site) == ("gw1", "s1")
+    buf.close()
+
+
+def test_stored_payload_is_the_wire_message_with_its_seq(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    batch = buf.append_telemetry([point(1), point(2)], sent_ns=77)
+    (row,) = buf.pending()
+    decoded = wire.decode(row.payload)
+    assert decoded == batch
+    assert isinstance(decoded, wire.TelemetryBatch)
+    assert (decoded.seq, decoded.sent_ns, len(decoded.points)) == (row.seq, 77, 2)
+    buf.close()
+
+
+def test_pending_returns_alarms_first_then_oldest(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    t1 = buf.append_telemetry([point(1)]).seq
+    t2 = buf.append_telemetry([point(2)]).seq
+    a1 = buf.append_alarm(alarm("A")).seq
+    t3 = buf.append_telemetry([point(3)]).seq
+    a2 = buf.append_alarm(alarm("B")).seq
+    assert [p.seq for p in buf.pending()] == [a1, a2, t1, t2, t3]
+    assert [p.kind for p in buf.pending(3)] == ["alarm", "alarm", "telemetry"]
+    buf.close()
+
+
+def test_ack_deletes_only_acknowledged_rows(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    seqs = [buf.append_telemetry([point(i)]).seq for i in range(4)]
+    assert buf.ack([seqs[1], seqs[3], 999]) == 2
+    assert [p.seq for p in buf.pending()] == [seqs[0], seqs[2]]
+    stats = buf.stats()
+    assert stats.rows == 2 and stats.last_seq == seqs[-1]
+    assert stats.bytes == sum(len(p.payload) for p in buf.pending())
+    buf.close()
+
+
+def test_unacked_rows_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    buf = open_buffer(path)
+    buf.append_alarm(alarm())
+    buf.append_telemetry([point()])
+    buf.close()
+    buf = open_buffer(path)
+    assert [p.kind for p in buf.pending()] == ["alarm", "telemetry"]
+    assert buf.stats().bytes > 0
+    buf.close()
+
+
+def test_overflow_drops_oldest_telemetry_records_gap_and_keeps_alarms(tmp_path: Path) -> None:
+    size = len(wire.encode(wire.TelemetryBatch("gw1", "s1", 1, 1, [point(0) for _ in range(10)])))
+    buf = open_buffer(tmp_path / "b.db", max_bytes=size * 10)
+    first_alarm = buf.append_alarm(alarm("early")).seq
+    seqs = [buf.append_telemetry([point(0) for _ in range(10)]).seq for _ in range(12)]
+    stats = buf.stats()
+    assert stats.bytes <= buf.max_bytes
+    assert stats.dropped > 0
+    pending = buf.pending(1000)
+    kinds = [p.kind for p in pending]
+    assert pending[0].seq == first_alarm  # the alarm survived
+    assert "gap" in kinds
+    gaps = [wire.decode(p.payload) for p in pending if p.kind == "gap"]
+    gap = gaps[0]
+    assert isinstance(gap, wire.GapEvent)
+    assert gap.first_seq == seqs[0] and gap.reason == "buffer_full"
+    assert gap.dropped == gap.last_seq - gap.first_seq + 1
+    kept = {p.seq for p in pending if p.kind == "telemetry"}
+    dropped = {s for s in seqs if s not in kept}
+    assert sum(g.dropped for g in gaps if isinstance(g, wire.GapEvent)) == len(dropped)
+    assert seqs[-1] in kept  # the newest telemetry is kept
+    assert max(dropped) < min(kept)  # oldest went first
+    buf.close()
+
+
+def test_alarms_are_kept_past_the_bound(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db", max_bytes=200)
+    seqs = [buf.append_alarm(alarm(f"T{i}")).seq for i in range(5)]
+    assert [p.seq for p in buf.pending()] == seqs
+    buf.append_telemetry([point()])  # no room: the new telemetry itself is dropped
+    pending = buf.pending()
+    assert [p.kind for p in pending] == ["alarm"] * 5 + ["gap"]
+    buf.close()
+
+
+def test_sqlite_errors_become_typed_and_counted(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    buf._db.execute("DROP TABLE messages")  # simulate a broken file
+    with pytest.raises(BufferStorageError) as info:
+        buf.append_telemetry([point()])
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+    assert buf.errors == 1
+    buf.close()
+
+
+def test_unopenable_path_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(BufferStorageError):
+        open_buffer(tmp_path / "dir.db")
+
+
+def test_wal_mode(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    mode = buf._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    buf.close()

@@ -1,0 +1,77 @@
+"""The whole gateway with a fake bus and no broker: the safety loop never needs the uplink."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import wire
+from edge.config import LoadedSite
+from edge.gateway import Gateway
+from edge.polling import RegisterDriver
+from edge.rules import Level
+from edge.uplink.buffer import StoreAndForwardBuffer
+from tests.support import async_wait_until
+from tests.unit.test_polling import FakeBus, f32, make_site
+
+
+def start(site: LoadedSite, bus: FakeBus, tmp_path: Path) -> tuple[Gateway, asyncio.Task[None]]:
+    def factory(_: object) -> RegisterDriver:
+        return bus
+
+    gateway = Gateway(
+        site,
+        buffer_path=tmp_path / "buf.db",
+        mqtt_host="127.0.0.1",
+        # nothing listens on port 1 (a free ephemeral port could even self-connect)
+        mqtt_port=1,
+        driver_factory=factory,
+        drain_s=0.3,
+    )
+    return gateway, asyncio.create_task(gateway.run(), name="gateway")
+
+
+async def test_cut_and_fault_lockout_without_a_broker_alarms_kept(tmp_path: Path) -> None:
+    site = make_site(poll_ms=50)
+    bus = FakeBus()
+    bus.set(1, "holding", 0, f32(0.3))
+    bus.set(2, "holding", 0, [30])
+    bus.set(2, "input", 1, [2090])
+    gateway, task = start(site, bus, tmp_path)
+    try:
+        await async_wait_until(lambda: bus.coils.get((10, 0)) is False, 5, "power released")
+        assert gateway.levels()["CH4_A"] is Level.NORMAL
+
+        bus.set(1, "holding", 0, f32(1.8))
+        await async_wait_until(lambda: bus.coils.get((10, 0)) is True, 5, "power cut")
+        assert gateway.levels()["CH4_A"] is Level.CUT
+
+        bus.set(1, "holding", 0, f32(0.3))
+        await async_wait_until(lambda: bus.coils.get((10, 0)) is False, 5, "power restored")
+
+        bus.unreachable.add(1)  # the methane sensor goes offline: fail-safe cut
+        await async_wait_until(lambda: bus.coils.get((10, 0)) is True, 5, "fault lockout")
+        assert gateway.levels()["CH4_A"] is Level.FAULT
+        assert gateway.counters()["published"] == 0
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, 10)
+
+    buffer = StoreAndForwardBuffer(tmp_path / "buf.db", 10**7, site="s1", gateway="gw1")
+    messages = [wire.decode(p.payload) for p in buffer.pending(10_000)]
+    buffer.close()
+    alarms = [m for m in messages if isinstance(m, wire.AlarmEvent)]
+    assert [(a.tag, a.previous, a.level) for a in alarms] == [
+        ("CH4_A", "normal", "cut"),
+        ("CH4_A", "cut", "normal"),
+        ("CH4_A", "normal", "fault"),
+    ]
+    assert alarms[0].actuators == ["power"] and alarms[0].threshold == 1.5
+    telemetry = [m for m in messages if isinstance(m, wire.TelemetryBatch)]
+    assert telemetry, "telemetry batches stored for later"
+    points = [p for batch in telemetry for p in batch.points]
+    assert any(
+        p.tag == "CH4_A" and p.quality == "bad" and p.reason == "unavailable" for p in points
+    )
+    seqs = [m.seq for m in messages if not isinstance(m, wire.GatewayStatus)]
+    assert len(set(seqs)) == len(seqs)
