@@ -1,10 +1,16 @@
 """MQTT ingest: wire messages from the gateways into InfluxDB and the store.
 
-Telemetry, alarms and events arrive on an MQTT v5 shared subscription
-(``$share/<group>/safewatch/v1/+/+/<kind>``) so several ingest workers split the
-load; status is a normal subscription because brokers do not deliver retained
-messages to shared subscriptions. Every message is deduplicated on
-(gateway, seq) in the store, so a resend after a reconnect is dropped.
+The ingest holds a persistent MQTT v5 session (stable client id, clean start
+off, session expiry): while it is away the broker queues QoS 1 messages for it.
+By default it subscribes plainly to ``safewatch/v1/+/+/<kind>``. With a
+``group``, telemetry, alarms and events use a shared subscription
+(``$share/<group>/...``) so several workers split the load - but Mosquitto 2.0
+does not restore shared subscriptions after a broker restart, so messages
+published between a broker restart and the workers' return are lost there;
+a single worker with a plain subscription keeps them. Status is always a
+plain subscription (brokers do not deliver retained messages to shared ones).
+Every message is deduplicated on (gateway, seq) in the store, so a resend
+after a reconnect is dropped.
 
 A bad message (wrong topic, malformed payload, topic/payload mismatch) is
 dropped, logged with its topic and counted by reason; it never stops the ingest.
@@ -15,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import uuid
+import socket
 from typing import Final
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import wire
@@ -46,8 +54,9 @@ class IngestService:
         store: Store,
         writer: PointWriter,
         *,
-        group: str = "safewatch-ingest",
+        group: str | None = None,
         client_id: str | None = None,
+        session_expiry_s: int = 86_400,
         connect_timeout_s: float = 10.0,
         backoff_cap_s: float = 30.0,
     ) -> None:
@@ -56,7 +65,12 @@ class IngestService:
         self.store = store
         self.writer = writer
         self.group = group
-        self.client_id = client_id or f"{group}-{uuid.uuid4().hex[:10]}"
+        # A stable id and a persistent session: while the ingest is away (restart,
+        # network, broker restart with persistence) the broker queues QoS 1 messages
+        # for it instead of dropping them. Several workers on one host need their
+        # own ids (--client-id).
+        self.client_id = client_id or f"{group or 'safewatch-ingest'}-{socket.gethostname()}"
+        self.session_expiry_s = session_expiry_s
         self.connect_timeout_s = connect_timeout_s
         self.backoff_cap_s = backoff_cap_s
         self._connected = False
@@ -69,8 +83,14 @@ class IngestService:
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
+        props.SessionExpiryInterval = self.session_expiry_s
+        return props
+
     def subscriptions(self) -> list[str]:
-        shared = [f"$share/{self.group}/{wire.TOPIC_ROOT}/+/+/{kind}" for kind in _SHARED_KINDS]
+        prefix = f"$share/{self.group}/" if self.group else ""
+        shared = [f"{prefix}{wire.TOPIC_ROOT}/+/+/{kind}" for kind in _SHARED_KINDS]
         return [*shared, f"{wire.TOPIC_ROOT}/+/+/status"]
 
     async def run(self) -> None:
@@ -83,6 +103,8 @@ class IngestService:
                     self.mqtt_port,
                     identifier=self.client_id,
                     protocol=aiomqtt.ProtocolVersion.V5,
+                    clean_start=False,
+                    properties=self._connect_properties(),
                     timeout=self.connect_timeout_s,
                 ) as client:
                     options = SubscribeOptions(qos=1)

@@ -49,7 +49,8 @@ class CloudSettings:
     db_url: str = "sqlite:///var/safewatch-cloud.db"
     host: str = "127.0.0.1"
     port: int = 8000
-    group: str = "safewatch-ingest"
+    group: str | None = None  # MQTT shared-subscription group for several workers
+    client_id: str | None = None  # default: <group>-<hostname>, a persistent MQTT session
     shutdown_flush_s: float = 5.0
 
 
@@ -78,7 +79,12 @@ class CloudService:
         self.store = Store(settings.db_url)
         self.writer: PointWriter = writer or _make_writer(settings)
         self.ingest = IngestService(
-            settings.mqtt_host, settings.mqtt_port, self.store, self.writer, group=settings.group
+            settings.mqtt_host,
+            settings.mqtt_port,
+            self.store,
+            self.writer,
+            group=settings.group,
+            client_id=settings.client_id,
         )
         self.app = create_app(self.store, self.health)
         self._server = _QuietServer(

@@ -45,7 +45,18 @@ def run(
     ),
     host: str = typer.Option("127.0.0.1", help="API listen address."),
     port: int = typer.Option(8000, help="API listen port (0: any free port)."),
-    group: str = typer.Option("safewatch-ingest", help="MQTT shared-subscription group."),
+    group: str | None = typer.Option(
+        None,
+        help="MQTT shared-subscription group, to split the load over several ingest workers "
+        "(Mosquitto 2.0 drops shared subscriptions on a broker restart; one worker without a "
+        "group keeps its queued messages).",
+    ),
+    client_id: str | None = typer.Option(
+        None,
+        help="MQTT client id of this ingest worker (default <group or safewatch-ingest>-"
+        "<hostname>); the broker keeps its session and queues messages while it is away. "
+        "Give each worker its own.",
+    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run MQTT ingest, the InfluxDB writer and the HTTP API until SIGINT/SIGTERM."""
@@ -67,6 +78,7 @@ def run(
         host=host,
         port=port,
         group=group,
+        client_id=client_id,
     )
 
     def ready(service: CloudService) -> None:

@@ -96,8 +96,15 @@ def start_mosquitto(workdir: Path, port: int | None = None) -> Broker:
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = port or free_port()
     conf = workdir / f"mosquitto-{port}.conf"
+    store = workdir / f"mosquitto-{port}"
+    store.mkdir(exist_ok=True)
+    # persistence on, as in Debian's default config: a restarted broker keeps the
+    # sessions and queued QoS 1 messages of clients that asked to be remembered
+    # as root, mosquitto would drop to user 'mosquitto', who cannot write under our tmp dir
+    user = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n{user}"
+        f"persistence true\npersistence_location {store}/\n",
         encoding="utf-8",
     )
     proc = subprocess.Popen(

@@ -142,3 +142,50 @@ async def test_ingest_survives_a_broker_that_is_not_there_yet(
             task.cancel()
             await asyncio.to_thread(broker.stop)
     await writer.aclose()
+
+
+async def test_alarms_published_while_ingest_is_away_arrive_after_it_returns(
+    tmp_path: Path, broker: Broker, influx_db: tuple[str, str]
+) -> None:
+    """Persistent session: the broker queues QoS 1 alarms for an absent ingest,
+    also across a restart of the broker itself (persistence on)."""
+    from tests.support import start_mosquitto
+
+    store = Store(f"sqlite:///{tmp_path / 'away.db'}")
+    store.create_all()
+    writer = InfluxV1Writer(*influx_db)
+
+    async def run_until(ingest: IngestService, done: Any, what: str) -> None:
+        async with asyncio.TaskGroup() as tg:
+            task = tg.create_task(ingest.run(), name="mqtt-ingest")
+            try:
+                await async_wait_until(done, 15, what)
+            finally:
+                task.cancel()
+
+    def ingest() -> IngestService:
+        return IngestService(
+            broker.host, broker.port, store, writer, client_id="ingest-a", backoff_cap_s=0.5
+        )
+
+    first = ingest()
+    await run_until(first, lambda: first.connected, "first subscription")
+
+    async def publish(alarm: wire.AlarmEvent) -> None:
+        async with aiomqtt.Client(
+            broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
+        ) as gateway:
+            await gateway.publish(wire.topic_of(alarm), wire.encode(alarm), qos=1)
+
+    await publish(cut_alarm(7))  # nobody is connected: the session queues it
+    broker.stop()
+    restarted = await asyncio.to_thread(start_mosquitto, tmp_path, broker.port)
+    try:
+        await publish(cut_alarm(8))  # queued in the restored session
+        second = ingest()
+        await run_until(
+            second, lambda: {a.seq for a in store.alarms()} == {7, 8}, "both queued alarms"
+        )
+    finally:
+        restarted.stop()
+        await writer.aclose()

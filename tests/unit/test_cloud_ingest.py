@@ -116,6 +116,21 @@ def test_subscriptions_share_buffered_kinds_and_not_status(ingest: IngestService
     ]
 
 
+def test_without_a_group_subscriptions_are_plain_and_the_session_is_stable(
+    store: Store, writer: RecordingWriter
+) -> None:
+    alone = IngestService("127.0.0.1", 1, store, writer)
+    assert alone.subscriptions() == [
+        "safewatch/v1/+/+/telemetry",
+        "safewatch/v1/+/+/alarms",
+        "safewatch/v1/+/+/events",
+        "safewatch/v1/+/+/status",
+    ]
+    again = IngestService("127.0.0.1", 1, store, writer)
+    assert alone.client_id == again.client_id  # a restart resumes the same broker session
+    assert alone.client_id.startswith("safewatch-ingest-")
+
+
 async def test_telemetry_goes_to_writer_and_latest_once(
     ingest: IngestService, store: Store, writer: RecordingWriter
 ) -> None:
