@@ -66,9 +66,16 @@ class Subscriber:
 
 
 @contextlib.asynccontextmanager
-async def subscribed(broker: Broker) -> AsyncIterator[Subscriber]:
+async def subscribed(broker: Broker, session: str | None = None) -> AsyncIterator[Subscriber]:
+    """Subscribe to the gateway's topics; a named ``session`` persists across disconnects."""
     sub = Subscriber()
-    async with aiomqtt.Client(broker.host, broker.port, timeout=5) as client:
+    async with aiomqtt.Client(
+        broker.host,
+        broker.port,
+        timeout=5,
+        identifier=session,
+        clean_session=False if session else None,
+    ) as client:
         await client.subscribe(wire.topic_for(SITE, GATEWAY, "status").rsplit("/", 1)[0] + "/#", 1)
 
         async def collect() -> None:
@@ -159,9 +166,12 @@ async def test_status_online_retained_then_offline_after_stop(
 async def test_broker_outage_keeps_messages_and_delivers_after_restart(tmp_path: Path) -> None:
     broker = start_mosquitto(tmp_path)
     buffer = open_buffer(tmp_path)
-    # a slow, fixed reconnect cadence (1.5-3 s) leaves room to subscribe before it reconnects
-    publisher = make_publisher(buffer, broker, backoff_s=3.0)
+    publisher = make_publisher(buffer, broker, backoff_s=0.5)
     try:
+        # a persistent subscriber session: the restarted broker (persistence on) queues the
+        # backlog for it, however the publisher's reconnect and our subscription interleave
+        async with subscribed(broker, session="outage-watcher"):
+            pass
         async with running(publisher):
             await async_wait_until(lambda: publisher.connected, 10, "publisher connected")
             broker.stop()
@@ -177,8 +187,7 @@ async def test_broker_outage_keeps_messages_and_delivers_after_restart(tmp_path:
             assert [p.seq for p in buffer.pending()] == [alarm_msg.seq, batch.seq]
 
             broker = start_mosquitto(tmp_path, port=broker.port)
-            async with subscribed(broker) as sub:
-                assert publisher.connects == 1, "publisher reconnected before the test subscribed"
+            async with subscribed(broker, session="outage-watcher") as sub:
                 await async_wait_until(lambda: len(sub.data()) == 2, 15, "backlog delivered")
                 await async_wait_until(lambda: buffer.pending() == [], 5, "backlog acked")
                 assert sub.data() == [alarm_msg, batch]
