@@ -22,6 +22,7 @@ import asyncio
 import collections
 import logging
 import socket
+from collections.abc import Callable
 from typing import Final
 
 import aiomqtt
@@ -97,16 +98,18 @@ class IngestService:
         """Connect, subscribe, handle messages; reconnect forever with capped jittered backoff."""
         backoff = Backoff(initial=0.5, cap=self.backoff_cap_s)
         while True:
+            client = aiomqtt.Client(
+                self.mqtt_host,
+                self.mqtt_port,
+                identifier=self.client_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=False,
+                properties=self._connect_properties(),
+                timeout=self.connect_timeout_s,
+            )
+            ack = _manual_acks(client)
             try:
-                async with aiomqtt.Client(
-                    self.mqtt_host,
-                    self.mqtt_port,
-                    identifier=self.client_id,
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                    clean_start=False,
-                    properties=self._connect_properties(),
-                    timeout=self.connect_timeout_s,
-                ) as client:
+                async with client:
                     options = SubscribeOptions(qos=1)
                     async with asyncio.timeout(self.connect_timeout_s):
                         await client.subscribe([(t, options) for t in self.subscriptions()])
@@ -116,6 +119,7 @@ class IngestService:
                     log.info("ingest subscribed on %s:%d", self.mqtt_host, self.mqtt_port)
                     async for message in client.messages:
                         await self.handle(str(message.topic), message.payload)
+                        ack(message)
             except (aiomqtt.MqttError, TimeoutError) as exc:
                 problem: object = exc
             else:
@@ -174,28 +178,47 @@ class IngestService:
             await asyncio.to_thread(self.store.record_status, message)
             self._counters["status"] += 1
             return
-        fresh = await asyncio.to_thread(
-            self.store.note_seq, message.gateway, message.site, message.seq
-        )
-        if not fresh:
+        # Store first, then remember the seq: a crash in between (the broker then
+        # redelivers, since the ack comes last) re-processes the message, and every
+        # store step is idempotent - alarms are unique on (gateway, seq), points
+        # overwrite themselves in InfluxDB, latest values only move forward.
+        if await asyncio.to_thread(self.store.seen, message.gateway, message.seq):
             self._counters["duplicates"] += 1
             return
-        try:
-            if isinstance(message, wire.TelemetryBatch):
-                self.writer.enqueue(to_lines(message))
-                await asyncio.to_thread(self.store.upsert_latest, message)
-                self._counters["telemetry"] += 1
-                self._counters["points"] += len(message.points)
-            elif isinstance(message, wire.AlarmEvent):
-                await asyncio.to_thread(self.store.record_alarm, message)
-                self._counters["alarms"] += 1
-            else:
-                await asyncio.to_thread(self.store.record_gap, message)
-                self._counters["gaps"] += 1
-        except Exception:
-            # Let a resend of this message be processed again.
-            try:
-                await asyncio.to_thread(self.store.forget_seq, message.gateway, message.seq)
-            except StoreError:
-                log.warning("could not forget seq %d of %s", message.seq, message.gateway)
-            raise
+        if isinstance(message, wire.TelemetryBatch):
+            self.writer.enqueue(to_lines(message))
+            await asyncio.to_thread(self.store.upsert_latest, message)
+            self._counters["telemetry"] += 1
+            self._counters["points"] += len(message.points)
+        elif isinstance(message, wire.AlarmEvent):
+            if not await asyncio.to_thread(self.store.record_alarm, message):
+                self._counters["duplicates"] += 1
+                return
+            self._counters["alarms"] += 1
+        else:
+            await asyncio.to_thread(self.store.record_gap, message)
+            self._counters["gaps"] += 1
+        await asyncio.to_thread(self.store.note_seq, message.gateway, message.site, message.seq)
+
+
+def _manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:
+    """Acknowledge QoS 1 messages only after they were handled (stored or counted).
+
+    paho acknowledges on receipt by default, so a crash between receipt and
+    storage would lose the message: the broker already holds its PUBACK.
+    aiomqtt 2.5 has no public switch for this yet (aiomqtt issue #345), so
+    reach the wrapped paho client, which has one; set before connecting, so
+    messages queued in the session are covered too. Without it we fall back
+    to paho's acknowledgement on receipt, and say so.
+    """
+    paho = getattr(client, "_client", None)
+    if paho is None or not hasattr(paho, "manual_ack_set") or not hasattr(paho, "ack"):
+        log.warning("ingest: MQTT client has no manual acknowledgement; acking on receipt")
+        return lambda message: None
+    paho.manual_ack_set(True)
+
+    def ack(message: aiomqtt.Message) -> None:
+        if message.qos > 0:
+            paho.ack(message.mid, message.qos)
+
+    return ack

@@ -289,6 +289,15 @@ class Store:
                 )
         return True
 
+    def seen(self, gateway: str, seq: int) -> bool:
+        """Whether (gateway, seq) was already processed (read only; see :meth:`note_seq`)."""
+        seen = _SEEN
+        with self._begin() as conn:
+            row = conn.execute(
+                sa.select(seen.c.seq).where(seen.c.gateway == gateway, seen.c.seq == seq)
+            ).first()
+        return row is not None
+
     def forget_seq(self, gateway: str, seq: int) -> None:
         """Undo :meth:`note_seq` for a message whose processing failed, so a resend counts."""
         seen = _SEEN
