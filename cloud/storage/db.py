@@ -298,12 +298,6 @@ class Store:
             ).first()
         return row is not None
 
-    def forget_seq(self, gateway: str, seq: int) -> None:
-        """Undo :meth:`note_seq` for a message whose processing failed, so a resend counts."""
-        seen = _SEEN
-        with self._begin() as conn:
-            conn.execute(seen.delete().where(seen.c.gateway == gateway, seen.c.seq == seq))
-
     def record_alarm(self, ev: wire.AlarmEvent) -> bool:
         """Store an alarm change; False when (gateway, seq) is already stored."""
         table = _ALARMS

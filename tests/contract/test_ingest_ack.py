@@ -12,28 +12,12 @@ import pytest
 import wire
 from cloud import IngestService
 from cloud.storage import InfluxV1Writer, Store
+from tests.factories import alarm
 from tests.support import Broker, async_wait_until
 
 pytestmark = pytest.mark.contract
 
-ALARM = wire.AlarmEvent(
-    gateway="gw-1",
-    site="mine-a",
-    seq=11,
-    alarm_id="gw-1-CH4-101-3",
-    tag="CH4-101",
-    device="gas-1",
-    kind="ch4",
-    area="panel-3",
-    position="face",
-    level="cut",
-    previous="alarm",
-    value=1.6,
-    threshold=1.5,
-    ts_ns=1_700_000_000_000_000_011,
-    message="CH4 1.6 % at face: power cut",
-    actuators=["power-1201"],
-)
+ALARM = alarm(11, alarm_id="gw-1-CH4-101-3", message="CH4 1.6 % at face: power cut")
 
 
 class CrashingStore(Store):

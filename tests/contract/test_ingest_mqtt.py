@@ -13,11 +13,10 @@ import pytest
 import wire
 from cloud import IngestService
 from cloud.storage import InfluxV1Writer, Store
+from tests.factories import T0, alarm, gateway_status, point, telemetry
 from tests.support import Broker, async_wait_until
 
 pytestmark = pytest.mark.contract
-
-T0 = 1_700_000_000_000_000_000
 
 
 def influx_values(url: str, db: str, q: str) -> list[list[Any]]:
@@ -25,42 +24,6 @@ def influx_values(url: str, db: str, q: str) -> list[list[Any]]:
     r.raise_for_status()
     series = r.json()["results"][0].get("series", [])
     return [row for s in series for row in s["values"]]
-
-
-def telemetry(seq: int, value: float) -> wire.TelemetryBatch:
-    p = wire.Point(
-        tag="CH4-101",
-        device="gas-1",
-        kind="ch4",
-        unit="%",
-        area="panel-3",
-        position="face",
-        value=value,
-        quality="good",
-        ts_ns=T0 + seq,
-    )
-    return wire.TelemetryBatch(gateway="gw-1", site="mine-a", seq=seq, sent_ns=T0 + seq, points=[p])
-
-
-def cut_alarm(seq: int) -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway="gw-1",
-        site="mine-a",
-        seq=seq,
-        alarm_id="CH4-101-cut",
-        tag="CH4-101",
-        device="gas-1",
-        kind="ch4",
-        area="panel-3",
-        position="face",
-        level="cut",
-        previous="alarm",
-        value=1.6,
-        threshold=1.5,
-        ts_ns=T0 + seq,
-        message="CH4 1.6 % at face: power cut",
-        actuators=["power-1201"],
-    )
 
 
 async def test_ingest_stores_alarms_once_latest_and_points(
@@ -76,7 +39,7 @@ async def test_ingest_stores_alarms_once_latest_and_points(
         broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
     ) as gateway:
         # Retained before the cloud connects: only a normal subscription receives it.
-        status = wire.GatewayStatus(gateway="gw-1", site="mine-a", state="online", ts_ns=T0)
+        status = gateway_status("online")
         await gateway.publish(wire.topic_of(status), wire.encode(status), qos=1, retain=True)
 
         async with asyncio.TaskGroup() as tg:
@@ -86,7 +49,14 @@ async def test_ingest_stores_alarms_once_latest_and_points(
             ]
             await async_wait_until(lambda: ingest.connected, 10, "ingest subscribed")
 
-            for message in (telemetry(1, 0.4), cut_alarm(2), cut_alarm(2), telemetry(3, 0.9)):
+            cut = alarm(2, level="cut", actuators=["power-1201"])
+            messages = (
+                telemetry(1, point("CH4-101", 0.4, T0 + 1, kind="ch4")),
+                cut,
+                cut,
+                telemetry(3, point("CH4-101", 0.9, T0 + 3, kind="ch4")),
+            )
+            for message in messages:
                 await gateway.publish(wire.topic_of(message), wire.encode(message), qos=1)
             await gateway.publish("safewatch/v1/mine-a/gw-1/alarms", b"\x00garbage", qos=1)
 
@@ -171,17 +141,17 @@ async def test_alarms_published_while_ingest_is_away_arrive_after_it_returns(
     first = ingest()
     await run_until(first, lambda: first.connected, "first subscription")
 
-    async def publish(alarm: wire.AlarmEvent) -> None:
+    async def publish(event: wire.AlarmEvent) -> None:
         async with aiomqtt.Client(
             broker.host, broker.port, protocol=aiomqtt.ProtocolVersion.V5
         ) as gateway:
-            await gateway.publish(wire.topic_of(alarm), wire.encode(alarm), qos=1)
+            await gateway.publish(wire.topic_of(event), wire.encode(event), qos=1)
 
-    await publish(cut_alarm(7))  # nobody is connected: the session queues it
+    await publish(alarm(7))  # nobody is connected: the session queues it
     broker.stop()
     restarted = await asyncio.to_thread(start_mosquitto, tmp_path, broker.port)
     try:
-        await publish(cut_alarm(8))  # queued in the restored session
+        await publish(alarm(8))  # queued in the restored session
         second = ingest()
         await run_until(
             second, lambda: {a.seq for a in store.alarms()} == {7, 8}, "both queued alarms"

@@ -16,11 +16,10 @@ import pytest
 
 import wire
 from cloud import CloudService, CloudSettings
+from tests.factories import T0, alarm, point, telemetry
 from tests.support import Broker, async_wait_until, free_port, wait_until
 
 pytestmark = pytest.mark.contract
-
-T0 = 1_700_000_000_000_000_000
 
 
 async def test_service_ingests_serves_and_stops_in_order(
@@ -47,39 +46,10 @@ async def test_service_ingests_serves_and_stops_in_order(
                 return bool((await api.get("/health")).json()["status"] == "ok")
 
             await async_wait_until(healthy, 15, "health ok")
-            alarm = wire.AlarmEvent(
-                gateway="gw-1",
-                site="mine-a",
-                seq=1,
-                alarm_id="a1",
-                tag="CH4-101",
-                device="gas-1",
-                kind="ch4",
-                area="panel-3",
-                position="face",
-                level="alarm",
-                previous="normal",
-                value=1.1,
-                threshold=1.0,
-                ts_ns=T0,
-                message="CH4 alarm",
-            )
-            point = wire.Point(
-                tag="CH4-101",
-                device="gas-1",
-                kind="ch4",
-                unit="%",
-                area="panel-3",
-                position="face",
-                value=1.1,
-                quality="good",
-                ts_ns=T0,
-            )
-            batch = wire.TelemetryBatch(
-                gateway="gw-1", site="mine-a", seq=2, sent_ns=T0, points=[point]
-            )
+            raised = alarm(1, tag="CH4-101", level="alarm", ts_ns=T0)
+            batch = telemetry(2, point("CH4-101", 1.1, T0, kind="ch4"))
             async with aiomqtt.Client(broker.host, broker.port) as gw:
-                for message in (alarm, batch):
+                for message in (raised, batch):
                     await gw.publish(wire.topic_of(message), wire.encode(message), qos=1)
 
             async def latest_seen() -> bool:

@@ -13,37 +13,13 @@ import pytest
 import wire
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
+from tests.factories import alarm, point
 from tests.support import Broker, async_wait_until, start_mosquitto
 
 pytestmark = pytest.mark.contract
 
 SITE, GATEWAY = "s1", "gw1"
 STATUS = wire.topic_for(SITE, GATEWAY, "status")
-
-
-def point(i: int) -> wire.Point:
-    return wire.Point("CH4", "d1", "ch4", "%", "face", "face", 0.01 * i, "good", 1_000 + i)
-
-
-def alarm(tag: str) -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway=GATEWAY,
-        site=SITE,
-        seq=0,
-        alarm_id=f"id-{tag}",
-        tag=tag,
-        device="d1",
-        kind="ch4",
-        area="face",
-        position="face",
-        level="cut",
-        previous="normal",
-        value=1.6,
-        threshold=1.5,
-        ts_ns=5,
-        message="over the cut limit",
-        actuators=["power"],
-    )
 
 
 class Subscriber:
@@ -127,9 +103,9 @@ async def test_pending_is_delivered_alarms_first_and_removed_after_puback(
     tmp_path: Path, broker: Broker
 ) -> None:
     buffer = open_buffer(tmp_path)
-    t1 = buffer.append_telemetry([point(1), point(2)])
-    t2 = buffer.append_telemetry([point(3)])
-    a1 = buffer.append_alarm(alarm("CH4_T1"))
+    t1 = buffer.append_telemetry([point(value=0.01), point(value=0.02)])
+    t2 = buffer.append_telemetry([point(value=0.03)])
+    a1 = buffer.append_alarm(alarm(tag="CH4_T1"))
     async with subscribed(broker) as sub:
         publisher = make_publisher(buffer, broker)
         async with running(publisher):
@@ -175,8 +151,8 @@ async def test_broker_outage_keeps_messages_and_delivers_after_restart(tmp_path:
         async with running(publisher):
             await async_wait_until(lambda: publisher.connected, 10, "publisher connected")
             broker.stop()
-            alarm_msg = buffer.append_alarm(alarm("CH4_T2"))
-            batch = buffer.append_telemetry([point(7)])
+            alarm_msg = buffer.append_alarm(alarm(tag="CH4_T2"))
+            batch = buffer.append_telemetry([point(value=0.07)])
             publisher.notify()
             await async_wait_until(lambda: publisher.connect_failures >= 1, 15, "loss noticed")
             failures = publisher.connect_failures

@@ -8,13 +8,12 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-import wire
 from cloud.storage import Store
+from tests.factories import T0, alarm, gap, gateway_status, point, telemetry
 
 pytestmark = pytest.mark.contract
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-T0 = 1_700_000_000_000_000_000
 
 
 @pytest.fixture
@@ -42,41 +41,6 @@ def store(schema: str) -> Iterator[Store]:
     s.close()
 
 
-def alarm(seq: int, level: str = "cut") -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway="gw-1",
-        site="mine-a",
-        seq=seq,
-        alarm_id=f"a{seq}",
-        tag="CH4-101",
-        device="gas-1",
-        kind="ch4",
-        area="panel-3",
-        position="face",
-        level=level,  # type: ignore[arg-type]
-        previous="alarm",
-        value=1.6,
-        threshold=1.5,
-        ts_ns=T0 + seq,
-        message="cut",
-        actuators=["power-1201"],
-    )
-
-
-def point(tag: str, value: float, ts_ns: int) -> wire.Point:
-    return wire.Point(
-        tag=tag,
-        device="gas-1",
-        kind="ch4",
-        unit="%",
-        area="panel-3",
-        position="face",
-        value=value,
-        quality="good",
-        ts_ns=ts_ns,
-    )
-
-
 def test_tables_live_in_the_private_schema(store: Store, schema: str) -> None:
     tables = set(sa.inspect(store.engine).get_table_names(schema=schema))
     assert {"alarm_events", "latest_values", "gateways", "seen_seq"} <= tables
@@ -98,44 +62,24 @@ def test_dedup_survives_a_new_store(store: Store, schema: str) -> None:
 
 
 def test_alarms_filters_and_ordering(store: Store) -> None:
-    store.record_alarm(alarm(1, "alarm"))
-    store.record_alarm(alarm(2, "cut"))
+    store.record_alarm(alarm(1, level="alarm"))
+    store.record_alarm(alarm(2, level="cut", actuators=["power-1201"]))
     (cut,) = store.alarms(level="cut")
     assert (cut.seq, cut.actuators, cut.received_at.tzinfo is not None) == (2, ["power-1201"], True)
     assert [a.seq for a in store.alarms(site="mine-a")] == [2, 1]
 
 
 def test_latest_upsert_only_newer_and_duplicates_in_one_batch(store: Store) -> None:
-    def batch(seq: int, *points: wire.Point) -> wire.TelemetryBatch:
-        return wire.TelemetryBatch(
-            gateway="gw-1", site="mine-a", seq=seq, sent_ns=T0, points=list(points)
-        )
-
     # Two points of one tag in one batch: PostgreSQL refuses to upsert a row twice per statement.
-    store.upsert_latest(batch(1, point("CH4-101", 0.5, T0 + 10), point("CH4-101", 0.4, T0 + 9)))
-    store.upsert_latest(batch(2, point("CH4-101", 0.9, T0 + 5)))
-    store.upsert_latest(batch(3, point("CO-1", 7.0, T0 + 1)))
+    store.upsert_latest(telemetry(1, point("CH4-101", 0.5, T0 + 10), point("CH4-101", 0.4, T0 + 9)))
+    store.upsert_latest(telemetry(2, point("CH4-101", 0.9, T0 + 5)))
+    store.upsert_latest(telemetry(3, point("CO-1", 7.0, T0 + 1)))
     assert [(v.tag, v.value) for v in store.latest("mine-a")] == [("CH4-101", 0.5), ("CO-1", 7.0)]
 
 
 def test_status_only_newer_and_gaps(store: Store) -> None:
-    assert store.record_status(
-        wire.GatewayStatus(gateway="gw-1", site="mine-a", state="offline", ts_ns=T0 + 5)
-    )
-    assert not store.record_status(
-        wire.GatewayStatus(gateway="gw-1", site="mine-a", state="online", ts_ns=T0)
-    )
-    store.record_gap(
-        wire.GapEvent(
-            gateway="gw-1",
-            site="mine-a",
-            seq=9,
-            first_seq=2,
-            last_seq=8,
-            dropped=7,
-            reason="buffer full",
-            ts_ns=T0,
-        )
-    )
+    assert store.record_status(gateway_status("offline", ts_ns=T0 + 5))
+    assert not store.record_status(gateway_status("online", ts_ns=T0))
+    store.record_gap(gap(9, first_seq=2, last_seq=8, dropped=7))
     (gw,) = store.gateways()
     assert (gw.state, gw.dropped) == ("offline", 7)

@@ -9,30 +9,7 @@ import pytest
 
 import wire
 from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
-
-
-def point(i: int = 0) -> wire.Point:
-    return wire.Point("CH4", "d1", "ch4", "%", "face", "face", 0.1 * i, "good", 1_000 + i)
-
-
-def alarm(tag: str = "CH4") -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway="x",
-        site="x",
-        seq=0,
-        alarm_id=f"a-{tag}",
-        tag=tag,
-        device="d1",
-        kind="ch4",
-        area="face",
-        position="face",
-        level="cut",
-        previous="normal",
-        value=1.6,
-        threshold=1.5,
-        ts_ns=5,
-        message="over",
-    )
+from tests.factories import alarm, point
 
 
 def open_buffer(path: Path, max_bytes: int = 1_000_000) -> StoreAndForwardBuffer:
@@ -42,7 +19,7 @@ def open_buffer(path: Path, max_bytes: int = 1_000_000) -> StoreAndForwardBuffer
 def test_sequence_numbers_increase_forever_across_reopen_and_deletes(tmp_path: Path) -> None:
     path = tmp_path / "b.db"
     buf = open_buffer(path)
-    seqs = [buf.append_telemetry([point(i)]).seq for i in range(3)]
+    seqs = [buf.append_telemetry([point(value=0.1 * i)]).seq for i in range(3)]
     assert seqs == [1, 2, 3]
     assert buf.ack(seqs) == 3
     assert buf.pending() == []
@@ -57,7 +34,7 @@ def test_sequence_numbers_increase_forever_across_reopen_and_deletes(tmp_path: P
 
 def test_stored_payload_is_the_wire_message_with_its_seq(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db")
-    batch = buf.append_telemetry([point(1), point(2)], sent_ns=77)
+    batch = buf.append_telemetry([point(value=0.1), point(value=0.2)], sent_ns=77)
     (row,) = buf.pending()
     decoded = wire.decode(row.payload)
     assert decoded == batch
@@ -68,11 +45,11 @@ def test_stored_payload_is_the_wire_message_with_its_seq(tmp_path: Path) -> None
 
 def test_pending_returns_alarms_first_then_oldest(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db")
-    t1 = buf.append_telemetry([point(1)]).seq
-    t2 = buf.append_telemetry([point(2)]).seq
-    a1 = buf.append_alarm(alarm("A")).seq
-    t3 = buf.append_telemetry([point(3)]).seq
-    a2 = buf.append_alarm(alarm("B")).seq
+    t1 = buf.append_telemetry([point(value=0.1)]).seq
+    t2 = buf.append_telemetry([point(value=0.2)]).seq
+    a1 = buf.append_alarm(alarm(tag="A")).seq
+    t3 = buf.append_telemetry([point(value=0.3)]).seq
+    a2 = buf.append_alarm(alarm(tag="B")).seq
     assert [p.seq for p in buf.pending()] == [a1, a2, t1, t2, t3]
     assert [p.kind for p in buf.pending(3)] == ["alarm", "alarm", "telemetry"]
     buf.close()
@@ -80,7 +57,7 @@ def test_pending_returns_alarms_first_then_oldest(tmp_path: Path) -> None:
 
 def test_ack_deletes_only_acknowledged_rows(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db")
-    seqs = [buf.append_telemetry([point(i)]).seq for i in range(4)]
+    seqs = [buf.append_telemetry([point(value=0.1 * i)]).seq for i in range(4)]
     assert buf.ack([seqs[1], seqs[3], 999]) == 2
     assert [p.seq for p in buf.pending()] == [seqs[0], seqs[2]]
     stats = buf.stats()
@@ -102,10 +79,10 @@ def test_unacked_rows_survive_a_reopen(tmp_path: Path) -> None:
 
 
 def test_overflow_drops_oldest_telemetry_records_gap_and_keeps_alarms(tmp_path: Path) -> None:
-    size = len(wire.encode(wire.TelemetryBatch("gw1", "s1", 1, 1, [point(0) for _ in range(10)])))
+    size = len(wire.encode(wire.TelemetryBatch("gw1", "s1", 1, 1, [point() for _ in range(10)])))
     buf = open_buffer(tmp_path / "b.db", max_bytes=size * 10)
-    first_alarm = buf.append_alarm(alarm("early")).seq
-    seqs = [buf.append_telemetry([point(0) for _ in range(10)]).seq for _ in range(12)]
+    first_alarm = buf.append_alarm(alarm(tag="early")).seq
+    seqs = [buf.append_telemetry([point() for _ in range(10)]).seq for _ in range(12)]
     stats = buf.stats()
     assert stats.bytes <= buf.max_bytes
     assert stats.dropped > 0
@@ -128,7 +105,7 @@ def test_overflow_drops_oldest_telemetry_records_gap_and_keeps_alarms(tmp_path: 
 
 def test_alarms_are_kept_past_the_bound(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db", max_bytes=200)
-    seqs = [buf.append_alarm(alarm(f"T{i}")).seq for i in range(5)]
+    seqs = [buf.append_alarm(alarm(tag=f"T{i}")).seq for i in range(5)]
     assert [p.seq for p in buf.pending()] == seqs
     buf.append_telemetry([point()])  # no room: the new telemetry itself is dropped
     pending = buf.pending()

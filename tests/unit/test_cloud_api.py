@@ -9,12 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
-import wire
 from cloud import create_app
 from cloud.api import iso_utc
 from cloud.storage import Store
+from tests.factories import alarm, gateway_status, point, telemetry
 
-T0 = 1_700_000_000_123_456_789
+T0 = 1_700_000_000_123_456_789  # has microseconds, unlike tests.factories.T0
 
 
 @pytest.fixture
@@ -40,27 +40,6 @@ async def client(store: Store, health_state: dict[str, Any]) -> AsyncIterator[ht
         yield c
 
 
-def alarm(seq: int, level: str, site: str = "mine-a") -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway="gw-1",
-        site=site,
-        seq=seq,
-        alarm_id=f"a{seq}",
-        tag="CH4-101",
-        device="gas-1",
-        kind="ch4",
-        area="panel-3",
-        position="face",
-        level=level,  # type: ignore[arg-type]
-        previous="normal",
-        value=1.2,
-        threshold=1.0,
-        ts_ns=T0 + seq,
-        message="m",
-        actuators=[],
-    )
-
-
 def test_iso_utc_keeps_microseconds() -> None:
     assert iso_utc(T0) == "2023-11-14T22:13:20.123456Z"
     assert iso_utc(0) == "1970-01-01T00:00:00.000000Z"
@@ -83,9 +62,9 @@ async def test_health_ok_then_degraded(
 
 
 async def test_alarms_newest_first_and_filtered(client: httpx.AsyncClient, store: Store) -> None:
-    store.record_alarm(alarm(1, "alarm"))
-    store.record_alarm(alarm(2, "cut"))
-    store.record_alarm(alarm(3, "alarm", site="mine-b"))
+    store.record_alarm(alarm(1, level="alarm", ts_ns=T0 + 1))
+    store.record_alarm(alarm(2, level="cut", ts_ns=T0 + 2))
+    store.record_alarm(alarm(3, level="alarm", ts_ns=T0 + 3, site="mine-b"))
 
     body = (await client.get("/api/v1/alarms")).json()
     assert [a["seq"] for a in body] == [3, 2, 1]
@@ -104,21 +83,19 @@ async def test_alarms_newest_first_and_filtered(client: httpx.AsyncClient, store
 async def test_latest_for_a_site_and_404_for_an_unknown_one(
     client: httpx.AsyncClient, store: Store
 ) -> None:
-    point = wire.Point(
-        tag="O2-1",
+    o2 = point(
+        "O2-1",
+        None,
+        T0,
         device="gas-3",
         kind="o2",
         unit="%vol",
         area="panel-3",
         position="return",
-        value=None,
         quality="bad",
-        ts_ns=T0,
         reason="timeout",
     )
-    store.upsert_latest(
-        wire.TelemetryBatch(gateway="gw-1", site="mine-a", seq=1, sent_ns=T0, points=[point])
-    )
+    store.upsert_latest(telemetry(1, o2, gateway="gw-1", site="mine-a", sent_ns=T0))
     assert (await client.get("/api/v1/latest", params={"site": "mine-a"})).json() == [
         {
             "tag": "O2-1",
@@ -143,7 +120,7 @@ async def test_latest_for_a_site_and_404_for_an_unknown_one(
 
 async def test_gateways_listed(client: httpx.AsyncClient, store: Store) -> None:
     store.record_status(
-        wire.GatewayStatus(gateway="gw-1", site="mine-a", state="offline", ts_ns=T0, version="1.2")
+        gateway_status("offline", ts_ns=T0, version="1.2", gateway="gw-1", site="mine-a")
     )
     (gw,) = (await client.get("/api/v1/gateways")).json()
     assert (gw["gateway"], gw["site"], gw["state"], gw["version"]) == (

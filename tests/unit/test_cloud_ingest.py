@@ -10,8 +10,7 @@ import pytest
 import wire
 from cloud import IngestService
 from cloud.storage import Store
-
-T0 = 1_700_000_000_000_000_000
+from tests.factories import alarm, gap, gateway_status, point, telemetry
 
 
 class RecordingWriter:
@@ -67,42 +66,6 @@ def ingest(store: Store, writer: RecordingWriter) -> IngestService:
     return IngestService("127.0.0.1", 1, store, writer, group="g1")
 
 
-def telemetry(seq: int, value: float = 0.4) -> wire.TelemetryBatch:
-    p = wire.Point(
-        tag="CH4-101",
-        device="gas-1",
-        kind="ch4",
-        unit="%",
-        area="panel-3",
-        position="face",
-        value=value,
-        quality="good",
-        ts_ns=T0 + seq,
-    )
-    return wire.TelemetryBatch(gateway="gw-1", site="mine-a", seq=seq, sent_ns=T0, points=[p])
-
-
-def alarm(seq: int) -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway="gw-1",
-        site="mine-a",
-        seq=seq,
-        alarm_id="a-1",
-        tag="CH4-101",
-        device="gas-1",
-        kind="ch4",
-        area="panel-3",
-        position="face",
-        level="cut",
-        previous="alarm",
-        value=1.6,
-        threshold=1.5,
-        ts_ns=T0,
-        message="CH4 cut",
-        actuators=["power-1201"],
-    )
-
-
 async def deliver(ingest: IngestService, message: wire.Message) -> None:
     await ingest.handle(wire.topic_of(message), wire.encode(message))
 
@@ -134,8 +97,8 @@ def test_without_a_group_subscriptions_are_plain_and_the_session_is_stable(
 async def test_telemetry_goes_to_writer_and_latest_once(
     ingest: IngestService, store: Store, writer: RecordingWriter
 ) -> None:
-    await deliver(ingest, telemetry(1))
-    await deliver(ingest, telemetry(1, value=9.9))  # a resend: dropped
+    await deliver(ingest, telemetry(1, point(kind="ch4", value=0.4)))
+    await deliver(ingest, telemetry(1, point(kind="ch4", value=9.9)))  # a resend: dropped
     assert len(writer.lines) == 1 and writer.lines[0].startswith("ch4,")
     (latest,) = store.latest("mine-a")
     assert latest.value == 0.4
@@ -144,24 +107,10 @@ async def test_telemetry_goes_to_writer_and_latest_once(
 
 
 async def test_alarm_gap_and_status_reach_the_store(ingest: IngestService, store: Store) -> None:
-    await deliver(ingest, alarm(2))
-    await deliver(ingest, alarm(2))
-    await deliver(
-        ingest,
-        wire.GapEvent(
-            gateway="gw-1",
-            site="mine-a",
-            seq=3,
-            first_seq=1,
-            last_seq=1,
-            dropped=1,
-            reason="full",
-            ts_ns=T0,
-        ),
-    )
-    await deliver(
-        ingest, wire.GatewayStatus(gateway="gw-1", site="mine-a", state="online", ts_ns=T0)
-    )
+    await deliver(ingest, alarm(2, level="cut"))
+    await deliver(ingest, alarm(2, level="cut"))
+    await deliver(ingest, gap(3, first_seq=1, last_seq=1, dropped=1))
+    await deliver(ingest, gateway_status("online"))
     assert [a.level for a in store.alarms()] == ["cut"]
     (gw,) = store.gateways()
     assert (gw.state, gw.dropped, gw.last_seq) == ("online", 1, 3)

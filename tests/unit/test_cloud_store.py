@@ -6,60 +6,8 @@ from pathlib import Path
 
 import pytest
 
-import wire
 from cloud.storage import Store
-
-T0 = 1_700_000_000_000_000_000
-
-
-def alarm(
-    seq: int,
-    *,
-    level: str = "alarm",
-    gateway: str = "gw-1",
-    site: str = "mine-a",
-    ts_ns: int | None = None,
-    tag: str = "CH4-101",
-) -> wire.AlarmEvent:
-    return wire.AlarmEvent(
-        gateway=gateway,
-        site=site,
-        seq=seq,
-        alarm_id=f"{tag}-{seq}",
-        tag=tag,
-        device="gas-1",
-        kind="ch4",
-        area="panel-3",
-        position="face",
-        level=level,  # type: ignore[arg-type]
-        previous="normal",
-        value=1.1,
-        threshold=1.0,
-        ts_ns=ts_ns or T0 + seq,
-        message=f"{tag} {level}",
-        actuators=["power-1201"],
-    )
-
-
-def point(
-    tag: str, value: float | None, ts_ns: int, quality: wire.QualityName = "good"
-) -> wire.Point:
-    return wire.Point(
-        tag=tag,
-        device="gas-1",
-        kind="ch4",
-        unit="%",
-        area="panel-3",
-        position="face",
-        value=value,
-        quality=quality,
-        ts_ns=ts_ns,
-        reason=None if quality == "good" else "timeout",
-    )
-
-
-def batch(seq: int, *points: wire.Point, site: str = "mine-a") -> wire.TelemetryBatch:
-    return wire.TelemetryBatch(gateway="gw-1", site=site, seq=seq, sent_ns=T0, points=list(points))
+from tests.factories import T0, alarm, gap, gateway_status, point, telemetry
 
 
 @pytest.fixture
@@ -101,16 +49,19 @@ def test_gaps_count_skipped_seqs_and_late_arrivals_fill_them(store: Store) -> No
     assert (gw.last_seq, gw.gaps) == (15, 2)
 
 
-def test_forget_seq_lets_a_resend_through(store: Store) -> None:
+def test_seen_reads_without_marking(store: Store) -> None:
+    assert store.seen("gw-1", 5) is False
+    assert store.seen("gw-1", 5) is False  # reading does not mark it
     assert store.note_seq("gw-1", "mine-a", 5)
-    store.forget_seq("gw-1", 5)
-    assert store.note_seq("gw-1", "mine-a", 5)
+    assert store.seen("gw-1", 5) is True
+    assert store.seen("gw-2", 5) is False  # seq is per gateway
 
 
 def test_alarm_recorded_once_even_from_a_new_store(db_url: str, store: Store) -> None:
-    assert store.record_alarm(alarm(1)) is True
-    assert store.record_alarm(alarm(1)) is False
-    assert Store(db_url).record_alarm(alarm(1)) is False
+    sent = alarm(1, alarm_id="CH4-101-1", value=1.1, threshold=1.0, actuators=["power-1201"])
+    assert store.record_alarm(sent) is True
+    assert store.record_alarm(sent) is False
+    assert Store(db_url).record_alarm(sent) is False
     (stored,) = store.alarms()
     assert stored.alarm_id == "CH4-101-1"
     assert stored.actuators == ["power-1201"]
@@ -132,9 +83,9 @@ def test_alarms_newest_first_with_filters_and_limit(store: Store) -> None:
 
 
 def test_latest_only_moves_forward_in_time(store: Store) -> None:
-    store.upsert_latest(batch(1, point("CH4-101", 0.5, T0 + 10), point("CO-1", 3.0, T0 + 10)))
-    store.upsert_latest(batch(2, point("CH4-101", 0.9, T0 + 5)))  # older: ignored
-    store.upsert_latest(batch(3, point("CO-1", None, T0 + 20, quality="bad")))
+    store.upsert_latest(telemetry(1, point("CH4-101", 0.5, T0 + 10), point("CO-1", 3.0, T0 + 10)))
+    store.upsert_latest(telemetry(2, point("CH4-101", 0.9, T0 + 5)))  # older: ignored
+    store.upsert_latest(telemetry(3, point("CO-1", None, T0 + 20, quality="bad", reason="timeout")))
 
     latest = {v.tag: v for v in store.latest("mine-a")}
     assert latest["CH4-101"].value == 0.5 and latest["CH4-101"].ts_ns == T0 + 10
@@ -144,42 +95,18 @@ def test_latest_only_moves_forward_in_time(store: Store) -> None:
 
 
 def test_latest_takes_the_newest_of_one_tag_within_a_batch(store: Store) -> None:
-    store.upsert_latest(batch(1, point("CH4-101", 0.7, T0 + 2), point("CH4-101", 0.6, T0 + 1)))
+    store.upsert_latest(telemetry(1, point("CH4-101", 0.7, T0 + 2), point("CH4-101", 0.6, T0 + 1)))
     (value,) = store.latest("mine-a")
     assert (value.value, value.ts_ns) == (0.7, T0 + 2)
 
 
 def test_status_and_gaps_on_the_gateway_row(store: Store) -> None:
-    online = wire.GatewayStatus(
-        gateway="gw-1", site="mine-a", state="online", ts_ns=T0 + 10, version="0.1.0"
-    )
-    stale = wire.GatewayStatus(gateway="gw-1", site="mine-a", state="offline", ts_ns=T0)
+    online = gateway_status("online", ts_ns=T0 + 10, version="0.1.0", gateway="gw-1", site="mine-a")
+    stale = gateway_status("offline", ts_ns=T0)
     assert store.record_status(online) is True
     assert store.record_status(stale) is False
-    store.record_gap(
-        wire.GapEvent(
-            gateway="gw-1",
-            site="mine-a",
-            seq=4,
-            first_seq=1,
-            last_seq=3,
-            dropped=3,
-            reason="buffer full",
-            ts_ns=T0,
-        )
-    )
-    store.record_gap(
-        wire.GapEvent(
-            gateway="gw-1",
-            site="mine-a",
-            seq=9,
-            first_seq=6,
-            last_seq=7,
-            dropped=2,
-            reason="buffer full",
-            ts_ns=T0,
-        )
-    )
+    store.record_gap(gap(4, first_seq=1, last_seq=3, dropped=3))
+    store.record_gap(gap(9, first_seq=6, last_seq=7, dropped=2))
     (gw,) = store.gateways()
     assert (gw.gateway, gw.site, gw.state, gw.version, gw.dropped) == (
         "gw-1",
