@@ -128,15 +128,24 @@ ensure_postgres() {
         say "PostgreSQL: trust auth for 127.0.0.1/32 in $hba"
         sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
     fi
-    say "starting PostgreSQL $version/main"
-    pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
-        die "PostgreSQL $version/main failed to start"
+    if pg_ctlcluster --skip-systemctl-redirect "$version" main status >/dev/null 2>&1; then
+        # On a systemd host, installing the package already started the cluster: reload so
+        # the trust line above takes effect ('start' would fail with "already running").
+        say "PostgreSQL $version/main is running; reloading its configuration"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main reload ||
+            die "PostgreSQL $version/main failed to reload"
+    else
+        say "starting PostgreSQL $version/main"
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+            die "PostgreSQL $version/main failed to start"
+    fi
     wait_for "PostgreSQL (127.0.0.1:5432)" postgres_up "/var/log/postgresql/postgresql-$version-main.log"
     if [ "$installed_now" -eq 1 ]; then
-        if ! su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='test'\"" |
+        # from /, which the postgres user can enter (the caller's directory may be under /root)
+        if ! (cd / && su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='test'\"") |
             grep -q 1; then
             say "PostgreSQL: creating database 'test'"
-            su postgres -c "createdb test" || die "could not create PostgreSQL database 'test'"
+            (cd / && su postgres -c "createdb test") || die "could not create PostgreSQL database 'test'"
         fi
     fi
 }

@@ -23,7 +23,14 @@ if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && ! [ pyproject.toml -nt "$STAM
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
-    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install Python 3.11 or newer"
+    if ! command -v "$PYTHON" >/dev/null 2>&1; then
+        # Bare Debian (debootstrap, container images) has no python3: python3-venv pulls it in.
+        [ "$PYTHON" = python3 ] && [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1 ||
+            die "$PYTHON not found; install Python 3.11 or newer"
+        say "installing python3 and python3-venv"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+    fi
     "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
         die "$("$PYTHON" -V 2>&1) is too old; SafeWatch needs Python >= 3.11 (set PYTHON=...)"
     if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
