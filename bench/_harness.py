@@ -52,8 +52,11 @@ def workdir() -> Iterator[Path]:
 
 
 @contextmanager
-def child(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m safewatch.cli ARGS`` with output to ``log``; stop it on exit."""
+def child(
+    args: list[str], log: Path, stop_timeout_s: float = 15.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m safewatch.cli ARGS`` with output to ``log``; SIGTERM it on exit
+    (SIGKILL after ``stop_timeout_s``). Benchmarks and the integration tests share it."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "safewatch.cli", *args],
@@ -67,7 +70,7 @@ def child(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=stop_timeout_s)
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()

@@ -7,10 +7,7 @@ power-cut coil. The gateway and the cloud are the real ``safewatch`` commands.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +18,7 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
+from bench._harness import child
 from edge.config import load_model, load_site
 from simulators import Scenario, ScenarioPlayer, SiteSimulator
 from tests.support import Broker, async_wait_until, free_port, start_mosquitto
@@ -46,22 +44,9 @@ def _write_site(tmp: Path, sim_port: int, mqtt_port: int) -> Path:
 
 @contextmanager
 def _safewatch(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "safewatch.cli", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            yield proc
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """A real ``safewatch`` child that must exit cleanly (0) when told to stop."""
+    with child(args, log) as proc:
+        yield proc
     assert proc.returncode == 0, f"{args[0]} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
 
 
