@@ -11,10 +11,10 @@ from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, computed_field
 
 import wire
-from cloud.storage import AlarmRecord, LatestValue, Store, StoreError
+from cloud.storage import Store, StoreError
 
 __all__ = ["AlarmOut", "GatewayOut", "HealthOut", "LatestOut", "create_app", "iso_utc"]
 
@@ -35,7 +35,22 @@ class HealthOut(BaseModel):
     counters: dict[str, int] = {}
 
 
-class AlarmOut(BaseModel):
+class _FromRecord(BaseModel):
+    """Built straight from the store's record dataclasses (same field names)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _Stamped(_FromRecord):
+    ts_ns: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ts(self) -> str:
+        return iso_utc(self.ts_ns)
+
+
+class AlarmOut(_Stamped):
     id: int
     site: str
     gateway: str
@@ -52,36 +67,10 @@ class AlarmOut(BaseModel):
     threshold: float | None
     message: str
     actuators: list[str]
-    ts: str
-    ts_ns: int
     received_at: dt.datetime
 
-    @classmethod
-    def of(cls, r: AlarmRecord) -> AlarmOut:
-        return cls(
-            id=r.id,
-            site=r.site,
-            gateway=r.gateway,
-            seq=r.seq,
-            alarm_id=r.alarm_id,
-            tag=r.tag,
-            device=r.device,
-            kind=r.kind,
-            area=r.area,
-            position=r.position,
-            level=r.level,
-            previous=r.previous,
-            value=r.value,
-            threshold=r.threshold,
-            message=r.message,
-            actuators=r.actuators,
-            ts=iso_utc(r.ts_ns),
-            ts_ns=r.ts_ns,
-            received_at=r.received_at,
-        )
 
-
-class LatestOut(BaseModel):
+class LatestOut(_Stamped):
     tag: str
     device: str
     gateway: str
@@ -92,28 +81,9 @@ class LatestOut(BaseModel):
     value: float | None
     quality: str
     reason: str | None
-    ts: str
-    ts_ns: int
-
-    @classmethod
-    def of(cls, v: LatestValue) -> LatestOut:
-        return cls(
-            tag=v.tag,
-            device=v.device,
-            gateway=v.gateway,
-            kind=v.kind,
-            unit=v.unit,
-            area=v.area,
-            position=v.position,
-            value=v.value,
-            quality=v.quality,
-            reason=v.reason,
-            ts=iso_utc(v.ts_ns),
-            ts_ns=v.ts_ns,
-        )
 
 
-class GatewayOut(BaseModel):
+class GatewayOut(_FromRecord):
     gateway: str
     site: str
     state: str
@@ -156,7 +126,7 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             records = store.alarms(site=site, gateway=gateway, level=level, limit=limit)
         except StoreError as exc:
             raise _unavailable(exc) from exc
-        return [AlarmOut.of(r) for r in records]
+        return [AlarmOut.model_validate(r) for r in records]
 
     @app.get("/api/v1/latest", response_model=list[LatestOut])
     def get_latest(site: Annotated[str, Query(min_length=1)]) -> list[LatestOut]:
@@ -167,7 +137,7 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             raise _unavailable(exc) from exc
         if not known:
             raise HTTPException(status_code=404, detail=f"unknown site {site!r}: no data received")
-        return [LatestOut.of(v) for v in values]
+        return [LatestOut.model_validate(v) for v in values]
 
     @app.get("/api/v1/gateways", response_model=list[GatewayOut])
     def get_gateways() -> list[GatewayOut]:
@@ -175,18 +145,6 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             records = store.gateways()
         except StoreError as exc:
             raise _unavailable(exc) from exc
-        return [
-            GatewayOut(
-                gateway=g.gateway,
-                site=g.site,
-                state=g.state,
-                version=g.version,
-                last_seq=g.last_seq,
-                gaps=g.gaps,
-                dropped=g.dropped,
-                last_seen=g.last_seen,
-            )
-            for g in records
-        ]
+        return [GatewayOut.model_validate(g) for g in records]
 
     return app
