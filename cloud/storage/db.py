@@ -461,23 +461,7 @@ class Store:
         query = sa.select(table).where(table.c.site == site).order_by(table.c.tag)
         with self._begin() as conn:
             rows = conn.execute(query).all()
-        return [
-            LatestValue(
-                site=r.site,
-                tag=r.tag,
-                device=r.device,
-                gateway=r.gateway,
-                kind=r.kind,
-                unit=r.unit,
-                area=r.area,
-                position=r.position,
-                value=r.value,
-                quality=r.quality,
-                reason=r.reason,
-                ts_ns=r.ts_ns,
-            )
-            for r in rows
-        ]
+        return [LatestValue(**r._mapping) for r in rows]  # columns == fields
 
     def gateways(self) -> list[GatewayRecord]:
         table = _GATEWAYS
