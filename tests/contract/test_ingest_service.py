@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiomqtt
@@ -22,6 +24,24 @@ from tests.support import Broker, async_wait_until, free_port, wait_until
 pytestmark = pytest.mark.contract
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: CloudSettings) -> AsyncIterator[tuple[CloudService, httpx.AsyncClient]]:
+    """Run a CloudService until its API is ready; stop it in order afterwards."""
+    service = CloudService(settings)
+    ready = asyncio.Event()
+    run = asyncio.create_task(service.run(on_ready=lambda _s: ready.set()), name="cloud")
+    try:
+        async with asyncio.timeout(15):
+            await ready.wait()
+        async with httpx.AsyncClient(base_url=service.api_url) as api:
+            yield service, api
+        assert not run.done(), "the service stopped on its own"
+    finally:
+        service.request_stop()
+        async with asyncio.timeout(15):
+            await run
+
+
 async def test_service_ingests_serves_and_stops_in_order(
     broker: Broker, influx_db: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -34,40 +54,26 @@ async def test_service_ingests_serves_and_stops_in_order(
         db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
         port=0,
     )
-    service = CloudService(settings)
-    ready = asyncio.Event()
-    run = asyncio.create_task(service.run(on_ready=lambda _s: ready.set()), name="cloud")
-    try:
-        async with asyncio.timeout(15):
-            await ready.wait()
-        async with httpx.AsyncClient(base_url=service.api_url) as api:
+    async with serving(settings) as (service, api):
 
-            async def healthy() -> bool:
-                return bool((await api.get("/health")).json()["status"] == "ok")
+        async def healthy() -> bool:
+            return bool((await api.get("/health")).json()["status"] == "ok")
 
-            await async_wait_until(healthy, 15, "health ok")
-            raised = alarm(1, tag="CH4-101", level="alarm", ts_ns=T0)
-            batch = telemetry(2, point("CH4-101", 1.1, T0, kind="ch4"))
-            async with aiomqtt.Client(broker.host, broker.port) as gw:
-                for message in (raised, batch):
-                    await gw.publish(wire.topic_of(message), wire.encode(message), qos=1)
+        await async_wait_until(healthy, 15, "health ok")
+        raised = alarm(1, tag="CH4-101", level="alarm", ts_ns=T0)
+        batch = telemetry(2, point("CH4-101", 1.1, T0, kind="ch4"))
+        async with aiomqtt.Client(broker.host, broker.port) as gw:
+            for message in (raised, batch):
+                await gw.publish(wire.topic_of(message), wire.encode(message), qos=1)
 
-            async def latest_seen() -> bool:
-                return (
-                    await api.get("/api/v1/latest", params={"site": "mine-a"})
-                ).status_code == 200
+        async def latest_seen() -> bool:
+            return (await api.get("/api/v1/latest", params={"site": "mine-a"})).status_code == 200
 
-            await async_wait_until(latest_seen, 10, "latest values for mine-a")
-            alarms = (await api.get("/api/v1/alarms", params={"site": "mine-a"})).json()
-            assert [(a["tag"], a["level"], a["ts_ns"]) for a in alarms] == [
-                ("CH4-101", "alarm", T0)
-            ]
-            (latest,) = (await api.get("/api/v1/latest", params={"site": "mine-a"})).json()
-            assert (latest["value"], latest["ts"]) == (1.1, "2023-11-14T22:13:20.000000Z")
-    finally:
-        service.request_stop()
-        async with asyncio.timeout(15):
-            await run
+        await async_wait_until(latest_seen, 10, "latest values for mine-a")
+        alarms = (await api.get("/api/v1/alarms", params={"site": "mine-a"})).json()
+        assert [(a["tag"], a["level"], a["ts_ns"]) for a in alarms] == [("CH4-101", "alarm", T0)]
+        (latest,) = (await api.get("/api/v1/latest", params={"site": "mine-a"})).json()
+        assert (latest["value"], latest["ts"]) == (1.1, "2023-11-14T22:13:20.000000Z")
     # The final flush on shutdown left nothing behind.
     assert service.writer.pending == 0
     async with httpx.AsyncClient() as client:
@@ -84,25 +90,18 @@ async def test_service_starts_degraded_when_broker_and_influx_are_down(tmp_path:
         db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
         port=0,
     )
-    service = CloudService(settings)
-    ready = asyncio.Event()
-    run = asyncio.create_task(service.run(on_ready=lambda _s: ready.set()), name="cloud")
-    try:
-        async with asyncio.timeout(15):
-            await ready.wait()
-        async with httpx.AsyncClient(base_url=service.api_url) as api:
+    async with serving(settings) as (_service, api):
 
-            async def db_up() -> bool:
-                return bool((await api.get("/health")).json()["db"])
+        async def db_up() -> bool:
+            return bool((await api.get("/health")).json()["db"])
 
-            await async_wait_until(db_up, 10, "database ready")
-            health = (await api.get("/health")).json()
-        assert (health["status"], health["mqtt"], health["influx"]) == ("degraded", False, False)
-        assert not run.done()
-    finally:
-        service.request_stop()
-        async with asyncio.timeout(15):
-            await run
+        await async_wait_until(db_up, 10, "database ready")
+        health = (await api.get("/health")).json()
+        assert (health["status"], health["mqtt"], health["influx"]) == (
+            "degraded",
+            False,
+            False,
+        )
 
 
 def test_cli_prints_urls_and_stops_on_sigterm(
