@@ -25,7 +25,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-from device_drivers import Sample
+import wire
 from device_drivers.modbus import ModbusTcpDriver
 from edge.actuation import ActuatorCommand, Interlock
 from edge.alarms import AlarmManager, AlarmOutbox
@@ -33,7 +33,7 @@ from edge.config import LoadedSite, ModbusTcpBus
 from edge.engine import SafetyEngine
 from edge.polling import BusPoller, RegisterDriver
 from edge.rules import Level
-from edge.uplink.batcher import AlarmWriter, TelemetryBatcher
+from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
 
@@ -64,6 +64,7 @@ class Gateway:
         driver_factory: DriverFactory = _modbus_driver,
         drain_s: float = 5.0,
         stale_check_s: float = 0.25,
+        alarm_flush_s: float = 5.0,
     ) -> None:
         cfg = site.config
         self.site = site
@@ -71,6 +72,9 @@ class Gateway:
         self.mqtt_host = mqtt_host or cfg.mqtt.host
         self.mqtt_port = mqtt_port or cfg.mqtt.port
         self.drain_s = drain_s
+        self.alarm_flush_s = alarm_flush_s
+        # alarms that could not be stored at shutdown: `edge run` exits non-zero
+        self.unsaved_alarms: list[wire.AlarmEvent] = []
         self.stale_check_s = stale_check_s
         self._driver_factory = driver_factory
         self._stop = asyncio.Event()
@@ -83,7 +87,7 @@ class Gateway:
             on_write_failed=self._actuator_failed,
             on_write_recovered=self._actuator_recovered,
         )
-        self.samples: asyncio.Queue[Sample] = asyncio.Queue(maxsize=UPLINK_QUEUE_SIZE)
+        self.samples: SampleQueue = SampleQueue(maxsize=UPLINK_QUEUE_SIZE)
         self.engine = SafetyEngine(site, self.interlock, self.alarms, self.samples)
         self.pollers = [
             BusPoller(site, bus.id, driver_factory(bus), self.engine.handle, self.interlock)
@@ -121,6 +125,8 @@ class Gateway:
         if self.buffer is not None:
             out["buffer_dropped"] = self.buffer.dropped
             out["buffer_errors"] = self.buffer.errors
+            out["points_lost"] = self.buffer.points_lost
+            out["unrecorded_gaps"] = self.buffer.unrecorded_gaps
         return out
 
     # -- lifecycle ---------------------------------------------------------------
@@ -153,6 +159,7 @@ class Gateway:
         self.publisher = publisher
         self.batcher = TelemetryBatcher(self.site, buffer, self.samples, on_stored=publisher.notify)
         self.alarm_writer = AlarmWriter(buffer, self.outbox, on_stored=publisher.notify)
+        clean = False
         log.info(
             "gateway %s (site %s): %d bus(es), %d tag(s); buffer %s; mqtt %s:%d",
             cfg.gateway.id,
@@ -194,13 +201,15 @@ class Gateway:
                 log.info("stopping: polling stops, alarms and telemetry are flushed")
                 await _cancel_and_wait(safety)
                 await _cancel_and_wait(writers)
-                await self.alarm_writer.flush()
+                self.unsaved_alarms = await self.alarm_writer.flush_at_shutdown(self.alarm_flush_s)
                 await self.batcher.flush()
+                clean = not self.unsaved_alarms
                 publisher.notify()
                 await publisher.stop(self.drain_s)
                 await uplink
         finally:
-            await asyncio.to_thread(buffer.close)
+            # not clean (crash, unsaved alarms): the next start records a restart gap
+            await asyncio.to_thread(buffer.close, clean=clean)
             log.info("gateway stopped: %s", self.counters())
 
     async def _watch_stale(self) -> None:

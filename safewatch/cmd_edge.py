@@ -55,6 +55,14 @@ def run(
         logging.getLogger(noisy).setLevel(logging.WARNING)
     gateway = Gateway(site, buffer_path=buffer, mqtt_host=mqtt_host, mqtt_port=mqtt_port)
     asyncio.run(_serve(gateway))
+    if gateway.unsaved_alarms:
+        # each one was logged at CRITICAL; a supervisor must see this run failed
+        err.print(
+            f"{len(gateway.unsaved_alarms)} alarm(s) could not be stored at shutdown "
+            "(buffer unusable); see the CRITICAL log lines.",
+            style="bold red",
+        )
+        raise typer.Exit(3)
 
 
 async def _serve(gateway: Gateway) -> None:

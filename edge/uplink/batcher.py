@@ -17,16 +17,48 @@ from edge.alarms import AlarmOutbox
 from edge.config import LoadedSite
 from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
 
-__all__ = ["AlarmWriter", "TelemetryBatcher"]
+__all__ = ["AlarmWriter", "SampleQueue", "TelemetryBatcher"]
 
 log = logging.getLogger("safewatch.edge.uplink")
+
+
+class SampleQueue(asyncio.Queue[Sample]):
+    """The bounded hand-off from the safety path to the uplink.
+
+    ``put_nowait`` on a full queue still raises :class:`asyncio.QueueFull` (the
+    engine counts it and never waits) but the drop is also counted here, so the
+    batcher can turn it into a ``queue_full`` gap event: never a silent loss.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.dropped = 0
+
+    def put_nowait(self, item: Sample) -> None:
+        try:
+            super().put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            raise
+
+    def take(self, limit: int) -> list[Sample]:
+        """Up to ``limit`` queued samples at once, without waiting."""
+        out: list[Sample] = []
+        while len(out) < limit and not self.empty():
+            out.append(self.get_nowait())
+        return out
 
 
 class TelemetryBatcher:
     """Drains the sample queue into :class:`wire.TelemetryBatch` rows of the buffer.
 
-    A batch is stored when it has ``max_points`` points or ``interval_s`` after
-    its first point, whichever comes first.
+    The queue is drained in bulk (no timer per sample). Full batches of
+    ``max_points`` are stored as soon as they are complete; a partial batch is
+    stored ``interval_s`` after its first point, so a crash loses at most that
+    much telemetry (and the next start marks it with a ``restart`` gap event).
+    Everything ready is stored in one buffer call (one transaction, one fsync).
+    Samples the queue had to drop (:class:`SampleQueue`) become a
+    ``queue_full`` gap event.
     """
 
     def __init__(
@@ -36,13 +68,15 @@ class TelemetryBatcher:
         samples: asyncio.Queue[Sample],
         *,
         max_points: int = 500,
-        interval_s: float = 1.0,
+        interval_s: float = 0.25,
+        tick_s: float = 0.02,
         on_stored: Callable[[], None] | None = None,
     ) -> None:
         self.buffer = buffer
         self.samples = samples
         self.max_points = max_points
         self.interval_s = interval_s
+        self.tick_s = min(tick_s, interval_s)
         self.on_stored = on_stored
         self._meta: dict[str, tuple[str, str, str, str]] = {}
         for _, tag in site.tags():
@@ -53,8 +87,11 @@ class TelemetryBatcher:
                 tag.location.position,
             )
         self._batch: list[wire.Point] = []  # taken from the queue, not stored yet
+        self._since = 0.0  # monotonic time of the oldest point in _batch
+        self._drops_seen = 0
+        self._last_drop_log = 0.0
         self.batches = 0
-        self.points_lost = 0  # could not be stored (disk/SQLite failure)
+        self.points_lost = 0  # could not be stored (disk/SQLite failure), each marked by a gap
 
     def point_of(self, sample: Sample) -> wire.Point:
         kind, unit, area, position = self._meta.get(sample.tag, ("", "", "", ""))
@@ -71,41 +108,69 @@ class TelemetryBatcher:
             reason=sample.reason,
         )
 
+    def _take_ready(self) -> None:
+        point_of = self.point_of
+        samples = self.samples
+        batch = self._batch
+        while not samples.empty():
+            batch.append(point_of(samples.get_nowait()))
+
     async def run(self) -> None:
         while True:
-            self._batch.append(self.point_of(await self.samples.get()))
-            deadline = time.monotonic() + self.interval_s
-            while len(self._batch) < self.max_points:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        sample = await self.samples.get()
-                except TimeoutError:
-                    break
-                self._batch.append(self.point_of(sample))
-            points, self._batch = self._batch, []
-            await self._store(points)
+            if not self._batch:
+                self._batch.append(self.point_of(await self.samples.get()))
+                self._since = time.monotonic()
+            self._take_ready()
+            full = len(self._batch) >= self.max_points
+            due = time.monotonic() - self._since >= self.interval_s
+            if full or due:
+                await self._store_all(partial=due)
+                self._since = time.monotonic()  # a kept remainder just arrived
+            else:
+                await asyncio.sleep(self.tick_s)  # one timer per tick, not per sample
 
     async def flush(self) -> None:
         """Store the batch in progress and whatever is queued now (shutdown)."""
-        while self._batch or not self.samples.empty():
-            while len(self._batch) < self.max_points and not self.samples.empty():
-                self._batch.append(self.point_of(self.samples.get_nowait()))
-            points, self._batch = self._batch, []
-            await self._store(points)
+        self._take_ready()
+        await self._store_all(partial=True)
 
-    async def _store(self, points: list[wire.Point]) -> None:
-        try:
-            await asyncio.to_thread(self.buffer.append_telemetry, points)
-        except BufferStorageError as exc:
-            self.points_lost += len(points)
-            log.error("telemetry batch of %d point(s) not stored: %s", len(points), exc)
+    async def _store_all(self, *, partial: bool) -> None:
+        size = self.max_points
+        points, self._batch = self._batch, []
+        chunks = [points[i : i + size] for i in range(0, len(points), size)]
+        if chunks and not partial and len(chunks[-1]) < size:
+            self._batch = chunks.pop()
+        dropped = self._queue_drops()
+        if not chunks and not dropped:
             return
-        self.batches += 1
+        try:
+            await asyncio.to_thread(
+                self.buffer.append_batches, chunks, lost_points=dropped, lost_reason="queue_full"
+            )
+        except BufferStorageError as exc:
+            lost = sum(len(c) for c in chunks)
+            self.points_lost += lost
+            log.error("telemetry: %d point(s) not stored (marked as a gap): %s", lost, exc)
+            return
+        self.batches += len(chunks)
         if self.on_stored is not None:
             self.on_stored()
+
+    def _queue_drops(self) -> int:
+        dropped = getattr(self.samples, "dropped", 0)
+        new = int(dropped) - self._drops_seen
+        self._drops_seen = int(dropped)
+        if new > 0:
+            now = time.monotonic()
+            if now - self._last_drop_log >= 10.0:
+                self._last_drop_log = now
+                log.warning(
+                    "uplink queue full: %d sample(s) dropped before the buffer "
+                    "(%d so far); each loss is recorded as a queue_full gap event",
+                    new,
+                    int(dropped),
+                )
+        return max(0, new)
 
 
 class AlarmWriter:
@@ -155,3 +220,28 @@ class AlarmWriter:
         if self.on_stored is not None:
             self.on_stored()
         return True
+
+    async def flush_at_shutdown(self, within_s: float) -> list[wire.AlarmEvent]:
+        """Store every alarm in the outbox, retrying for up to ``within_s``.
+
+        Returns the alarms that could still not be stored, each logged at
+        CRITICAL; the caller must then fail loudly (non-zero exit), never drop
+        them silently.
+        """
+        deadline = time.monotonic() + within_s
+        while not await self.flush():
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(min(self.retry_s, max(0.0, deadline - time.monotonic())))
+        lost = self.outbox.drain()
+        for event in lost:
+            log.critical(
+                "alarm NOT stored at shutdown (buffer unusable): %s %s %s -> %s at %d: %s",
+                event.alarm_id,
+                event.tag,
+                event.previous,
+                event.level,
+                event.ts_ns,
+                event.message,
+            )
+        return lost

@@ -119,7 +119,8 @@ def test_sqlite_errors_become_typed_and_counted(tmp_path: Path) -> None:
     with pytest.raises(BufferStorageError) as info:
         buf.append_telemetry([point()])
     assert isinstance(info.value.__cause__, sqlite3.Error)
-    assert buf.errors == 1
+    assert buf.errors >= 1
+    assert buf.unrecorded_gaps == 1  # the lost batch waits for a place as a gap event
     buf.close()
 
 
@@ -133,4 +134,75 @@ def test_wal_mode(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "b.db")
     mode = buf._db.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+    buf.close()
+
+
+def test_acked_rows_are_hidden_even_when_the_delete_fails(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    seqs = [buf.append_telemetry([point(value=0.1 * i)]).seq for i in range(3)]
+    buf._db.execute(
+        "CREATE TRIGGER no_delete BEFORE DELETE ON messages BEGIN "
+        "SELECT RAISE(FAIL, 'database or disk is full'); END"
+    )
+    with pytest.raises(BufferStorageError):
+        buf.ack(seqs[:2])
+    # the rows are still on disk but never handed out again: no resend storm
+    assert [p.seq for p in buf.pending()] == [seqs[2]]
+    cursor = buf.cursor()
+    assert [p.seq for p in buf.exchange([], cursor, 10)] == [seqs[2]]
+    assert buf.stats().acked_not_deleted == 2
+    buf._db.execute("DROP TRIGGER no_delete")
+    assert buf.ack([seqs[2]]) == 3  # the failed deletes are retried with the next ack
+    assert buf.pending() == [] and buf.stats().bytes == 0
+    buf.close()
+
+
+def test_exchange_orders_alarms_live_then_rate_limited_backlog(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    old = [buf.append_telemetry([point()] * 10).seq for _ in range(3)]
+    cursor = buf.cursor()  # session starts: the three batches are backlog
+    live = buf.append_telemetry([point()] * 10).seq
+    alarm_seq = buf.append_alarm(alarm()).seq
+    got = buf.exchange([], cursor, 10, backlog_points=15)
+    # alarm, live batch, then backlog until the 15-point allowance is spent (two batches)
+    assert [m.seq for m in got] == [alarm_seq, live, old[0], old[1]]
+    assert [m.seq for m in buf.exchange([], cursor, 10, backlog_points=5)] == [old[2]]
+    assert buf.exchange([m.seq for m in got], cursor, 10) == []
+    assert [m.seq for m in buf.pending()] == [old[2]]
+    buf.close()
+
+
+def test_queue_losses_get_their_own_sequence_number_and_a_gap(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "b.db")
+    first = buf.append_telemetry([point()]).seq
+    (batch,) = buf.append_batches([[point()]], lost_points=42, lost_reason="queue_full")
+    messages = [wire.decode(m.payload) for m in buf.pending()]
+    gaps = [m for m in messages if isinstance(m, wire.GapEvent)]
+    assert len(gaps) == 1
+    gap = gaps[0]
+    assert (gap.first_seq, gap.last_seq, gap.dropped, gap.reason) == (
+        first + 1,
+        first + 1,
+        1,
+        "queue_full",
+    )
+    assert gap.seq == first + 2 and batch.seq == first + 3
+    assert buf.points_lost == 42
+    buf.close()
+
+
+def test_clean_close_records_no_restart_gap_unclean_does(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    buf = open_buffer(path)
+    buf.append_telemetry([point()])
+    buf.close()
+    buf = open_buffer(path)
+    assert [m.kind for m in buf.pending()] == ["telemetry"]
+    buf.close(clean=False)
+    buf = open_buffer(path)
+    kinds = [m.kind for m in buf.pending()]
+    assert kinds == ["telemetry", "gap"]
+    gap = wire.decode(buf.pending()[1].payload)
+    assert isinstance(gap, wire.GapEvent) and gap.reason == "restart"
+    assert gap.first_seq == gap.last_seq == 2 and gap.seq == 3
     buf.close()

@@ -1,0 +1,165 @@
+"""The buffer on a real, full file system (a small tmpfs mounted by the test).
+
+Measured fault this holds: with the disk full and the broker back, the
+publisher resent the same messages thousands of times (the delete after PUBACK
+failed and the rows came straight back), and points lost to the full disk left
+no gap marker. Checked by sequence: every number is either a delivered message
+or covered by a gap event, none twice.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import wire
+from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
+from tests.factories import alarm, point
+
+pytestmark = pytest.mark.contract
+
+RESERVE = 512 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs (needs root, as the test machines run)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the full-disk test (run as root): {done.stderr}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def open_buffer(disk: Path) -> StoreAndForwardBuffer:
+    return StoreAndForwardBuffer(
+        disk / "buf.db", 10**9, site="s1", gateway="gw1", reserve_bytes=RESERVE
+    )
+
+
+def fill(buf: StoreAndForwardBuffer, failures: int) -> tuple[list[int], int]:
+    """Append 20-point batches until ``failures`` of them were refused."""
+    stored: list[int] = []
+    refused = 0
+    for i in range(5000):
+        try:
+            stored.append(buf.append_telemetry([point(value=i * 1e-3)] * 20).seq)
+        except BufferStorageError as exc:
+            assert exc.disk_full
+            refused += 1
+            if refused == failures:
+                return stored, refused
+    raise AssertionError("the 2 MiB disk never filled")
+
+
+def drain(buf: StoreAndForwardBuffer, delivered: list[wire.Message]) -> int:
+    """What a publisher does with the broker back: read, 'publish', ack; return rounds."""
+    cursor = buf.cursor()
+    acks: list[int] = []
+    for rounds in range(1, 1000):
+        messages = buf.exchange(acks, cursor, 50)
+        if not messages:
+            return rounds
+        delivered.extend(wire.decode(m.payload) for m in messages)
+        acks = [m.seq for m in messages]
+    raise AssertionError("the buffer never drained")
+
+
+def assert_accounted(delivered: list[wire.Message], last_seq: int) -> None:
+    seqs = [m.seq for m in delivered if not isinstance(m, wire.GatewayStatus)]
+    assert len(seqs) == len(set(seqs)), "a message was delivered twice"
+    covered = set(seqs)
+    for gap in (m for m in delivered if isinstance(m, wire.GapEvent)):
+        hole = set(range(gap.first_seq, gap.last_seq + 1))
+        assert not hole & set(seqs), "a gap covers a delivered message"
+        assert gap.dropped == len(hole)
+        covered |= hole
+    assert covered == set(range(1, last_seq + 1)), "a sequence number is neither sent nor marked"
+
+
+def test_full_disk_losses_are_marked_and_acks_recover(small_disk: Path) -> None:
+    buf = open_buffer(small_disk)
+    stored, refused = fill(buf, failures=5)
+    delivered: list[wire.Message] = []
+    # broker back: one pass drains everything, nothing comes back to be resent
+    drain(buf, delivered)
+    assert buf.pending() == []
+    assert buf.exchange([], buf.cursor(), 50) == []
+    assert buf.stats().acked_not_deleted == 0
+    sent_telemetry = [m.seq for m in delivered if isinstance(m, wire.TelemetryBatch)]
+    assert sent_telemetry == stored
+    gaps = [m for m in delivered if isinstance(m, wire.GapEvent)]
+    assert {g.reason for g in gaps} == {"disk_full"}
+    assert sum(g.dropped for g in gaps) == refused
+    assert buf.points_lost == refused * 20
+
+    # space came back: the reserve is re-created and telemetry is stored again
+    assert buf.reserve_path.stat().st_size == RESERVE
+    more, _ = fill(buf, failures=2)
+    assert more, "telemetry is stored again once acks freed space"
+    # alarms still get in on a full disk (they may use the reserve)
+    stored_alarm = buf.append_alarm(alarm(tag="CH4_T1"))
+    drain(buf, delivered)
+    assert stored_alarm in delivered
+    assert_accounted(delivered, buf.last_seq)
+    buf.close()
+
+
+def test_gap_reaches_the_disk_even_when_the_first_delete_fails(small_disk: Path) -> None:
+    buf = open_buffer(small_disk)
+    fill(buf, failures=3)
+    buf.reserve_path.unlink(missing_ok=True)  # reserve already spent by someone else
+    stored_alarm = buf.append_alarm(alarm(tag="CH4_T1"))  # via the freed WAL space
+    delivered: list[wire.Message] = []
+    drain(buf, delivered)
+    assert stored_alarm in delivered
+    assert buf.unrecorded_gaps == 0
+    assert_accounted(delivered, buf.last_seq)
+    buf.close()
+
+
+SIGKILL_CHILD = """
+import os, signal, sys
+from edge.uplink.buffer import StoreAndForwardBuffer
+from tests.factories import point
+buf = StoreAndForwardBuffer(sys.argv[1], 10**7, site="s1", gateway="gw1")
+for i in range(3):
+    buf.append_telemetry([point(value=i * 0.1)])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sigkill_leaves_a_restart_gap_at_the_next_open(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGKILL_CHILD, str(path)],
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ},
+        check=False,
+    )
+    assert proc.returncode == -signal.SIGKILL
+    buf = StoreAndForwardBuffer(path, 10**7, site="s1", gateway="gw1")
+    messages = [wire.decode(m.payload) for m in buf.pending()]
+    assert [type(m).__name__ for m in messages] == ["TelemetryBatch"] * 3 + ["GapEvent"]
+    gap = messages[-1]
+    assert isinstance(gap, wire.GapEvent) and gap.reason == "restart"
+    assert (gap.first_seq, gap.last_seq, gap.seq) == (4, 4, 5)
+    last = messages[2]
+    assert isinstance(last, wire.TelemetryBatch)
+    assert gap.ts_ns == last.sent_ns  # the hole starts where the killed run stopped storing
+    buf.close()
