@@ -19,7 +19,7 @@ import uvicorn
 
 from cloud._backoff import Backoff
 from cloud.api import create_app
-from cloud.ingest import IngestService
+from cloud.ingest import IngestService, TimeWindow
 from cloud.storage import (
     InfluxError,
     InfluxV1Writer,
@@ -52,6 +52,10 @@ class CloudSettings:
     group: str | None = None  # MQTT shared-subscription group for several workers
     client_id: str | None = None  # default: <group>-<hostname>, a persistent MQTT session
     shutdown_flush_s: float = 5.0
+    # Timestamps accepted around receive time (None: no limit on that side).
+    accept_past_s: float | None = 30 * 86_400.0
+    accept_future_s: float | None = 300.0
+    receive_maximum: int = 100  # MQTT v5 receive window of the ingest
 
 
 class _QuietServer(uvicorn.Server):
@@ -85,6 +89,8 @@ class CloudService:
             self.writer,
             group=settings.group,
             client_id=settings.client_id,
+            receive_maximum=settings.receive_maximum,
+            ts_window=TimeWindow(settings.accept_past_s, settings.accept_future_s),
         )
         self.app = create_app(self.store, self.health)
         self._server = _QuietServer(
@@ -104,6 +110,7 @@ class CloudService:
         counters = {f"ingest_{k}": v for k, v in self.ingest.counters().items()}
         counters.update({f"influx_{k}": v for k, v in self.writer.counters().items()})
         counters["influx_pending"] = self.writer.pending
+        counters["influx_spooled_pending"] = self.ingest.spool_pending
         return {
             "db": self._schema_ready.is_set() and self.store.ping(),
             "influx": self.writer.reachable,

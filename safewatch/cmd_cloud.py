@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from sqlalchemy.engine import make_url
 
-from cloud import CloudService, CloudSettings
+from cloud import CloudService, CloudSettings, IngestService
+from cloud.ingest import TimeWindow
+from cloud.storage import InfluxV1Writer, Store, StoreError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -57,6 +61,17 @@ def run(
         "<hostname>); the broker keeps its session and queues messages while it is away. "
         "Give each worker its own.",
     ),
+    accept_past_s: float = typer.Option(
+        30 * 86_400.0,
+        help="Oldest timestamp accepted, in seconds before receipt (the longest gateway "
+        "outage to bridge); older messages become dead letters. 0: no limit.",
+    ),
+    accept_future_s: float = typer.Option(
+        300.0, help="Newest timestamp accepted, in seconds after receipt (clock skew). 0: no limit."
+    ),
+    receive_maximum: int = typer.Option(
+        100, min=1, max=65535, help="MQTT v5 Receive Maximum: unacknowledged messages in flight."
+    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run MQTT ingest, the InfluxDB writer and the HTTP API until SIGINT/SIGTERM."""
@@ -79,6 +94,9 @@ def run(
         port=port,
         group=group,
         client_id=client_id,
+        accept_past_s=accept_past_s or None,
+        accept_future_s=accept_future_s or None,
+        receive_maximum=receive_maximum,
     )
 
     def ready(service: CloudService) -> None:
@@ -104,3 +122,129 @@ def run(
             typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("cloud stopped")
+
+
+dead_letters_app = typer.Typer(no_args_is_help=True)
+app.add_typer(
+    dead_letters_app,
+    name="dead-letters",
+    help="Messages the ingest could not use, kept with their payload and the reason.",
+)
+
+_DB_URL_HELP = "SQLAlchemy URL of the cloud database (as given to 'cloud run')."
+
+
+def _open_store(db_url: str) -> Store:
+    try:
+        store = Store(db_url)
+        store.create_all()
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return store
+
+
+@dead_letters_app.command("list")
+def dead_letters_list(
+    db_url: str = typer.Option("sqlite:///var/safewatch-cloud.db", help=_DB_URL_HELP),
+    reason: str | None = typer.Option(None, help="Only this reason (malformed, bad_topic, ...)."),
+    limit: int = typer.Option(100, min=0, help="At most this many, oldest first."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line."),
+) -> None:
+    """List dead letters: id, time, reason, topic, detail and the payload's start."""
+    store = _open_store(db_url)
+    try:
+        letters = store.dead_letters(limit=limit, reason=reason)
+        total = store.dead_letter_count()
+    finally:
+        store.close()
+    for d in letters:
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {
+                        "id": d.id,
+                        "received_at": d.received_at.isoformat(),
+                        "reason": d.reason,
+                        "topic": d.topic,
+                        "detail": d.detail,
+                        "payload": d.payload.decode("utf-8", "backslashreplace"),
+                    }
+                )
+            )
+        else:
+            preview = d.payload[:80].decode("utf-8", "backslashreplace")
+            typer.echo(
+                f"{d.id}  {d.received_at:%Y-%m-%dT%H:%M:%SZ}  {d.reason}  {d.topic}\n"
+                f"    {d.detail}\n    payload ({len(d.payload)} bytes): {preview}"
+            )
+    if not as_json:
+        typer.echo(f"{len(letters)} shown of {total} dead letters")
+
+
+@dead_letters_app.command("replay")
+def dead_letters_replay(
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Dead-letter ids to replay (default: all).")
+    ] = None,
+    db_url: str = typer.Option("sqlite:///var/safewatch-cloud.db", help=_DB_URL_HELP),
+    influx_url: str = typer.Option("http://127.0.0.1:8086", help="InfluxDB base URL."),
+    influx_db: str = typer.Option("safewatch", help="InfluxDB database."),
+    reason: str | None = typer.Option(None, help="Only dead letters with this reason."),
+    accept_past_s: float = typer.Option(
+        0.0, help="Oldest timestamp accepted, seconds before now (0: no limit)."
+    ),
+    accept_future_s: float = typer.Option(
+        0.0, help="Newest timestamp accepted, seconds after now (0: no limit)."
+    ),
+    batch: int = typer.Option(500, min=1, help="Dead letters per transaction."),
+) -> None:
+    """Feed dead letters through the ingest's handler again (after a fix or a config change).
+
+    A replayed message that is stored now leaves the dead letters; one that fails
+    again stays, with the new reason. While InfluxDB is down its points go to the
+    spool, which a running 'cloud run' drains.
+    """
+    store = _open_store(db_url)
+    writer = InfluxV1Writer(
+        influx_url,
+        influx_db,
+        username=os.environ.get("SAFEWATCH_INFLUX_USERNAME") or None,
+        password=os.environ.get("SAFEWATCH_INFLUX_PASSWORD") or None,
+    )
+    ingest = IngestService(
+        "127.0.0.1",
+        1,
+        store,
+        writer,
+        ts_window=TimeWindow(accept_past_s or None, accept_future_s or None),
+    )
+
+    async def main() -> tuple[int, int]:
+        replayed = failed = 0
+        try:
+            # Those that fail again come back under new ids: stop at today's newest.
+            newest = store.newest_dead_letter_id()
+            last_id = 0
+            while True:
+                letters = store.dead_letters(
+                    limit=batch, reason=reason, ids=ids or None, after_id=last_id, up_to_id=newest
+                )
+                if not letters:
+                    return replayed, failed
+                last_id = letters[-1].id
+                failed += await ingest.replay(letters)
+                replayed += len(letters)
+        finally:
+            await writer.aclose()
+
+    try:
+        replayed, failed = asyncio.run(main())
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(
+        f"replayed {replayed} dead letters: {replayed - failed} stored, {failed} dead letters again"
+    )

@@ -1,7 +1,15 @@
 """The versioned edge -> cloud message schema, shared by both sides."""
 
 from wire._schema import (
+    ID_MAX_LEN,
+    ID_PATTERN,
+    MAX_PAYLOAD_BYTES,
+    MAX_POINTS,
+    NAME_PATTERN,
+    SEQ_MAX,
     TOPIC_ROOT,
+    TS_NS_MAX,
+    TS_NS_MIN,
     WIRE_VERSION,
     AlarmEvent,
     AlarmLevel,
@@ -21,7 +29,15 @@ from wire._schema import (
 )
 
 __all__ = [
+    "ID_MAX_LEN",
+    "ID_PATTERN",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_POINTS",
+    "NAME_PATTERN",
+    "SEQ_MAX",
     "TOPIC_ROOT",
+    "TS_NS_MAX",
+    "TS_NS_MIN",
     "WIRE_VERSION",
     "AlarmEvent",
     "AlarmLevel",

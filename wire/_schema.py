@@ -14,7 +14,7 @@ encoding is byte-stable (tests pin an example of each message).
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -25,6 +25,48 @@ QualityName = Literal["good", "uncertain", "bad"]
 AlarmLevel = Literal["normal", "alarm", "cut", "fault"]
 TopicKind = Literal["telemetry", "alarms", "events", "status"]
 
+# -- limits ---------------------------------------------------------------------------------
+# Every field is bounded here, at the schema, so nothing downstream has to re-check:
+# a message that decodes is safe for the gap arithmetic (64-bit signed columns), for
+# InfluxDB line protocol (names that could break it are refused, not escaped away)
+# and for the SQL store (string columns are sized to these limits).
+
+ID_PATTERN: Final = r"^[A-Za-z0-9_.\-]+$"
+"""Site, gateway, device, tag, kind and actuator ids; the same rule as the site config's
+``Identifier`` (edge/config/_models.py: 1..64 characters of letters, digits, ``_ . -``).
+The wire may not import the edge, so the pattern lives here too; a test holds them equal."""
+ID_MAX_LEN: Final = 64
+
+NAME_PATTERN: Final = r"^(?!#)[^\x00-\x1f\x7f]*(?<!\\)$"
+"""Free-text tag values (area, position, unit) and texts: no control characters, no
+leading ``#`` (a line-protocol comment) and no trailing backslash (it would escape the
+separator after it)."""
+NAME_MAX_LEN: Final = 128
+UNIT_MAX_LEN: Final = 32
+TEXT_MAX_LEN: Final = 1024
+
+SEQ_MAX: Final = 2**63 - 1
+"""Sequence numbers lie in [0, 2**63): they fit a signed 64-bit column, always."""
+TS_NS_MIN: Final = 0
+TS_NS_MAX: Final = 2**63 - 2
+"""InfluxDB's largest valid timestamp (1.x ``models.MaxNanoTime``); before 1970 is refused too."""
+FLOAT_MAX: Final = 1.7976931348623157e308
+MAX_POINTS: Final = 10_000
+"""Points in one telemetry batch (the gateway's batcher sends at most 500 by default)."""
+MAX_ACTUATORS: Final = 64
+MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
+"""Bigger payloads are refused before parsing."""
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LEN, pattern=ID_PATTERN)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX_LEN, pattern=NAME_PATTERN)]
+Unit = Annotated[str, msgspec.Meta(max_length=UNIT_MAX_LEN, pattern=NAME_PATTERN)]
+Text = Annotated[str, msgspec.Meta(max_length=TEXT_MAX_LEN, pattern=NAME_PATTERN)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
+TimestampNs = Annotated[int, msgspec.Meta(ge=TS_NS_MIN, le=TS_NS_MAX)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
+Finite = Annotated[float, msgspec.Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
+Version = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+
 
 class WireError(ValueError):
     """A message or topic does not follow the wire contract."""
@@ -33,25 +75,25 @@ class WireError(ValueError):
 class Point(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """One value of one tag, stamped at the gateway (``ts_ns``, Unix ns)."""
 
-    tag: str
-    device: str
-    kind: str
-    unit: str
-    area: str
-    position: str
-    value: float | None
+    tag: Id
+    device: Id
+    kind: Id  # the InfluxDB measurement
+    unit: Unit
+    area: Name
+    position: Name
+    value: Finite | None
     quality: QualityName
-    ts_ns: int
-    reason: str | None = None
+    ts_ns: TimestampNs
+    reason: Text | None = None
 
 
 class TelemetryBatch(msgspec.Struct, frozen=True, tag="telemetry"):
-    gateway: str
-    site: str
-    seq: int
-    sent_ns: int
-    points: list[Point]
-    v: int = WIRE_VERSION
+    gateway: Id
+    site: Id
+    seq: Seq
+    sent_ns: TimestampNs
+    points: Annotated[list[Point], msgspec.Meta(max_length=MAX_POINTS)]
+    v: Version = WIRE_VERSION
 
 
 class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
@@ -62,46 +104,46 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
     leaving it).
     """
 
-    gateway: str
-    site: str
-    seq: int
-    alarm_id: str
-    tag: str
-    device: str
-    kind: str
-    area: str
-    position: str
+    gateway: Id
+    site: Id
+    seq: Seq
+    alarm_id: Id
+    tag: Id
+    device: Id
+    kind: Id
+    area: Name
+    position: Name
     level: AlarmLevel
     previous: AlarmLevel
-    value: float | None
-    threshold: float | None
-    ts_ns: int
-    message: str
-    actuators: list[str] = []
-    v: int = WIRE_VERSION
+    value: Finite | None
+    threshold: Finite | None
+    ts_ns: TimestampNs
+    message: Text
+    actuators: Annotated[list[Id], msgspec.Meta(max_length=MAX_ACTUATORS)] = []
+    v: Version = WIRE_VERSION
 
 
 class GapEvent(msgspec.Struct, frozen=True, tag="gap"):
     """Telemetry that the gateway had to drop (buffer full) before sending."""
 
-    gateway: str
-    site: str
-    seq: int
-    first_seq: int
-    last_seq: int
-    dropped: int
-    reason: str
-    ts_ns: int
-    v: int = WIRE_VERSION
+    gateway: Id
+    site: Id
+    seq: Seq
+    first_seq: Seq
+    last_seq: Seq
+    dropped: Count
+    reason: Text
+    ts_ns: TimestampNs
+    v: Version = WIRE_VERSION
 
 
 class GatewayStatus(msgspec.Struct, frozen=True, tag="status"):
-    gateway: str
-    site: str
+    gateway: Id
+    site: Id
     state: Literal["online", "offline"]
-    ts_ns: int
-    version: str = ""
-    v: int = WIRE_VERSION
+    ts_ns: TimestampNs
+    version: Annotated[str, msgspec.Meta(max_length=64, pattern=NAME_PATTERN)] = ""
+    v: Version = WIRE_VERSION
 
 
 Message = TelemetryBatch | AlarmEvent | GapEvent | GatewayStatus
@@ -143,12 +185,29 @@ def encode(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def decode(payload: bytes) -> Message:
-    """Decode any wire message; raise :class:`WireError` naming what is wrong."""
+def decode(payload: bytes | bytearray | memoryview) -> Message:
+    """Decode any wire message; raise :class:`WireError` naming what is wrong.
+
+    Nothing else escapes: msgspec's errors, invalid UTF-8 inside a string
+    (``UnicodeDecodeError``), too deep nesting, a payload of the wrong type all
+    become a :class:`WireError` (a hypothesis fuzz test holds this).
+    """
+    try:
+        size = len(payload)
+    except TypeError as exc:
+        raise WireError(f"payload of type {type(payload).__name__} is not bytes") from exc
+    if size > MAX_PAYLOAD_BYTES:
+        raise WireError(f"payload of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         message = _decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except msgspec.MsgspecError as exc:
         raise WireError(f"malformed message: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WireError(f"malformed message: invalid UTF-8: {exc}") from exc
+    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError) as exc:
+        raise WireError(f"malformed message: {type(exc).__name__}: {exc}") from exc
     if message.v != WIRE_VERSION:
         raise WireError(f"unsupported wire version {message.v}")
+    if isinstance(message, GapEvent) and message.first_seq > message.last_seq:
+        raise WireError(f"gap first_seq {message.first_seq} > last_seq {message.last_seq}")
     return message

@@ -6,12 +6,32 @@ from cloud.storage._errors import (
     InfluxUnavailable,
     StorageError,
     StoreError,
+    StoreRejected,
 )
-from cloud.storage.db import AlarmRecord, GatewayRecord, LatestValue, Store
-from cloud.storage.influx import InfluxV1Writer, InfluxV2Writer, PointWriter, to_lines
+from cloud.storage.db import (
+    AlarmRecord,
+    BatchCommit,
+    DeadLetter,
+    DeadLetterRecord,
+    GatewayRecord,
+    LatestValue,
+    SpoolChunk,
+    Store,
+)
+from cloud.storage.influx import (
+    InfluxV1Writer,
+    InfluxV2Writer,
+    LineBuilder,
+    PointWriter,
+    WriteResult,
+    to_lines,
+)
 
 __all__ = [
     "AlarmRecord",
+    "BatchCommit",
+    "DeadLetter",
+    "DeadLetterRecord",
     "GatewayRecord",
     "InfluxError",
     "InfluxRejected",
@@ -19,9 +39,13 @@ __all__ = [
     "InfluxV1Writer",
     "InfluxV2Writer",
     "LatestValue",
+    "LineBuilder",
     "PointWriter",
+    "SpoolChunk",
     "StorageError",
     "Store",
     "StoreError",
+    "StoreRejected",
+    "WriteResult",
     "to_lines",
 ]

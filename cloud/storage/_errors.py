@@ -6,7 +6,10 @@ StorageError
 │   │                       the lines stay queued and are tried again
 │   └── InfluxRejected      4xx: InfluxDB refused the lines (bad syntax, field type conflict,
 │                           partial write); the lines are dropped and counted, never retried
-└── StoreError              the relational store (SQLite/PostgreSQL) failed or is unsupported
+└── StoreError              the relational store (SQLite/PostgreSQL) failed or is unsupported:
+    │                       down, locked, full; try again later
+    └── StoreRejected       the database refused this data (constraint, value too long):
+                            trying again will not help
 """
 
 from __future__ import annotations
@@ -34,3 +37,7 @@ class InfluxRejected(InfluxError):
 
 class StoreError(StorageError):
     """The relational store failed."""
+
+
+class StoreRejected(StoreError):
+    """The database refused the data itself (integrity or data error), not its availability."""

@@ -1,35 +1,46 @@
-"""The relational store: alarm history, latest values, gateway state, seen sequence numbers.
+"""The relational store: alarm history, latest values, gateway state, seen sequence numbers,
+the dead letters of the ingest and its InfluxDB spool.
 
 SQLAlchemy 2 (sync engine); SQLite by default (WAL mode), PostgreSQL in production.
 Every write is idempotent: alarms are unique on (gateway, seq), latest values only
 move forward in time, and ``note_seq`` remembers which (gateway, seq) were already
 processed in the ``seen_seq`` table so duplicates are recognised after a restart.
 Blocking: call from a worker thread (``asyncio.to_thread``) in async code.
+
+The ingest writes one :class:`BatchCommit` per batch of MQTT messages in ONE
+transaction (:meth:`Store.commit_batch`): the seq marks, alarms, gaps, statuses,
+latest values, dead letters and - while InfluxDB is down - the spooled lines.
+Either all of a batch is durable (and the ingest acks it) or none is (and the
+broker redelivers it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import wire
-from cloud.storage._errors import StoreError
+from cloud.storage._errors import StoreError, StoreRejected
 
 __all__ = [
     "AlarmRecord",
     "Base",
+    "BatchCommit",
+    "DeadLetter",
+    "DeadLetterRecord",
     "GatewayRecord",
     "LatestValue",
+    "SpoolChunk",
     "Store",
 ]
 
@@ -37,6 +48,8 @@ __all__ = [
 # older ones are pruned (alarms stay deduplicated by their own unique key anyway).
 SEEN_SEQ_WINDOW = 100_000
 _PRUNE_EVERY = 1000
+# Lines per spool row: the drainer writes whole rows to InfluxDB.
+SPOOL_CHUNK_LINES = 5000
 
 
 def _utcnow() -> dt.datetime:
@@ -112,7 +125,37 @@ class SeenSeqRow(Base):
     seq: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True)
 
 
+class DeadLetterRow(Base):
+    """A message the ingest could not use, kept with its payload and the reason."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    received_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    topic: Mapped[str] = mapped_column(sa.Text)
+    payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    reason: Mapped[str] = mapped_column(sa.String(64))
+    detail: Mapped[str] = mapped_column(sa.Text)
+
+
+class SpoolRow(Base):
+    """Line-protocol lines accepted by the ingest while InfluxDB could not take them."""
+
+    __tablename__ = "influx_spool"
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    lines: Mapped[str] = mapped_column(sa.Text)  # newline-separated
+    points: Mapped[int] = mapped_column(sa.Integer)
+    spooled_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+
+
 _ALARMS = cast(sa.Table, AlarmEventRow.__table__)
+_DEAD = cast(sa.Table, DeadLetterRow.__table__)
+_SPOOL = cast(sa.Table, SpoolRow.__table__)
 _LATEST = cast(sa.Table, LatestValueRow.__table__)
 _GATEWAYS = cast(sa.Table, GatewayRow.__table__)
 _SEEN = cast(sa.Table, SeenSeqRow.__table__)
@@ -168,6 +211,66 @@ class GatewayRecord:
     version: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message to keep as a dead letter: what came, and why it was not used."""
+
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    id: int
+    received_at: dt.datetime
+    topic: str
+    payload: bytes
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolChunk:
+    id: int
+    lines: list[str]
+
+
+@dataclass
+class BatchCommit:
+    """Everything one ingest batch makes durable, in one transaction.
+
+    ``seqs`` are the new (gateway, site, seq) in arrival order; ``latest`` is one
+    row per (site, tag), already the newest of the batch; ``spool`` holds lines
+    InfluxDB could not take yet; ``replaced`` are dead-letter ids a replay
+    consumes.
+    """
+
+    seqs: list[tuple[str, str, int]] = field(default_factory=list)
+    alarms: list[wire.AlarmEvent] = field(default_factory=list)
+    gaps: list[wire.GapEvent] = field(default_factory=list)
+    statuses: list[wire.GatewayStatus] = field(default_factory=list)
+    latest: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    spool: list[str] = field(default_factory=list)
+    replaced: list[int] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(
+            (
+                self.seqs,
+                self.alarms,
+                self.gaps,
+                self.statuses,
+                self.latest,
+                self.dead_letters,
+                self.spool,
+                self.replaced,
+            )
+        )
+
+
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; everything we store is UTC."""
     if value is not None and value.tzinfo is None:
@@ -211,12 +314,26 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._since_prune = 0
+        self._advance_seq = _advance_seq_statement()
+        self._latest_upsert = self._latest_upsert_statement()
+
+    def _latest_upsert_statement(self) -> Any:
+        """One upsert, run as executemany: newer values replace older ones, never the reverse."""
+        table = _LATEST
+        stmt = self._insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=["site", "tag"],
+            set_={c.name: stmt.excluded[c.name] for c in table.c if c.name not in ("site", "tag")},
+            where=table.c.ts_ns < stmt.excluded.ts_ns,
+        )
 
     @contextmanager
     def _begin(self) -> Iterator[Connection]:
         try:
             with self.engine.begin() as conn:
                 yield conn
+        except (DataError, IntegrityError) as exc:
+            raise StoreRejected(f"database {self.engine.url.render_as_string()}: {exc}") from exc
         except SQLAlchemyError as exc:
             raise StoreError(f"database {self.engine.url.render_as_string()}: {exc}") from exc
 
@@ -300,6 +417,10 @@ class Store:
 
     def record_alarm(self, ev: wire.AlarmEvent) -> bool:
         """Store an alarm change; False when (gateway, seq) is already stored."""
+        with self._begin() as conn:
+            return self._record_alarm(conn, ev, _utcnow())
+
+    def _record_alarm(self, conn: Connection, ev: wire.AlarmEvent, now: dt.datetime) -> bool:
         table = _ALARMS
         stmt = (
             self._insert(table)
@@ -320,13 +441,12 @@ class Store:
                 ts_ns=ev.ts_ns,
                 message=ev.message,
                 actuators=list(ev.actuators),
-                received_at=_utcnow(),
+                received_at=now,
             )
             .on_conflict_do_nothing(index_elements=["gateway", "seq"])
             .returning(table.c.id)
         )
-        with self._begin() as conn:
-            return conn.execute(stmt).first() is not None
+        return conn.execute(stmt).first() is not None
 
     def upsert_latest(self, batch: wire.TelemetryBatch) -> int:
         """Keep the newest value per (site, tag); older points never overwrite. Returns rows."""
@@ -337,7 +457,6 @@ class Store:
                 newest[point.tag] = point
         if not newest:
             return 0
-        table = _LATEST
         rows = [
             {
                 "site": batch.site,
@@ -355,36 +474,36 @@ class Store:
             }
             for p in newest.values()
         ]
-        stmt = self._insert(table).values(rows)
-        updated = {name: stmt.excluded[name] for name in rows[0] if name not in ("site", "tag")}
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["site", "tag"],
-            set_=updated,
-            where=table.c.ts_ns < stmt.excluded.ts_ns,
-        )
         with self._begin() as conn:
-            conn.execute(stmt)
+            conn.execute(self._latest_upsert, rows)
         return len(rows)
 
     def record_gap(self, ev: wire.GapEvent) -> None:
         """Add the telemetry a gateway had to drop to its ``dropped`` count."""
-        gw = _GATEWAYS
         with self._begin() as conn:
-            conn.execute(
-                self._insert(gw)
-                .values(
-                    gateway=ev.gateway, site=ev.site, state="unknown", gaps=0, dropped=0, version=""
-                )
-                .on_conflict_do_nothing()
+            self._record_gap(conn, ev, _utcnow())
+
+    def _record_gap(self, conn: Connection, ev: wire.GapEvent, now: dt.datetime) -> None:
+        gw = _GATEWAYS
+        conn.execute(
+            self._insert(gw)
+            .values(
+                gateway=ev.gateway, site=ev.site, state="unknown", gaps=0, dropped=0, version=""
             )
-            conn.execute(
-                gw.update()
-                .where(gw.c.gateway == ev.gateway)
-                .values(dropped=gw.c.dropped + ev.dropped, last_seen=_utcnow())
-            )
+            .on_conflict_do_nothing()
+        )
+        conn.execute(
+            gw.update()
+            .where(gw.c.gateway == ev.gateway)
+            .values(dropped=gw.c.dropped + ev.dropped, last_seen=now)
+        )
 
     def record_status(self, st: wire.GatewayStatus) -> bool:
         """Set online/offline unless a newer status is already stored; True if applied."""
+        with self._begin() as conn:
+            return self._record_status(conn, st, _utcnow())
+
+    def _record_status(self, conn: Connection, st: wire.GatewayStatus, now: dt.datetime) -> bool:
         gw = _GATEWAYS
         stmt = self._insert(gw).values(
             gateway=st.gateway,
@@ -394,7 +513,7 @@ class Store:
             version=st.version,
             gaps=0,
             dropped=0,
-            last_seen=_utcnow(),
+            last_seen=now,
         )
         upsert = stmt.on_conflict_do_update(
             index_elements=["gateway"],
@@ -407,8 +526,182 @@ class Store:
             },
             where=gw.c.status_ts_ns.is_(None) | (gw.c.status_ts_ns <= stmt.excluded.status_ts_ns),
         ).returning(gw.c.gateway)
+        return conn.execute(upsert).first() is not None
+
+    # -- the ingest's batches -------------------------------------------------------------
+
+    def seen_many(self, pairs: Iterable[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of the (gateway, seq) pairs were already processed (one query per gateway)."""
+        by_gateway: dict[str, list[int]] = {}
+        for gateway, seq in pairs:
+            by_gateway.setdefault(gateway, []).append(seq)
+        if not by_gateway:
+            return set()
+        seen = _SEEN
+        found: set[tuple[str, int]] = set()
         with self._begin() as conn:
-            return conn.execute(upsert).first() is not None
+            for gateway, seqs in by_gateway.items():
+                rows = conn.execute(
+                    sa.select(seen.c.seq).where(seen.c.gateway == gateway, seen.c.seq.in_(seqs))
+                ).scalars()
+                found.update((gateway, seq) for seq in rows)
+        return found
+
+    def commit_batch(self, commit: BatchCommit) -> list[bool]:
+        """Make one ingest batch durable in one transaction; for each alarm, whether it was new.
+
+        Raises :class:`StoreError` and then nothing of the batch is stored.
+        """
+        now = _utcnow()
+        new_alarms: list[bool] = []
+        with self._begin() as conn:
+            if commit.seqs:
+                # The seq marks go first: on SQLite the first write takes the write lock,
+                # so the gateway rows read below cannot change under us.
+                conn.execute(
+                    self._insert(_SEEN).on_conflict_do_nothing(),
+                    [{"gateway": g, "seq": q} for g, _site, q in commit.seqs],
+                )
+                sites = {g: site for g, site, _q in commit.seqs}
+                conn.execute(
+                    self._insert(_GATEWAYS).on_conflict_do_nothing(),
+                    [
+                        {
+                            "gateway": g,
+                            "site": site,
+                            "state": "unknown",
+                            "gaps": 0,
+                            "dropped": 0,
+                            "version": "",
+                        }
+                        for g, site in sites.items()
+                    ],
+                )
+                conn.execute(
+                    self._advance_seq,
+                    [
+                        {"b_gw": g, "b_site": site, "b_seq": q, "b_now": now}
+                        for g, site, q in commit.seqs
+                    ],
+                )
+                self._since_prune += len(commit.seqs)
+                if self._since_prune >= _PRUNE_EVERY:
+                    self._since_prune = 0
+                    for gateway in sites:
+                        newest = max(q for g, _s, q in commit.seqs if g == gateway)
+                        conn.execute(
+                            _SEEN.delete().where(
+                                _SEEN.c.gateway == gateway, _SEEN.c.seq < newest - SEEN_SEQ_WINDOW
+                            )
+                        )
+            new_alarms = [self._record_alarm(conn, ev, now) for ev in commit.alarms]
+            for gap in commit.gaps:
+                self._record_gap(conn, gap, now)
+            for status in commit.statuses:
+                self._record_status(conn, status, now)
+            if commit.latest:
+                conn.execute(self._latest_upsert, commit.latest)
+            if commit.dead_letters:
+                conn.execute(
+                    _DEAD.insert(),
+                    [
+                        {
+                            "received_at": now,
+                            "topic": d.topic,
+                            "payload": d.payload,
+                            "reason": d.reason,
+                            "detail": d.detail,
+                        }
+                        for d in commit.dead_letters
+                    ],
+                )
+            if commit.spool:
+                lines = commit.spool
+                conn.execute(
+                    _SPOOL.insert(),
+                    [
+                        {
+                            "lines": "\n".join(lines[i : i + SPOOL_CHUNK_LINES]),
+                            "points": len(lines[i : i + SPOOL_CHUNK_LINES]),
+                            "spooled_at": now,
+                        }
+                        for i in range(0, len(lines), SPOOL_CHUNK_LINES)
+                    ],
+                )
+            if commit.replaced:
+                conn.execute(_DEAD.delete().where(_DEAD.c.id.in_(commit.replaced)))
+        return new_alarms
+
+    def spool_take(self, max_points: int) -> list[SpoolChunk]:
+        """The oldest spooled chunks, up to about ``max_points`` lines (at least one chunk)."""
+        taken: list[SpoolChunk] = []
+        total = 0
+        with self._begin() as conn:
+            rows = conn.execute(
+                sa.select(_SPOOL.c.id, _SPOOL.c.lines, _SPOOL.c.points)
+                .order_by(_SPOOL.c.id)
+                .limit(max(1, max_points // SPOOL_CHUNK_LINES + 1))
+            ).all()
+        for row in rows:
+            if taken and total + row.points > max_points:
+                break
+            taken.append(SpoolChunk(row.id, row.lines.split("\n")))
+            total += row.points
+        return taken
+
+    def spool_delete(self, ids: Sequence[int]) -> None:
+        """Forget spooled chunks InfluxDB has answered for."""
+        if ids:
+            with self._begin() as conn:
+                conn.execute(_SPOOL.delete().where(_SPOOL.c.id.in_(list(ids))))
+
+    def spool_points(self) -> int:
+        """Lines waiting in the spool."""
+        with self._begin() as conn:
+            total = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(_SPOOL.c.points), 0))
+            ).scalar()
+        return int(total or 0)
+
+    def dead_letters(
+        self,
+        *,
+        limit: int = 100,
+        reason: str | None = None,
+        ids: Sequence[int] | None = None,
+        after_id: int = 0,
+        up_to_id: int | None = None,
+    ) -> list[DeadLetterRecord]:
+        """Dead letters, oldest first (ids above ``after_id``, up to ``up_to_id``)."""
+        query = sa.select(_DEAD).where(_DEAD.c.id > after_id)
+        if up_to_id is not None:
+            query = query.where(_DEAD.c.id <= up_to_id)
+        query = query.order_by(_DEAD.c.id).limit(max(0, limit))
+        if reason is not None:
+            query = query.where(_DEAD.c.reason == reason)
+        if ids is not None:
+            query = query.where(_DEAD.c.id.in_(list(ids)))
+        with self._begin() as conn:
+            rows = conn.execute(query).all()
+        return [
+            DeadLetterRecord(
+                id=r.id,
+                received_at=_aware(r.received_at) or _utcnow(),
+                topic=r.topic,
+                payload=bytes(r.payload),
+                reason=r.reason,
+                detail=r.detail,
+            )
+            for r in rows
+        ]
+
+    def newest_dead_letter_id(self) -> int:
+        with self._begin() as conn:
+            return int(conn.execute(sa.select(sa.func.max(_DEAD.c.id))).scalar() or 0)
+
+    def dead_letter_count(self) -> int:
+        with self._begin() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(_DEAD)).scalar() or 0)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -488,6 +781,30 @@ class Store:
         with self._begin() as conn:
             found = conn.execute(sa.select(lv.c.site).union(sa.select(gw.c.site))).scalars()
             return set(found)
+
+
+def _advance_seq_statement() -> sa.Update:
+    """Move a gateway's ``last_seq`` forward and keep ``gaps`` (run as executemany, one row
+    per new seq in arrival order). Seqs are < 2**63 (the wire bounds them), so the
+    arithmetic stays in 64-bit integers."""
+    gw = _GATEWAYS
+    last = gw.c.last_seq
+    seq = sa.bindparam("b_seq", type_=sa.BigInteger)
+    return (
+        gw.update()
+        .where(gw.c.gateway == sa.bindparam("b_gw"))
+        .values(
+            gaps=sa.case(
+                (last.is_(None), gw.c.gaps),
+                (last < seq, gw.c.gaps + (seq - last - 1)),
+                (gw.c.gaps > 0, gw.c.gaps - 1),
+                else_=gw.c.gaps,
+            ),
+            last_seq=sa.case((last.is_(None) | (last < seq), seq), else_=last),
+            site=sa.bindparam("b_site"),
+            last_seen=sa.bindparam("b_now"),
+        )
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

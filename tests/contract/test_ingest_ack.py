@@ -11,11 +11,14 @@ import pytest
 
 import wire
 from cloud import IngestService
-from cloud.storage import InfluxV1Writer, Store
+from cloud.ingest import TimeWindow
+from cloud.storage import BatchCommit, InfluxV1Writer, Store
 from tests.factories import alarm
 from tests.support import Broker, async_wait_until
 
 pytestmark = pytest.mark.contract
+
+ANY_TIME = TimeWindow(past_s=None, future_s=None)
 
 ALARM = alarm(11, alarm_id="gw-1-CH4-101-3", message="CH4 1.6 % at face: power cut")
 
@@ -28,7 +31,7 @@ class CrashingStore(Store):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def record_alarm(self, ev: wire.AlarmEvent) -> bool:
+    def commit_batch(self, commit: BatchCommit) -> list[bool]:
         self.entered.set()
         self.release.wait(30)
         raise RuntimeError("the process died before the alarm was stored")
@@ -41,7 +44,9 @@ async def test_alarm_lost_mid_store_is_redelivered_to_the_next_ingest(
     Store(url).create_all()
     writer = InfluxV1Writer(*influx_db)
     crashing = CrashingStore(url)
-    first = IngestService(broker.host, broker.port, crashing, writer, client_id="ingest-ack")
+    first = IngestService(
+        broker.host, broker.port, crashing, writer, client_id="ingest-ack", ts_window=ANY_TIME
+    )
     try:
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(first.run(), name="mqtt-ingest-1")
@@ -55,7 +60,9 @@ async def test_alarm_lost_mid_store_is_redelivered_to_the_next_ingest(
         crashing.release.set()
 
         store = Store(url)
-        second = IngestService(broker.host, broker.port, store, writer, client_id="ingest-ack")
+        second = IngestService(
+            broker.host, broker.port, store, writer, client_id="ingest-ack", ts_window=ANY_TIME
+        )
         async with asyncio.TaskGroup() as tg:
             task = tg.create_task(second.run(), name="mqtt-ingest-2")
             try:
