@@ -7,7 +7,13 @@ and the leaves when they need to act differently::
     ├── DeviceTimeout           the device did not answer in time
     ├── DeviceUnavailable       no connection (refused, reset, closed, host down)
     ├── DeviceException         the device answered with a protocol exception (e.g. illegal address)
-    └── DecodeError             the answer arrived but cannot be turned into a value
+    ├── FrameError              a frame failed its checksum (RTU CRC); the line is noisy
+    ├── DecodeError             the answer arrived but is malformed or cannot be turned into values
+    └── WriteMismatch           a write was acknowledged but reading it back gave another value
+
+Every error has a :attr:`DriverError.reason`: the quality reason that the
+values of the device carry while it fails (``timeout``, ``comms_lost``,
+``exception``, ``crc``, ``decode``, ``verify_mismatch``).
 
 Library exceptions (pymodbus, asyncua, pyserial) are translated at the driver
 boundary and kept as ``__cause__``.
@@ -15,9 +21,13 @@ boundary and kept as ``__cause__``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class DriverError(Exception):
     """A device could not be read or written. ``device`` names it."""
+
+    reason: ClassVar[str] = "error"
 
     def __init__(self, device: str, message: str) -> None:
         super().__init__(f"{device}: {message}")
@@ -28,14 +38,34 @@ class DriverError(Exception):
 class DeviceTimeout(DriverError):
     """The device did not answer within the configured timeout."""
 
+    reason = "timeout"
+
 
 class DeviceUnavailable(DriverError):
     """The connection to the device could not be opened or was lost."""
+
+    reason = "comms_lost"
 
 
 class DeviceException(DriverError):
     """The device answered with a protocol-level exception response."""
 
+    reason = "exception"
+
+
+class FrameError(DriverError):
+    """A frame arrived damaged (bad CRC); the request failed, the line stays open."""
+
+    reason = "crc"
+
 
 class DecodeError(DriverError):
-    """Raw data from the device could not be decoded into a value."""
+    """Raw data from the device is malformed or cannot be decoded into values."""
+
+    reason = "decode"
+
+
+class WriteMismatch(DriverError):
+    """An output was written and acknowledged, but reading it back gave another value."""
+
+    reason = "verify_mismatch"

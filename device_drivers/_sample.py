@@ -14,13 +14,25 @@ class Quality(enum.StrEnum):
     BAD = "bad"
 
 
+class Reason(enum.StrEnum):
+    """Why a value is not GOOD. Every BAD or UNCERTAIN sample carries one."""
+
+    TIMEOUT = "timeout"  # the device did not answer in time
+    CRC = "crc"  # a damaged frame (RTU checksum)
+    EXCEPTION = "exception"  # the device refused the request (Modbus exception)
+    DECODE = "decode"  # malformed answer, or registers that are no number (NaN, inf)
+    OUT_OF_RANGE = "out_of_range"  # below the sensor's measuring range
+    OVER_RANGE = "over_range"  # above the sensor's measuring range (saturated)
+    STALE = "stale"  # no fresh reading for too long
+    COMMS_LOST = "comms_lost"  # no connection to the device
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One reading of one tag, stamped at the gateway.
 
     ``value`` is ``None`` when the quality is ``BAD`` and no number could be
-    obtained; ``reason`` then says why (``timeout``, ``unavailable``,
-    ``out_of_range``, ``stale``...).
+    obtained; ``reason`` then says why (one of :class:`Reason`).
     """
 
     tag: str

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import wire
-from device_drivers.modbus import ModbusTcpDriver
 from edge.actuation import ActuatorCommand, Interlock
 from edge.alarms import AlarmManager, AlarmOutbox
-from edge.config import LoadedSite, ModbusTcpBus
+from edge.config import LoadedSite
+from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
-from edge.polling import BusPoller, RegisterDriver
+from edge.polling import BusPoller
 from edge.rules import Level
 from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
@@ -41,14 +41,8 @@ __all__ = ["DriverFactory", "Gateway"]
 
 log = logging.getLogger("safewatch.edge.gateway")
 
-DriverFactory = Callable[[ModbusTcpBus], RegisterDriver]
-
 UPLINK_QUEUE_SIZE = 10_000
 RESTART_DELAY_S = 1.0
-
-
-def _modbus_driver(bus: ModbusTcpBus) -> RegisterDriver:
-    return ModbusTcpDriver(bus.id, bus.host, bus.port, bus.timeout_ms / 1000)
 
 
 class Gateway:
@@ -61,7 +55,7 @@ class Gateway:
         buffer_path: str | Path | None = None,
         mqtt_host: str | None = None,
         mqtt_port: int | None = None,
-        driver_factory: DriverFactory = _modbus_driver,
+        driver_factory: DriverFactory = make_driver,
         drain_s: float = 5.0,
         stale_check_s: float = 0.25,
         alarm_flush_s: float = 5.0,
@@ -199,6 +193,8 @@ class Gateway:
                 self.ready.set()
                 await self._stop.wait()
                 log.info("stopping: polling stops, alarms and telemetry are flushed")
+                for poller in self.pollers:
+                    poller.stop()
                 await _cancel_and_wait(safety)
                 await _cancel_and_wait(writers)
                 self.unsaved_alarms = await self.alarm_writer.flush_at_shutdown(self.alarm_flush_s)
@@ -253,7 +249,11 @@ def _version() -> str:
         return ""
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.wait(tasks)
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]], nudge_s: float = 0.5) -> None:
+    """Cancel ``tasks`` and wait for them; cancel again any that swallowed the cancel
+    (a library's ``wait_for`` on Python 3.11 can), so shutdown always completes."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=nudge_s)

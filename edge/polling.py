@@ -1,16 +1,29 @@
 """Bus polling: one task owns one bus driver and is the only one that talks on it.
 
-The poller reads each device at its own ``poll_ms`` with as few requests as
-possible (contiguous register blocks, small gaps merged, at most 125
-registers a request). Before every read it executes the actuator commands the
-interlock has due for its bus, so a power cut waits at most for the one read
-in progress. Every sample goes synchronously to the sink (the rule engine);
-nothing here waits on the uplink.
+The poller is protocol-neutral: the driver plans each device's reads and
+decodes them (:class:`device_drivers.DeviceDriver`); the poller keeps what is
+generic:
 
-A per-device circuit breaker keeps a dead slave from costing its bus-mates
-their poll period: after ``breaker_after`` consecutive failures the device is
-tried only every ``breaker_retry_s`` and its tags stay BAD meanwhile (which,
-for a fail-safe profile, keeps its interlock tripped).
+- **schedule**: each device at its own ``poll_ms``, keeping its cadence. A poll
+  still running when its next period comes is *skipped and counted*, never
+  queued twice: a late poller catches up by skipping, not by bursting.
+- **priority class**: among devices due together, those with a safety-class
+  tag (``priority: safety`` in the profile: methane, CO, O2...) go first.
+- **outputs before reads**: before every read the interlock's due output
+  writes go out, so a power cut waits at most for the one read in progress.
+- **breaker and the dead lane**: a device that stops answering (timeout, no
+  connection) leaves the healthy schedule. It is retried with a short probe
+  timeout only when the healthy devices have slack (or after being put off
+  for a long while), at its period for a few failures and then every
+  ``breaker_retry_s``. A dead slave thus costs its bus-mates at most one
+  short probe now and then, not a full timeout every cycle.
+- **health**: latency, counts by error kind, last good sample, breaker state,
+  skipped polls and achieved period per device; lag of the poller itself.
+  :class:`DeviceHealth` is what the rule side reads to tell a silent sensor
+  (attempted, failed) from a late gateway (not attempted yet).
+
+Every sample goes synchronously to the sink (the rule engine); nothing here
+waits on the uplink.
 """
 
 from __future__ import annotations
@@ -19,110 +32,137 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any
 
 from device_drivers import (
-    DecodeError,
-    DeviceException,
+    DeviceDriver,
+    DeviceSpec,
     DeviceTimeout,
     DeviceUnavailable,
     DriverError,
+    OutputSpec,
     Quality,
+    ReadPlan,
     Sample,
 )
-from device_drivers.modbus import CodecError, decode, register_count, to_engineering
 from edge.actuation import ActuatorCommand, Interlock
-from edge.config import Device, LoadedSite, Tag
+from edge.config import Device, LoadedSite
+from edge.drivers import device_spec, output_spec
 
-__all__ = ["MAX_READ_REGISTERS", "BusPoller", "ReadBlock", "RegisterDriver", "plan_reads"]
+__all__ = ["BusHealth", "BusPoller", "DeviceHealth"]
 
 log = logging.getLogger("safewatch.edge.polling")
 
-MAX_READ_REGISTERS = 125  # Modbus limit for one read of holding/input registers
-MAX_MERGE_GAP = 4  # read over a gap this small rather than send a second request
+SAFETY, NORMAL = 0, 1  # priority classes: lower goes first
 
-Table = Literal["holding", "input"]
-
-
-class RegisterDriver(Protocol):
-    """What a poller needs from a bus driver (``device_drivers.modbus.ModbusTcpDriver``)."""
-
-    async def connect(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    async def read_registers(
-        self, unit: int, table: Table, address: int, count: int
-    ) -> list[int]: ...
-
-    async def read_coils(self, unit: int, address: int, count: int) -> list[bool]: ...
-
-    async def write_coil(self, unit: int, address: int, value: bool) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ReadBlock:
-    """One read request: ``count`` registers of ``table`` from ``address``, covering ``tags``."""
-
-    table: Table
-    address: int
-    count: int
-    tags: tuple[Tag, ...]
-
-
-def plan_reads(
-    tags: Sequence[Tag],
-    *,
-    max_count: int = MAX_READ_REGISTERS,
-    max_gap: int = MAX_MERGE_GAP,
-) -> list[ReadBlock]:
-    """Group one device's tags into as few register reads as the limits allow."""
-    blocks: list[ReadBlock] = []
-    for table in ("holding", "input"):
-        ordered = sorted((t for t in tags if t.table == table), key=lambda t: t.address)
-        start = end = -1
-        members: list[Tag] = []
-        for tag in ordered:
-            tag_end = tag.address + register_count(tag.type)
-            if members and tag.address - end <= max_gap and max(end, tag_end) - start <= max_count:
-                end = max(end, tag_end)
-                members.append(tag)
-                continue
-            if members:
-                blocks.append(ReadBlock(table, start, end - start, tuple(members)))
-            start, end, members = tag.address, tag_end, [tag]
-        if members:
-            blocks.append(ReadBlock(table, start, end - start, tuple(members)))
-    return blocks
-
-
-def _reason(exc: DriverError) -> str:
-    if isinstance(exc, DeviceTimeout):
-        return "timeout"
-    if isinstance(exc, DeviceUnavailable):
-        return "unavailable"
-    if isinstance(exc, DeviceException):
-        return "exception"
-    if isinstance(exc, DecodeError):
-        return "decode_error"
-    return "error"
+_EWMA = 0.2
 
 
 @dataclass(slots=True)
-class _DeviceSchedule:
-    device: Device
-    blocks: list[ReadBlock]
-    next_due: float = 0.0
-    failures: int = 0  # consecutive failed polls
+class DeviceHealth:
+    """What the poller knows about one device (monotonic seconds unless ``_ns``)."""
+
+    device: str
+    period_s: float
+    safety: bool
     polls: int = 0
-    read_attempts: int = 0
-    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0  # periods that passed without a poll (the poller was late)
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_attempt_at: float | None = None  # when the last read finished, good or not
+    last_good_at: float | None = None
+    last_good_ns: int | None = None  # wall clock of the last good read
+    latency_s: float | None = None  # last good read
+    latency_avg_s: float | None = None  # EWMA of good reads
+    latency_max_s: float = 0.0
+    interval_avg_s: float | None = None  # EWMA of the time between poll starts
+    breaker: str = "closed"  # closed | probing | open
+
+    @property
+    def cannot_meet_period(self) -> bool:
+        """Polled more than 10 % slower than configured (or missing periods)."""
+        interval = self.interval_avg_s
+        return interval is not None and interval > 1.1 * self.period_s
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "device": self.device,
+            "period_ms": round(self.period_s * 1000),
+            "safety": self.safety,
+            "polls": self.polls,
+            "ok": self.ok,
+            "errors": dict(self.errors),
+            "skipped": self.skipped,
+            "consecutive_failures": self.consecutive_failures,
+            "last_error": self.last_error,
+            "last_good_ns": self.last_good_ns,
+            "latency_ms": _ms(self.latency_s),
+            "latency_avg_ms": _ms(self.latency_avg_s),
+            "latency_max_ms": _ms(self.latency_max_s),
+            "interval_avg_ms": _ms(self.interval_avg_s),
+            "breaker": self.breaker,
+            "cannot_meet_period": self.cannot_meet_period,
+        }
+
+
+@dataclass(slots=True)
+class BusHealth:
+    bus: str
+    reads_ok: int = 0
+    reads_failed: int = 0
+    skipped: int = 0
+    writes_ok: int = 0
+    writes_failed: int = 0
+    latency_avg_s: float | None = None
+    lag_s: float = 0.0  # how late the last due poll started
+    lag_max_s: float = 0.0
+    connected: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bus": self.bus,
+            "reads_ok": self.reads_ok,
+            "reads_failed": self.reads_failed,
+            "skipped": self.skipped,
+            "writes_ok": self.writes_ok,
+            "writes_failed": self.writes_failed,
+            "latency_avg_ms": _ms(self.latency_avg_s),
+            "lag_ms": _ms(self.lag_s),
+            "lag_max_ms": _ms(self.lag_max_s),
+        }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _ewma(old: float | None, new: float) -> float:
+    return new if old is None else old + _EWMA * (new - old)
+
+
+@dataclass(slots=True)
+class _Schedule:
+    device: Device
+    spec: DeviceSpec
+    plan: ReadPlan
+    priority: int
+    health: DeviceHealth
+    next_due: float = 0.0
+    started_at: float | None = None
+    deferred_since: float | None = None  # a probe has been put off since
 
     @property
     def period_s(self) -> float:
         return self.device.poll_ms / 1000
+
+    @property
+    def dead(self) -> bool:
+        return self.health.breaker != "closed"
 
 
 SampleSink = Callable[[Sample], object]
@@ -135,12 +175,13 @@ class BusPoller:
         self,
         site: LoadedSite,
         bus_id: str,
-        driver: RegisterDriver,
+        driver: DeviceDriver,
         sink: SampleSink,
         interlock: Interlock,
         *,
         breaker_after: int = 3,
         breaker_retry_s: float = 5.0,
+        probe_timeout_s: float | None = None,
         call_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -151,61 +192,139 @@ class BusPoller:
         self.breaker_after = breaker_after
         self.breaker_retry_s = breaker_retry_s
         bus = site.bus(bus_id)
+        self.timeout_s = bus.timeout_ms / 1000
+        # a probe of a dead device must not cost its bus-mates a full timeout
+        self._probe_timeout_s = probe_timeout_s
         # the driver applies the bus timeout itself; this is a backstop against a hung driver
-        self.call_timeout_s = call_timeout_s or bus.timeout_ms / 1000 + 1.0
+        self.call_timeout_s = call_timeout_s or self.timeout_s + 1.0
         self._clock = clock
-        self._schedules: dict[str, _DeviceSchedule] = {}
+        self._stopping = False
+        self.health = BusHealth(bus_id)
+        self._schedules: dict[str, _Schedule] = {}
+        self._specs: dict[str, DeviceSpec] = {}
         for device in site.config.devices:
-            if device.bus != bus_id or not device.tags:
+            if device.bus != bus_id:
                 continue
-            sched = _DeviceSchedule(device, plan_reads(device.tags))
-            for tag in device.tags:
-                rng = site.profile_of(tag).range
-                sched.ranges[tag.name] = (rng.min, rng.max)
-            self._schedules[device.id] = sched
-        self.reads_ok = 0
-        self.reads_failed = 0
-        self.commands_written = 0
-        self.commands_failed = 0
+            spec = device_spec(site, device)
+            self._specs[device.id] = spec
+            if not device.tags:
+                continue
+            safety = any(site.profile_of(t).priority == "safety" for t in device.tags)
+            self._schedules[device.id] = _Schedule(
+                device,
+                spec,
+                driver.plan(spec),
+                SAFETY if safety else NORMAL,
+                DeviceHealth(device.id, device.poll_ms / 1000, safety),
+            )
+        self._outputs: dict[str, tuple[DeviceSpec, OutputSpec]] = {}
+        for act in site.config.actuators:
+            if act.device in self._specs:
+                self._outputs[act.id] = (self._specs[act.device], output_spec(act))
 
-    # -- introspection (tests, status) ----------------------------------------------
+    # -- introspection (tests, status, the rule side) --------------------------------
 
-    def blocks(self, device_id: str) -> list[ReadBlock]:
-        return list(self._schedules[device_id].blocks)
+    @property
+    def reads_ok(self) -> int:
+        return self.health.reads_ok
+
+    @property
+    def reads_failed(self) -> int:
+        return self.health.reads_failed
+
+    @property
+    def commands_written(self) -> int:
+        return self.health.writes_ok
+
+    @property
+    def commands_failed(self) -> int:
+        return self.health.writes_failed
+
+    def plan(self, device_id: str) -> ReadPlan:
+        return self._schedules[device_id].plan
+
+    def device_health(self, device_id: str) -> DeviceHealth:
+        return self._schedules[device_id].health
+
+    def devices(self) -> list[DeviceHealth]:
+        return [s.health for s in self._schedules.values()]
 
     def breaker_open(self, device_id: str) -> bool:
-        return self._schedules[device_id].failures >= self.breaker_after
+        return self._schedules[device_id].health.breaker == "open"
 
     def read_attempts(self, device_id: str) -> int:
-        return self._schedules[device_id].read_attempts
+        return self._schedules[device_id].health.polls
+
+    def stop(self) -> None:
+        """Leave the loop at the next turn (a cancel that a library swallowed still ends it)."""
+        self._stopping = True
 
     # -- the task --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Poll forever (until cancelled); closes the driver on the way out."""
+        """Poll until cancelled or stopped; closes the driver on the way out."""
         wake = self.interlock.wake_event(self.bus_id)
         try:
-            await self._connect()
+            await self._open()
             start = self._clock()
             for sched in self._schedules.values():
                 sched.next_due = start
-            while True:
+            while not self._stopping:
                 await self.execute_commands()
                 now = self._clock()
                 due = sorted(
-                    (s for s in self._schedules.values() if s.next_due <= now),
-                    key=lambda s: s.next_due,
+                    (s for s in self._schedules.values() if not s.dead and s.next_due <= now),
+                    key=lambda s: (s.priority, s.next_due),
                 )
                 for sched in due:
+                    if self._stopping:
+                        return
                     await self.execute_commands()  # actuators first, always
                     await self._poll(sched)
+                await self._probe_one()
                 await self._sleep_until_due(wake)
         finally:
             await self._close()
 
+    def _next_healthy_due(self) -> float:
+        return min((s.next_due for s in self._schedules.values() if not s.dead), default=math.inf)
+
+    async def _probe_one(self) -> None:
+        """Retry the most overdue dead device, if the healthy schedule has room for it."""
+        now = self._clock()
+        dead = [s for s in self._schedules.values() if s.dead and s.next_due <= now]
+        if not dead:
+            return
+        sched = min(dead, key=lambda s: (s.priority, s.next_due))
+        timeout = self.probe_timeout(sched.device.id)
+        slack = self._next_healthy_due() - now
+        if slack < timeout:
+            if sched.deferred_since is None:
+                sched.deferred_since = now
+            # never starve a dead device: after a while it is probed even without slack
+            patience = 3 * sched.period_s
+            if sched.health.breaker == "open":
+                patience = max(patience, self.breaker_retry_s)
+            if now - sched.deferred_since < patience:
+                return
+        sched.deferred_since = None
+        await self.execute_commands()
+        await self._poll(sched, timeout_s=timeout)
+
+    def probe_timeout(self, device_id: str) -> float:
+        """Timeout for probing a silent device: a few times what an answer normally takes
+        (its own last good latency, else the bus's), at least 50 ms, at most the bus timeout."""
+        if self._probe_timeout_s is not None:
+            return self._probe_timeout_s
+        health = self._schedules[device_id].health
+        typical = health.latency_max_s or self.health.latency_avg_s or 0.0
+        return min(self.timeout_s, max(0.05, 3 * typical))
+
     async def _sleep_until_due(self, wake: asyncio.Event) -> None:
         now = self._clock()
         wake_at = min((s.next_due for s in self._schedules.values()), default=math.inf)
+        if any(s.deferred_since is not None for s in self._schedules.values()):
+            wake_at = min(wake_at, self._next_healthy_due())
         command_due = self.interlock.next_due(self.bus_id, now)
         if command_due is not None:
             wake_at = min(wake_at, command_due)
@@ -222,10 +341,10 @@ class BusPoller:
         except TimeoutError:
             pass
 
-    async def _connect(self) -> None:
+    async def _open(self) -> None:
         try:
             async with asyncio.timeout(self.call_timeout_s):
-                await self.driver.connect()
+                await self.driver.open()
         except (DriverError, TimeoutError) as exc:
             # reads will keep failing (BAD samples) until the driver reconnects
             log.warning("bus %s: cannot connect yet: %s", self.bus_id, exc)
@@ -250,90 +369,108 @@ class BusPoller:
                 raise
 
     async def _write(self, command: ActuatorCommand) -> None:
+        target = self._outputs.get(command.actuator)
+        if target is None:  # pragma: no cover - the interlock only hands out this bus's outputs
+            self.interlock.write_failed(command, "unknown output", self._clock())
+            return
+        device, output = target
         try:
             async with asyncio.timeout(self.call_timeout_s):
-                await self.driver.write_coil(command.unit, command.coil, command.coil_value)
+                await self.driver.write(device, output, command.coil_value)
         except DriverError as exc:
-            self.commands_failed += 1
-            self.interlock.write_failed(command, f"{_reason(exc)}: {exc}", self._clock())
+            self.health.writes_failed += 1
+            self.interlock.write_failed(command, f"{exc.reason}: {exc}", self._clock())
         except TimeoutError:
-            self.commands_failed += 1
+            self.health.writes_failed += 1
             self.interlock.write_failed(command, "timeout: driver did not return", self._clock())
         else:
-            self.commands_written += 1
+            self.health.writes_ok += 1
             self.interlock.write_succeeded(command, self._clock())
 
     # -- reading ---------------------------------------------------------------------
 
-    async def _poll(self, sched: _DeviceSchedule) -> None:
-        device = sched.device
-        sched.polls += 1
-        ok = True
-        for block in sched.blocks:
-            sched.read_attempts += 1
-            try:
-                async with asyncio.timeout(self.call_timeout_s):
-                    registers = await self.driver.read_registers(
-                        device.unit_id, block.table, block.address, block.count
-                    )
-            except DriverError as exc:
-                self._bad_device(sched, _reason(exc), exc)
-                ok = False
-                break
-            except TimeoutError:
-                self._bad_device(sched, "timeout", None)
-                ok = False
-                break
-            self.reads_ok += 1
-            self._emit_block(sched, block, registers)
-        if ok:
-            if sched.failures >= self.breaker_after:
-                log.info("device %s answers again; polling every %d ms", device.id, device.poll_ms)
-            sched.failures = 0
-        else:
-            sched.failures += 1
-            if sched.failures == self.breaker_after:
+    async def _poll(self, sched: _Schedule, timeout_s: float | None = None) -> None:
+        health = sched.health
+        began = self._clock()
+        period = sched.period_s
+        if not sched.dead:
+            # keep the grid; periods that passed without a poll are skipped and counted
+            late = max(0.0, began - sched.next_due)
+            missed = int(late // period)
+            if missed:
+                health.skipped += missed
+                self.health.skipped += missed
+            self.health.lag_s = late
+            self.health.lag_max_s = max(self.health.lag_max_s, late)
+            sched.next_due += (missed + 1) * period
+            if sched.started_at is not None:
+                health.interval_avg_s = _ewma(health.interval_avg_s, began - sched.started_at)
+            sched.started_at = began
+        health.polls += 1
+        error: DriverError | None = None
+        samples: Any = ()
+        try:
+            async with asyncio.timeout((timeout_s or self.timeout_s) + 1.0):
+                samples = await self.driver.read(sched.plan, timeout_s=timeout_s)
+        except DriverError as exc:
+            error = exc
+        except TimeoutError:
+            error = DeviceTimeout(sched.device.id, "driver did not return")
+        finished = self._clock()
+        health.last_attempt_at = finished
+        if error is not None:
+            self._failed(sched, error, finished)
+            return
+        latency = finished - began
+        health.ok += 1
+        health.latency_s = latency
+        health.latency_avg_s = _ewma(health.latency_avg_s, latency)
+        health.latency_max_s = max(health.latency_max_s, latency)
+        health.last_good_at = finished
+        health.last_good_ns = time.time_ns()
+        self.health.reads_ok += 1
+        self.health.latency_avg_s = _ewma(self.health.latency_avg_s, latency)
+        sink = self.sink
+        for sample in samples:
+            sink(sample)
+        health.consecutive_failures = 0
+        if health.breaker != "closed":
+            log.info(
+                "device %s answers again; polling every %d ms",
+                sched.device.id,
+                sched.device.poll_ms,
+            )
+            health.breaker = "closed"
+            sched.started_at = None
+            sched.next_due = finished + period
+
+    def _failed(self, sched: _Schedule, exc: DriverError, now: float) -> None:
+        health = sched.health
+        reason = exc.reason
+        health.errors[reason] += 1
+        health.last_error = f"{reason}: {exc.message}"
+        health.consecutive_failures += 1
+        self.health.reads_failed += 1
+        if health.consecutive_failures == 1:
+            log.warning("device %s: read failed (%s): %s", sched.device.id, reason, exc.message)
+        ts = time.time_ns()
+        device = sched.device.id
+        for point in sched.spec.points:
+            self.sink(Sample(point.name, device, None, Quality.BAD, ts, reason))
+        silent = isinstance(exc, DeviceTimeout | DeviceUnavailable)
+        period = sched.period_s
+        if silent and health.consecutive_failures >= self.breaker_after:
+            if health.breaker != "open":
                 log.warning(
-                    "device %s failed %d polls in a row; trying it every %.1f s",
-                    device.id,
-                    sched.failures,
+                    "device %s failed %d polls in a row; probing it every %.1f s",
+                    device,
+                    health.consecutive_failures,
                     self.breaker_retry_s,
                 )
-        period = sched.period_s
-        if sched.failures >= self.breaker_after:
+            health.breaker = "open"
             period = max(period, self.breaker_retry_s)
-        now = self._clock()
-        # keep the cadence without catching up in a burst after a slow cycle
-        sched.next_due = max(sched.next_due + period, now) if ok else now + period
-
-    def _bad_device(self, sched: _DeviceSchedule, reason: str, exc: DriverError | None) -> None:
-        self.reads_failed += 1
-        if sched.failures == 0:
-            log.warning("device %s: read failed (%s): %s", sched.device.id, reason, exc)
-        ts = time.time_ns()
-        for tag in sched.device.tags:
-            self.sink(Sample(tag.name, sched.device.id, None, Quality.BAD, ts, reason))
-
-    def _emit_block(self, sched: _DeviceSchedule, block: ReadBlock, registers: list[int]) -> None:
-        ts = time.time_ns()
-        for tag in block.tags:
-            self.sink(self._decode(sched, tag, block, registers, ts))
-
-    @staticmethod
-    def _decode(
-        sched: _DeviceSchedule, tag: Tag, block: ReadBlock, registers: list[int], ts: int
-    ) -> Sample:
-        device = sched.device.id
-        first = tag.address - block.address
-        words = registers[first : first + register_count(tag.type)]
-        try:
-            raw = decode(words, tag.type, word_order=tag.word_order, byte_order=tag.byte_order)
-        except CodecError:
-            return Sample(tag.name, device, None, Quality.BAD, ts, "decode_error")
-        value = to_engineering(raw, scale=tag.scale, offset=tag.offset)
-        low, high = sched.ranges[tag.name]
-        if not math.isfinite(value):
-            return Sample(tag.name, device, None, Quality.BAD, ts, "out_of_range")
-        if not low <= value <= high:
-            return Sample(tag.name, device, value, Quality.BAD, ts, "out_of_range")
-        return Sample(tag.name, device, value, Quality.GOOD, ts)
+        elif silent:
+            health.breaker = "probing"  # retried with a short timeout, outside the schedule
+        if silent:
+            sched.started_at = None
+            sched.next_due = now + period

@@ -32,7 +32,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from edge.config import PACKAGED_PROFILES, ConfigError, LoadedSite, Thresholds, load_site
+from edge.config import (
+    PACKAGED_PROFILES,
+    ConfigError,
+    LoadedSite,
+    ModbusRtuBus,
+    Thresholds,
+    load_site,
+)
 
 FIRMWARE_CONFIGS = PACKAGED_PROFILES.parent
 DEMO_SITE = FIRMWARE_CONFIGS / "sites" / "demo-mine.yaml"
@@ -411,7 +418,8 @@ def _run(
 ) -> None:
     if _port_open("127.0.0.1", api_port):
         raise DemoError(f"port {api_port} is already in use; pass --api-port")
-    for bus in site.config.buses:
+    tcp_buses = [b for b in site.config.buses if not isinstance(b, ModbusRtuBus)]
+    for bus in tcp_buses:
         if _port_open(bus.host, bus.port):
             raise DemoError(f"{bus.host}:{bus.port} (bus {bus.id}) is already in use")
 
@@ -421,7 +429,7 @@ def _run(
 
     start("sim")
     start("cloud")
-    for bus in site.config.buses:
+    for bus in tcp_buses:
         supervisor.wait_for(
             f"simulator bus {bus.id} on {bus.host}:{bus.port}",
             partial(_port_open, bus.host, bus.port),

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edge.config import ConfigError, load_site
+from edge.config import ConfigError, ConfigIssue, buffer_path_problem, load_profiles, load_site
 from edge.gateway import Gateway
 
 app = typer.Typer(no_args_is_help=True)
@@ -25,6 +25,10 @@ BufferOpt = Annotated[
 HostOpt = Annotated[str | None, typer.Option("--mqtt-host", help="Broker host (default: site).")]
 PortOpt = Annotated[int | None, typer.Option("--mqtt-port", help="Broker port (default: site).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+ProfilesOpt = Annotated[
+    Path | None,
+    typer.Option("--profiles", help="Directory of sensor profiles (*.yaml); default: packaged."),
+]
 
 
 @app.command("run")
@@ -34,11 +38,14 @@ def run(
     mqtt_host: HostOpt = None,
     mqtt_port: PortOpt = None,
     verbose: VerboseOpt = False,
+    profiles: ProfilesOpt = None,
 ) -> None:
     """Poll the site's devices, trip interlocks, buffer and forward to MQTT."""
     err = Console(stderr=True)
     try:
-        site = load_site(config)
+        site = load_site(config, load_profiles(profiles) if profiles else None)
+        if buffer is not None and (problem := buffer_path_problem(buffer)) is not None:
+            raise ConfigError([ConfigIssue("--buffer", None, None, "buffer", problem)])
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(str(issue), markup=False, highlight=False, soft_wrap=True)

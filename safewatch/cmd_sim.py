@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from edge.config import ConfigError, LoadedSite, load_site
+from edge.config import ConfigError, LoadedSite, load_profiles, load_site
 from simulators import Scenario, ScenarioPlayer, SimulatorError, SiteSimulator, load_scenario
 
 app = typer.Typer(no_args_is_help=True)
@@ -25,6 +25,10 @@ ScenarioOpt = Annotated[
 SpeedOpt = Annotated[
     float, typer.Option("--speed", min=0.001, help="Scenario playback speed (2.0 = twice as fast).")
 ]
+ProfilesOpt = Annotated[
+    Path | None,
+    typer.Option("--profiles", help="Directory of sensor profiles (*.yaml); default: packaged."),
+]
 LoopOpt = Annotated[
     bool, typer.Option("--loop/--no-loop", help="Restart the scenario after its end.")
 ]
@@ -36,12 +40,13 @@ def run(
     scenario: ScenarioOpt = None,
     speed: SpeedOpt = 1.0,
     loop: LoopOpt = False,
+    profiles: ProfilesOpt = None,
 ) -> None:
     """Serve every bus of the site on its host:port until SIGINT or SIGTERM."""
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     try:
-        site = load_site(config)
+        site = load_site(config, load_profiles(profiles) if profiles else None)
         played = load_scenario(scenario, site) if scenario is not None else None
     except ConfigError as exc:
         for issue in exc.issues:

@@ -20,12 +20,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pymodbus.constants import ExcCodes
-from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
 from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType as SimType
+from pymodbus.simulator import SimData, SimDevice
 
 from device_drivers.modbus import decode, encode, from_engineering, to_engineering
-from edge.config import Actuator, Device, LoadedSite, Tag
+from edge.config import (
+    AnyActuator,
+    AnyTag,
+    Device,
+    LoadedSite,
+    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+)
 
 __all__ = ["CoilWriteHook", "SimulatorError", "SiteSimulator"]
 
@@ -52,87 +61,96 @@ class _Unit:
     holding: list[int]
     input: list[int]
     coils: list[bool]
-    actuators: dict[int, Actuator]  # coil address -> actuator
+    actuators: dict[int, AnyActuator]  # coil address -> actuator
     offline: bool = False
     failing: bool = False
-
-    def table(self, func_code: int) -> list[int] | list[bool] | None:
-        if func_code in _HOLDING_FUNCTIONS:
-            return self.holding
-        if func_code in _INPUT_FUNCTIONS:
-            return self.input
-        if func_code in _COIL_FUNCTIONS:
-            return self.coils
-        return None
 
 
 def _size(addresses: Sequence[int]) -> int:
     return max(addresses) + 1 if addresses else 0
 
 
-class _BusContext(ModbusServerContext):
-    """The datastore pymodbus calls for one bus: our units, our rules.
+_MAX_REGISTERS = 65535  # the catch-all unit answers silently anywhere in the map
 
-    pymodbus 3.16 routes a request to ``async_getValues``/``async_setValues``
-    and answers an :class:`ExcCodes` as an exception response. With
-    ``ignore_missing_devices`` a :class:`NoSuchIdException` means "stay silent",
-    which is how an offline unit behaves.
-    """
 
-    def __init__(self, units: dict[int, _Unit], on_coil: Callable[[_Unit, int, bool], None]):
-        # Deliberately not calling ModbusServerContext.__init__: it converts the
-        # deprecated block datastores; we implement the two datastore calls ourselves.
-        self.old_simulator = True  # tells ModbusBaseServer to call this object directly
-        self.simdevices = []
-        self._units = units
-        self._on_coil = on_coil
+def _register_block(size: int) -> list[SimData]:
+    if size == 0:
+        return [SimData(0, datatype=SimType.INVALID)]
+    return [SimData(0, count=size, values=0, datatype=SimType.REGISTERS)]
 
-    def _unit(self, device_id: int) -> _Unit:
-        unit = self._units.get(device_id)
-        if unit is None or unit.offline:
-            raise NoSuchIdException(f"unit {device_id} does not answer")
-        return unit
 
-    async def async_getValues(
-        self, device_id: int, func_code: int, address: int, count: int = 1
-    ) -> list[int] | list[bool] | ExcCodes:
-        unit = self._unit(device_id)
-        if unit.failing:
-            return ExcCodes.DEVICE_FAILURE
-        table = unit.table(func_code)
-        if table is None:
-            return ExcCodes.ILLEGAL_FUNCTION
-        if address < 0 or count < 1 or address + count > len(table):
-            return ExcCodes.ILLEGAL_ADDRESS
-        return list(table[address : address + count])
+def _coil_block(values: list[bool]) -> list[SimData]:
+    # pymodbus maps bits in whole registers; the action refuses coils past the unit's own
+    return [SimData(0, values=list(values) or [False], datatype=SimType.BITS)]
 
-    async def async_setValues(
-        self,
-        device_id: int,
+
+def _sim_device(
+    unit_id: int, unit: _Unit, on_coil: Callable[[_Unit, int, bool], None]
+) -> SimDevice:
+    """One unit in pymodbus's current datastore (``SimDevice``): pymodbus checks the
+    address map, our action serves values from (and stores writes into) the unit."""
+
+    async def action(
         func_code: int,
+        start_address: int,
         address: int,
-        values: Sequence[int] | Sequence[bool],
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
-        unit = self._unit(device_id)
+        if unit.offline:
+            raise NoSuchIdException(f"unit {unit_id} does not answer")  # stays silent
         if unit.failing:
             return ExcCodes.DEVICE_FAILURE
         if func_code in _COIL_FUNCTIONS:
-            if address < 0 or address + len(values) > len(unit.coils):
+            if address + len(set_values or [None]) > len(unit.coils):
                 return ExcCodes.ILLEGAL_ADDRESS
-            for i, value in enumerate(values):
-                unit.coils[address + i] = bool(value)
-                self._on_coil(unit, address + i, bool(value))
+            if set_values:
+                for i, value in enumerate(set_values):
+                    unit.coils[address + i] = bool(value)
+                    on_coil(unit, address + i, bool(value))
             return None
         if func_code in _HOLDING_FUNCTIONS:
-            if address < 0 or address + len(values) > len(unit.holding):
-                return ExcCodes.ILLEGAL_ADDRESS
-            for i, value in enumerate(values):
-                unit.holding[address + i] = int(value) & 0xFFFF
-            return None
-        return ExcCodes.ILLEGAL_FUNCTION
+            table = unit.holding
+        elif func_code in _INPUT_FUNCTIONS:
+            table = unit.input
+        else:
+            return ExcCodes.ILLEGAL_FUNCTION
+        first = address - start_address
+        if set_values:
+            table[address : address + len(set_values)] = [int(v) & 0xFFFF for v in set_values]
+        else:
+            registers[first : first + count] = table[address : address + count]
+        return None
 
-    def device_ids(self) -> list[int]:
-        return list(self._units)
+    return SimDevice(
+        unit_id,
+        simdata=(
+            _coil_block(unit.coils),
+            [SimData(0, values=[False], datatype=SimType.BITS)],  # no discrete inputs
+            _register_block(len(unit.holding)),
+            _register_block(len(unit.input)),
+        ),
+        action=action,
+    )
+
+
+def _silent_device() -> SimDevice:
+    """Unit 0 is pymodbus's catch-all: any unit the site does not define stays silent."""
+
+    async def action(*_: object) -> ExcCodes | None:
+        raise NoSuchIdException("no such unit")
+
+    return SimDevice(
+        0,
+        simdata=(
+            [SimData(0, count=2000, values=False, datatype=SimType.BITS)],
+            [SimData(0, values=[False], datatype=SimType.BITS)],
+            _register_block(_MAX_REGISTERS),
+            _register_block(_MAX_REGISTERS),
+        ),
+        action=action,
+    )
 
 
 @dataclass
@@ -140,6 +158,7 @@ class _Bus:
     id: str
     host: str
     port: int
+    rtu_framing: bool = False
     units: dict[int, _Unit] = field(default_factory=dict)
     server: ModbusTcpServer | None = None
 
@@ -158,11 +177,16 @@ class SiteSimulator:
         self.coil_log: deque[tuple[int, str, bool]] = deque(maxlen=_LOG_LENGTH)
         self._buses: dict[str, _Bus] = {}
         self._units_by_device: dict[str, _Unit] = {}
-        self._tags: dict[str, tuple[_Unit, Tag]] = {}
-        self._actuators: dict[str, tuple[_Unit, Actuator]] = {}
+        self._tags: dict[str, tuple[_Unit, AnyTag]] = {}
+        self._actuators: dict[str, tuple[_Unit, AnyActuator]] = {}
         cfg = site.config
         for bus in cfg.buses:
-            self._buses[bus.id] = _Bus(bus.id, bus.host, bus.port)
+            if isinstance(bus, ModbusRtuBus):
+                raise SimulatorError(
+                    f"bus {bus.id}: serial RTU buses are served by RtuLineSimulator"
+                )
+            rtu = isinstance(bus, ModbusRtuOverTcpBus)
+            self._buses[bus.id] = _Bus(bus.id, bus.host, bus.port, rtu_framing=rtu)
         for device in cfg.devices:
             acts = {a.coil: a for a in cfg.actuators if a.device == device.id}
             unit = _Unit(
@@ -200,9 +224,15 @@ class SiteSimulator:
             for bus in self._buses.values():
                 if bus.server is not None:
                     continue
+                devices = [
+                    _sim_device(u, unit, self._coil_written) for u, unit in bus.units.items()
+                ]
+                if 0 not in bus.units:
+                    devices.append(_silent_device())
                 server = ModbusTcpServer(
-                    _BusContext(bus.units, self._coil_written),
+                    devices,
                     address=(bus.host, bus.port),
+                    framer=FramerType.RTU if bus.rtu_framing else FramerType.SOCKET,
                     ignore_missing_devices=True,  # offline units stay silent
                 )
                 try:
@@ -233,13 +263,13 @@ class SiteSimulator:
 
     # -- values ------------------------------------------------------------------------
 
-    def _tag(self, name: str) -> tuple[_Unit, Tag]:
+    def _tag(self, name: str) -> tuple[_Unit, AnyTag]:
         try:
             return self._tags[name]
         except KeyError:
             raise KeyError(f"unknown tag {name!r}") from None
 
-    def _write(self, unit: _Unit, tag: Tag, value: float) -> None:
+    def _write(self, unit: _Unit, tag: AnyTag, value: float) -> None:
         raw = from_engineering(value, scale=tag.scale, offset=tag.offset)
         registers = encode(raw, tag.type, word_order=tag.word_order, byte_order=tag.byte_order)
         table = unit.holding if tag.table == "holding" else unit.input
@@ -267,7 +297,7 @@ class SiteSimulator:
         unit, act = self._actuator(actuator_id)
         return unit.coils[act.coil]
 
-    def _actuator(self, actuator_id: str) -> tuple[_Unit, Actuator]:
+    def _actuator(self, actuator_id: str) -> tuple[_Unit, AnyActuator]:
         try:
             return self._actuators[actuator_id]
         except KeyError:

@@ -1,7 +1,17 @@
-"""Load YAML into frozen models, keeping file and line for every error."""
+"""Load YAML into frozen models, keeping file and line for every error.
+
+No file can break the loader: before a byte is parsed the path must be a
+regular file of sane size (a FIFO or a device would block or never end);
+aliases may not expand the document past :data:`MAX_NODES` nodes (a "billion
+laughs" file is refused, not expanded); nesting deeper than :data:`MAX_DEPTH`
+is refused; NaN and infinities are refused wherever a number goes (the
+models forbid them). Every problem becomes a one-line :class:`ConfigIssue`.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +22,21 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from edge.config._models import LoadedSite, SensorProfile, SiteConfig
+from edge.config._models import (
+    PROTOCOL_OF_BUS,
+    Device,
+    LoadedSite,
+    ModbusRtuBus,
+    SensorProfile,
+    SiteConfig,
+)
 
 PACKAGED_PROFILES = Path(__file__).resolve().parents[2] / "firmware_configs" / "sensors"
+
+MAX_FILE_BYTES = 32 * 1024 * 1024  # a 10,000-tag site is about 3 MB
+MAX_NODES = 2_000_000  # scalars + containers after alias expansion
+MAX_ALIASES = 10_000
+MAX_DEPTH = 64
 
 Loc = tuple[str | int, ...]
 M = TypeVar("M", bound=BaseModel)
@@ -33,7 +55,8 @@ class ConfigIssue:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         dev = f" device {self.device}" if self.device else ""
-        return f"{where}:{dev} {self.field}: {self.message}"
+        message = " ".join(self.message.split())  # one line, whatever the cause said
+        return f"{where}:{dev} {self.field}: {message}"
 
 
 class ConfigError(Exception):
@@ -53,13 +76,107 @@ def _plain(node: Any) -> Any:
     return node
 
 
+def _file_issue(file: str, message: str) -> ConfigError:
+    return ConfigError([ConfigIssue(file, None, None, "(file)", message)])
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, refusing anything but a regular file of sane size *before* opening it."""
+    file = str(path)
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _file_issue(file, f"cannot read: {exc.strerror}") from exc
+    if stat.S_ISDIR(info.st_mode):
+        raise _file_issue(file, "is a directory, not a YAML file")
+    if not stat.S_ISREG(info.st_mode):
+        raise _file_issue(file, "not a regular file (FIFO, socket or device); refused unread")
+    if info.st_size > MAX_FILE_BYTES:
+        raise _file_issue(file, f"{info.st_size} bytes is over the {MAX_FILE_BYTES} byte limit")
+    with path.open("rb") as handle:
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise _file_issue(file, f"grew past the {MAX_FILE_BYTES} byte limit while read")
+    return data.decode("utf-8")
+
+
+def _check_shape(file: str, root: Any) -> None:
+    """Refuse alias bombs and deep nesting without expanding anything.
+
+    The expanded size of every container is computed once (memoised by
+    identity), so a document whose aliases multiply it is measured in the
+    time it takes to read its unique nodes.
+    """
+    sizes: dict[int, int] = {}
+    aliases = 0
+
+    def size(node: Any, depth: int) -> int:
+        nonlocal aliases
+        if not isinstance(node, Mapping | list):
+            return 1
+        known = sizes.get(id(node))
+        if known is not None:
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise _file_issue(file, f"more than {MAX_ALIASES} alias references; refused")
+            return known
+        if depth > MAX_DEPTH:
+            raise _file_issue(file, f"nested deeper than {MAX_DEPTH} levels; refused")
+        sizes[id(node)] = 1  # a self-referencing alias counts as one node
+        total = 1
+        children = node.values() if isinstance(node, Mapping) else node
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_NODES:
+                raise _file_issue(
+                    file, f"expands to more than {MAX_NODES} nodes (alias bomb?); refused"
+                )
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _check_nesting(file: str, text: str) -> None:
+    """Refuse deep nesting before parsing (a YAML parser recurses, and slowly).
+
+    Counts flow brackets outside quotes and comments, and block indentation;
+    either past :data:`MAX_DEPTH` levels is refused.
+    """
+    depth = deepest = 0
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        if stripped and not stripped.startswith("#") and indent > 2 * MAX_DEPTH:
+            raise _file_issue(file, f"nested deeper than {MAX_DEPTH} levels; refused")
+        if "[" not in stripped and "{" not in stripped and not depth:
+            continue
+        quote = ""
+        for ch in stripped:
+            if quote:
+                if ch == quote:
+                    quote = ""
+            elif ch in "\"'":
+                quote = ch
+            elif ch == "#":
+                break
+            elif ch in "[{":
+                depth += 1
+                if depth > deepest:
+                    deepest = depth
+                    if deepest > MAX_DEPTH:
+                        raise _file_issue(file, f"nested deeper than {MAX_DEPTH} levels; refused")
+            elif ch in "]}":
+                depth = max(0, depth - 1)
+
+
 class _Document:
     """A parsed YAML document that can say which line a field path is on."""
 
     def __init__(self, path: Path) -> None:
         self.file = str(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = _read_text(path)
         except OSError as exc:
             raise ConfigError(
                 [ConfigIssue(self.file, None, None, "(file)", f"cannot read: {exc.strerror}")]
@@ -68,8 +185,13 @@ class _Document:
             raise ConfigError(
                 [ConfigIssue(self.file, None, None, "(file)", f"not UTF-8 text: {exc.reason}")]
             ) from exc
+        _check_nesting(self.file, text)
         try:
             self.root = YAML(typ="rt").load(text)
+        except RecursionError as exc:
+            raise ConfigError(
+                [ConfigIssue(self.file, None, None, "(syntax)", "nested too deeply; refused")]
+            ) from exc
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -85,6 +207,7 @@ class _Document:
             raise ConfigError(
                 [ConfigIssue(self.file, 1, None, "(document)", "expected a mapping at the top")]
             )
+        _check_shape(self.file, self.root)
 
     def line_of(self, loc: Loc) -> int | None:
         node: Any = self.root
@@ -122,14 +245,24 @@ class _Document:
         try:
             return model.model_validate(_plain(self.root))
         except ValidationError as exc:
-            raise ConfigError(
-                [self.issue(_clean_loc(e["loc"]), e["msg"]) for e in exc.errors()]
-            ) from exc
+            errors = [(_clean_loc(e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
+            # a list whose items failed also reports "too short": only noise then
+            kept = [
+                (loc, msg)
+                for loc, kind, msg in errors
+                if not (
+                    kind == "too_short" and any(o[: len(loc)] == loc != o for o, _, _ in errors)
+                )
+            ]
+            raise ConfigError([self.issue(loc, msg) for loc, msg in kept]) from exc
+
+
+# pydantic puts the discriminator's value in an error's location; it is no YAML key
+_UNION_TAGS = frozenset(PROTOCOL_OF_BUS) | frozenset(PROTOCOL_OF_BUS.values())
 
 
 def _clean_loc(loc: Iterable[str | int]) -> Loc:
-    # drop pydantic's discriminator tags (e.g. 'modbus_tcp') that are not YAML keys
-    return tuple(p for p in loc if p not in ("modbus_tcp",))
+    return tuple(p for p in loc if p not in _UNION_TAGS)
 
 
 def load_model(path: str | Path, model: type[M]) -> M:
@@ -184,21 +317,89 @@ def _duplicates(doc: _Document, section: str, ids: list[str]) -> Iterable[Config
         seen.add(ident)
 
 
+SAFETY_MAX_POLL_MS = 10_000  # AQ 6201: safety sensors are scanned at least every 10 s
+
+
+def buffer_path_problem(path: str | Path) -> str | None:
+    """Why the durable buffer cannot live at ``path`` (None when it can)."""
+    target = Path(path)
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        info = None
+    except OSError as exc:
+        return f"{target}: cannot use: {exc.strerror}"
+    if info is not None:
+        if stat.S_ISDIR(info.st_mode):
+            return f"{target} is a directory; give a file path such as {target / 'buffer.db'}"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{target} is not a regular file (FIFO, socket or device)"
+        if not os.access(target, os.R_OK | os.W_OK):
+            return f"{target} is not readable and writable by this user"
+        return None
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the buffer creates missing directories
+    if not parent.is_dir():
+        return f"{parent} is not a directory; the buffer cannot be created under it"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot create the buffer under {parent}: not writable"
+    return None
+
+
+def _timing(
+    doc: _Document, di: int, device: Device, timeout_ms: int, profiles: Mapping[str, SensorProfile]
+) -> Iterable[ConfigIssue]:
+    """Staleness and timeouts must fit the poll period, or a healthy device looks dead."""
+    stale_ms = round(device.stale_after_s * 1000)
+    need = device.poll_ms + timeout_ms
+    if stale_ms < need:
+        field = "stale_after_ms" if device.stale_after_ms is not None else "poll_ms"
+        yield doc.issue(
+            ("devices", di, field),
+            f"stale_after_ms {stale_ms}{'' if device.stale_after_ms else ' (3 x poll_ms)'} "
+            f"must be at least poll_ms {device.poll_ms} + bus timeout_ms {timeout_ms} = {need}, "
+            "or one slow answer marks a healthy sensor stale",
+        )
+    safety = [t for t in device.tags if (p := profiles.get(t.profile)) and p.priority == "safety"]
+    if safety and device.poll_ms > SAFETY_MAX_POLL_MS:
+        yield doc.issue(
+            ("devices", di, "poll_ms"),
+            f"poll_ms {device.poll_ms} is over {SAFETY_MAX_POLL_MS} for safety sensor "
+            f"{safety[0].name} (AQ 6201: scan at least every 10 s)",
+        )
+
+
 def _cross_check(
     doc: _Document, config: SiteConfig, profiles: Mapping[str, SensorProfile]
 ) -> Iterable[ConfigIssue]:
     yield from _duplicates(doc, "buses", [b.id for b in config.buses])
     yield from _duplicates(doc, "devices", [d.id for d in config.devices])
     yield from _duplicates(doc, "actuators", [a.id for a in config.actuators])
-    buses = {b.id for b in config.buses}
+    buses = {b.id: b for b in config.buses}
     devices = {d.id for d in config.devices}
     actuators = {a.id for a in config.actuators}
     tag_names: dict[str, str] = {}
     endpoints: dict[tuple[str, int], str] = {}
+    problem = buffer_path_problem(config.buffer.path)
+    if problem is not None:
+        yield doc.issue(("buffer", "path"), problem)
+    owners: dict[str, str] = {}
+    for bi, bus in enumerate(config.buses):
+        where = bus.port if isinstance(bus, ModbusRtuBus) else f"{bus.host}:{bus.port}"
+        if where in owners:
+            yield doc.issue(
+                ("buses", bi, "port"),
+                f"{where} is already bus {owners[where]!r} (one bus owns one port or endpoint)",
+            )
+        owners.setdefault(where, bus.id)
 
     for di, device in enumerate(config.devices):
-        if device.bus not in buses:
+        known_bus = buses.get(device.bus)
+        if known_bus is None:
             yield doc.issue(("devices", di, "bus"), f"unknown bus {device.bus!r}")
+        else:
+            yield from _timing(doc, di, device, known_bus.timeout_ms, profiles)
         key = (device.bus, device.unit_id)
         if key in endpoints:
             yield doc.issue(

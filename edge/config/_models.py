@@ -6,17 +6,18 @@ Validated once when loaded; nothing downstream re-checks or clamps.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from device_drivers.modbus import DataType, Order, register_count
+from device_drivers.modbus import DataType, ModbusCoil, ModbusPoint, Order, register_count
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: a NaN threshold never trips, an infinite scale hides every value
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Direction(enum.StrEnum):
@@ -80,6 +81,9 @@ class ValueRange(_Frozen):
         return self
 
 
+Priority = Literal["safety", "normal"]
+
+
 class SensorProfile(_Frozen):
     """How a kind of sensor reads and which standard thresholds apply."""
 
@@ -89,6 +93,8 @@ class SensorProfile(_Frozen):
     unit: str
     range: ValueRange
     fail_safe: bool = False  # a faulty/offline/out-of-range sensor trips its interlock
+    # safety-class sensors (methane, CO, O2, fan status) are polled first and never slowed
+    priority: Priority = "normal"
     thresholds: dict[str, Thresholds] = Field(min_length=1)
     nominal: float  # a typical healthy value (simulators start here)
 
@@ -103,13 +109,14 @@ class Location(_Frozen):
 
 
 class Tag(_Frozen):
+    """What every tag has, whatever its bus: name, profile, scaling, location, interlock.
+
+    The protocol address fields come from the subclass for the bus's protocol
+    (:class:`ModbusTag`); :data:`TagSpec` is the discriminated union of them.
+    """
+
     name: Identifier
     profile: Identifier
-    table: Literal["holding", "input"] = "holding"
-    address: int = Field(ge=0, le=65535)
-    type: DataType = DataType.FLOAT32
-    word_order: Order = Order.BIG
-    byte_order: Order = Order.BIG
     scale: float = 1.0
     offset: float = 0.0
     unit: str | None = None
@@ -121,6 +128,25 @@ class Tag(_Frozen):
     def _scale(self) -> Tag:
         if self.scale == 0:
             raise ValueError("scale must not be 0")
+        return self
+
+    def point(self) -> object:
+        """The driver's address of this tag (protocol-specific)."""
+        raise NotImplementedError
+
+
+class ModbusTag(Tag):
+    """A tag on a Modbus bus (TCP, RTU or RTU over TCP): register table, address, encoding."""
+
+    protocol: Literal["modbus"] = "modbus"
+    table: Literal["holding", "input"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: DataType = DataType.FLOAT32
+    word_order: Order = Order.BIG
+    byte_order: Order = Order.BIG
+
+    @model_validator(mode="after")
+    def _fits(self) -> ModbusTag:
         if self.address + register_count(self.type) > 65536:
             raise ValueError(f"{self.type} at address {self.address} runs past register 65535")
         return self
@@ -129,16 +155,75 @@ class Tag(_Frozen):
     def registers(self) -> range:
         return range(self.address, self.address + register_count(self.type))
 
+    def point(self) -> ModbusPoint:
+        return ModbusPoint(self.table, self.address, self.type, self.word_order, self.byte_order)
 
-class ModbusTcpBus(_Frozen):
+
+# The tag shape follows the bus's protocol; SiteConfig fills `protocol` in from the bus.
+TagSpec = Annotated[ModbusTag, Field(discriminator="protocol")]
+AnyTag = ModbusTag  # grows into a union with the next protocol
+
+# bus type -> the protocol of its tags and outputs
+PROTOCOL_OF_BUS: dict[str, str] = {
+    "modbus_tcp": "modbus",
+    "modbus_rtu": "modbus",
+    "modbus_rtu_over_tcp": "modbus",
+}
+
+
+class _BusBase(_Frozen):
     id: Identifier
-    type: Literal["modbus_tcp"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
     timeout_ms: int = Field(default=1000, ge=10, le=60_000)
 
 
-Bus = Annotated[ModbusTcpBus, Field(discriminator="type")]
+class ModbusTcpBus(_BusBase):
+    """A Modbus TCP network (a substation, a protocol converter, a PLC)."""
+
+    type: Literal["modbus_tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+
+
+class ModbusRtuOverTcpBus(_BusBase):
+    """RTU frames carried over TCP by a serial device server (transparent mode)."""
+
+    type: Literal["modbus_rtu_over_tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=4001, ge=1, le=65535)
+
+
+BAUD_RATES = (1200, 2400, 4800, 9600, 19_200, 38_400, 57_600, 115_200)
+
+
+class ModbusRtuBus(_BusBase):
+    """An RS-485 line with Modbus RTU slaves; the gateway is the only master.
+
+    ``inter_frame_ms`` defaults to 3.5 characters at the baud rate (1.75 ms
+    above 19,200 baud), the silent interval the RTU spec requires between frames.
+    """
+
+    type: Literal["modbus_rtu"]
+    port: str = Field(min_length=1)  # /dev/ttyUSB0, /dev/serial/by-id/...
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    inter_frame_ms: float | None = Field(default=None, ge=0, le=1000)
+
+    @field_validator("baudrate")
+    @classmethod
+    def _baud(cls, baudrate: int) -> int:
+        if baudrate not in BAUD_RATES:
+            raise ValueError(f"baudrate {baudrate} is not one of {', '.join(map(str, BAUD_RATES))}")
+        return baudrate
+
+    @property
+    def char_bits(self) -> int:
+        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+
+
+Bus = Annotated[ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus, Field(discriminator="type")]
+AnyBus = ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus
 
 
 class Device(_Frozen):
@@ -147,7 +232,16 @@ class Device(_Frozen):
     unit_id: int = Field(default=1, ge=0, le=255)
     poll_ms: int = Field(default=1000, ge=50, le=30_000)  # safety sensors: <= 30 s
     stale_after_ms: int | None = Field(default=None, ge=100)
-    tags: tuple[Tag, ...] = ()
+    tags: tuple[TagSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _stale_after_poll(self) -> Device:
+        if self.stale_after_ms is not None and self.stale_after_ms < self.poll_ms:
+            raise ValueError(
+                f"stale_after_ms {self.stale_after_ms} is shorter than poll_ms {self.poll_ms}: "
+                "every tag would go stale between two polls"
+            )
+        return self
 
     @property
     def stale_after_s(self) -> float:
@@ -163,11 +257,33 @@ class ActuatorKind(enum.StrEnum):
 
 
 class Actuator(_Frozen):
+    """An output the interlock drives; the address fields come from the protocol subclass.
+
+    ``verify``: read the output back after each write where the device allows,
+    and treat a different value as a failed write.
+    """
+
     id: Identifier
     kind: ActuatorKind
     device: Identifier
+    active_value: bool = True  # the output value that means "cut" / "sounding"
+    verify: bool = True
+
+    def output(self) -> object:
+        """The driver's address of this output (protocol-specific)."""
+        raise NotImplementedError
+
+
+class ModbusActuator(Actuator):
+    protocol: Literal["modbus"] = "modbus"
     coil: int = Field(ge=0, le=65535)
-    active_value: bool = True  # the coil value that means "cut" / "sounding"
+
+    def output(self) -> ModbusCoil:
+        return ModbusCoil(self.coil)
+
+
+ActuatorSpec = Annotated[ModbusActuator, Field(discriminator="protocol")]
+AnyActuator = ModbusActuator  # grows into a union with the next protocol
 
 
 class GatewaySettings(_Frozen):
@@ -199,7 +315,57 @@ class SiteConfig(_Frozen):
     buffer: BufferSettings = BufferSettings()
     buses: tuple[Bus, ...] = Field(min_length=1)
     devices: tuple[Device, ...] = Field(min_length=1)
-    actuators: tuple[Actuator, ...] = ()
+    actuators: tuple[ActuatorSpec, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocols(cls, data: Any) -> Any:
+        """Give every tag and actuator the protocol of its device's bus.
+
+        Tags and actuators name no protocol in YAML; their address fields
+        follow their bus's ``type``. An unknown bus is reported by the
+        cross-checks; its tags are read as Modbus meanwhile.
+        """
+        if not isinstance(data, dict):
+            return data
+        bus_protocol: dict[Any, str] = {}
+        for bus in data.get("buses") or ():
+            if isinstance(bus, dict):
+                bus_protocol[bus.get("id")] = PROTOCOL_OF_BUS.get(str(bus.get("type")), "modbus")
+        device_protocol: dict[Any, str] = {}
+        devices = data.get("devices")
+        if isinstance(devices, list):
+            fixed = []
+            for device in devices:
+                if isinstance(device, dict):
+                    proto = bus_protocol.get(device.get("bus"), "modbus")
+                    device_protocol[device.get("id")] = proto
+                    tags = device.get("tags")
+                    if isinstance(tags, list):
+                        device = {**device, "tags": [_with_protocol(t, proto) for t in tags]}
+                fixed.append(device)
+            data = {**data, "devices": fixed}
+        actuators = data.get("actuators")
+        if isinstance(actuators, list):
+            data = {
+                **data,
+                "actuators": [
+                    _with_protocol(
+                        a,
+                        device_protocol.get(a.get("device"), "modbus")
+                        if isinstance(a, dict)
+                        else "modbus",
+                    )
+                    for a in actuators
+                ],
+            }
+        return data
+
+
+def _with_protocol(item: Any, protocol: str) -> Any:
+    if isinstance(item, dict) and "protocol" not in item:
+        return {**item, "protocol": protocol}
+    return item
 
 
 class LoadedSite(_Frozen):
@@ -209,13 +375,13 @@ class LoadedSite(_Frozen):
     config: SiteConfig
     profiles: dict[str, SensorProfile]
 
-    def bus(self, bus_id: str) -> ModbusTcpBus:
+    def bus(self, bus_id: str) -> AnyBus:
         return next(b for b in self.config.buses if b.id == bus_id)
 
     def device(self, device_id: str) -> Device:
         return next(d for d in self.config.devices if d.id == device_id)
 
-    def actuator(self, actuator_id: str) -> Actuator:
+    def actuator(self, actuator_id: str) -> AnyActuator:
         return next(a for a in self.config.actuators if a.id == actuator_id)
 
     def profile_of(self, tag: Tag) -> SensorProfile:
@@ -229,5 +395,5 @@ class LoadedSite(_Frozen):
     def unit_of(self, tag: Tag) -> str:
         return tag.unit or self.profiles[tag.profile].unit
 
-    def tags(self) -> list[tuple[Device, Tag]]:
+    def tags(self) -> list[tuple[Device, AnyTag]]:
         return [(d, t) for d in self.config.devices for t in d.tags]

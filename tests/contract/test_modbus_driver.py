@@ -17,7 +17,7 @@ import pytest
 
 from device_drivers import DeviceException, DeviceTimeout, DeviceUnavailable
 from device_drivers.modbus import DataType, ModbusTcpDriver, Order, decode, to_engineering
-from edge.config import LoadedSite, load_site
+from edge.config import LoadedSite, ModbusTcpBus, load_site
 from simulators import SimulatorError, SiteSimulator
 from tests.support import async_wait_until, free_port
 
@@ -26,6 +26,12 @@ pytestmark = pytest.mark.contract
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_SITE = ROOT / "firmware_configs" / "sites" / "demo-mine.yaml"
 TIMEOUT_S = 0.3
+
+
+def _tcp(site: LoadedSite) -> ModbusTcpBus:
+    bus = site.config.buses[0]
+    assert isinstance(bus, ModbusTcpBus)
+    return bus
 
 
 def _on_port(site: LoadedSite, port: int) -> LoadedSite:
@@ -50,7 +56,7 @@ async def sim(site: LoadedSite) -> AsyncIterator[SiteSimulator]:
 
 @pytest.fixture
 async def driver(site: LoadedSite) -> AsyncIterator[ModbusTcpDriver]:
-    bus = site.config.buses[0]
+    bus = _tcp(site)
     drv = ModbusTcpDriver(
         bus.id, bus.host, bus.port, TIMEOUT_S, backoff_initial_s=0.05, backoff_max_s=0.2
     )
@@ -108,7 +114,7 @@ def _typed_site(tmp_path: Path, port: int) -> LoadedSite:
 
 async def test_reads_every_type_and_order_back(tmp_path: Path) -> None:
     site = _typed_site(tmp_path, free_port())
-    bus = site.config.buses[0]
+    bus = _tcp(site)
     async with SiteSimulator(site) as sim:
         drv = ModbusTcpDriver(bus.id, bus.host, bus.port, TIMEOUT_S)
         try:
@@ -220,7 +226,7 @@ async def test_failing_unit_answers_device_failure(
 
 
 async def test_nothing_listening_is_unavailable_then_backs_off(site: LoadedSite) -> None:
-    bus = site.config.buses[0]
+    bus = _tcp(site)
     drv = ModbusTcpDriver(bus.id, bus.host, bus.port, TIMEOUT_S, backoff_initial_s=5.0)
     with pytest.raises(DeviceUnavailable, match="cannot connect"):
         await drv.read_registers(1, "holding", 0, 2)

@@ -1,4 +1,7 @@
-"""Bus poller with an in-memory fake driver: read plan, decoding, breaker, command priority."""
+"""Bus poller with an in-memory Modbus bus: read plan, decoding, breaker, command priority.
+
+``FakeBus`` is the real :class:`ModbusDriver` (planning, decoding, verify) with its
+register-level I/O replaced by dictionaries: a fake at the transport seam."""
 
 from __future__ import annotations
 
@@ -8,30 +11,43 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from device_drivers import DeviceTimeout, DeviceUnavailable, Quality, Sample
-from device_drivers.modbus import DataType, Order, encode
+from device_drivers import DeviceSpec, DeviceTimeout, DeviceUnavailable, PointSpec, Quality, Sample
+from device_drivers.modbus import (
+    DataType,
+    ModbusDriver,
+    ModbusPlan,
+    ModbusTcpLink,
+    Order,
+    encode,
+    plan_reads,
+)
 from edge.actuation import Interlock
 from edge.alarms import AlarmManager
-from edge.config import PACKAGED_PROFILES, LoadedSite, SiteConfig, Tag, load_profiles
+from edge.config import PACKAGED_PROFILES, LoadedSite, ModbusTag, SiteConfig, load_profiles
 from edge.engine import SafetyEngine
-from edge.polling import BusPoller, plan_reads
+from edge.polling import BusPoller
 from tests.support import async_wait_until
 
 PROFILES = load_profiles(PACKAGED_PROFILES)
 LOCATION = {"area": "1201 face", "position": "face"}
 
 
-def tag(name: str, address: int, **kw: Any) -> Tag:
-    return Tag.model_validate(
+def tag(name: str, address: int, **kw: Any) -> ModbusTag:
+    return ModbusTag.model_validate(
         {"name": name, "profile": "ch4", "address": address, "location": LOCATION, **kw}
     )
 
 
-class FakeBus:
+def plan_of(tags: list[ModbusTag], **kw: Any) -> ModbusPlan:
+    spec = DeviceSpec("dev", 1, tuple(PointSpec(t.name, t.point()) for t in tags))
+    return plan_reads(spec, **kw)
+
+
+class FakeBus(ModbusDriver):
     """A Modbus bus in memory; ``dead`` units time out after ``timeout_s``."""
 
     def __init__(self, timeout_s: float = 0.2) -> None:
-        self.timeout_s = timeout_s
+        super().__init__("net", ModbusTcpLink("in-memory", 502), timeout_s)
         self.registers: dict[tuple[int, str], dict[int, int]] = {}
         self.coils: dict[tuple[int, int], bool] = {}
         self.dead: set[int] = set()
@@ -44,29 +60,41 @@ class FakeBus:
         for i, w in enumerate(words):
             regs[address + i] = w
 
-    async def connect(self) -> None:
+    async def open(self) -> None:
         self.ops.append(("connect",))
 
     async def close(self) -> None:
         self.closed = True
 
     async def read_registers(
-        self, unit: int, table: Literal["holding", "input"], address: int, count: int
+        self,
+        unit: int,
+        table: Literal["holding", "input"],
+        address: int,
+        count: int,
+        *,
+        device: str | None = None,
+        timeout_s: float | None = None,
     ) -> list[int]:
         self.ops.append(("read", unit, table, address, count))
         await asyncio.sleep(0)
         if unit in self.dead:
-            await asyncio.sleep(self.timeout_s)
+            await asyncio.sleep(self.timeout_s if timeout_s is None else timeout_s)
             raise DeviceTimeout(f"unit {unit}", "no answer")
         if unit in self.unreachable:
             raise DeviceUnavailable(f"unit {unit}", "connection refused")
         regs = self.registers.get((unit, table), {})
         return [regs.get(a, 0) for a in range(address, address + count)]
 
-    async def read_coils(self, unit: int, address: int, count: int) -> list[bool]:
+    async def read_coils(
+        self, unit: int, address: int, count: int, *, device: str | None = None
+    ) -> list[bool]:
+        self.ops.append(("read_coils", unit, address, count))
         return [self.coils.get((unit, a), False) for a in range(address, address + count)]
 
-    async def write_coil(self, unit: int, address: int, value: bool) -> None:
+    async def write_coil(
+        self, unit: int, address: int, value: bool, *, device: str | None = None
+    ) -> None:
         self.ops.append(("write", unit, address, value))
         await asyncio.sleep(0)
         if unit in self.dead:
@@ -136,7 +164,7 @@ def test_plan_merges_small_gaps_and_splits_tables() -> None:
         tag("d", 20, type="uint16"),  # gap of 13: new block
         tag("e", 0, table="input", type="int16"),
     ]
-    blocks = [(b.table, b.address, b.count, [t.name for t in b.tags]) for b in plan_reads(tags)]
+    blocks = [(b.table, b.address, b.count, list(b.points)) for b in plan_of(tags).blocks]
     assert blocks == [
         ("holding", 0, 7, ["a", "b", "c"]),
         ("holding", 20, 1, ["d"]),
@@ -146,10 +174,10 @@ def test_plan_merges_small_gaps_and_splits_tables() -> None:
 
 def test_plan_respects_the_125_register_limit() -> None:
     tags = [tag(f"t{i}", 2 * i) for i in range(70)]  # 140 contiguous registers
-    blocks = plan_reads(tags)
+    blocks = plan_of(tags).blocks
     assert [(b.address, b.count) for b in blocks] == [(0, 124), (124, 16)]
-    assert sum(len(b.tags) for b in blocks) == 70
-    assert plan_reads([tag("x", 0), tag("y", 5)], max_gap=2)[1].address == 5
+    assert sum(len(b.points) for b in blocks) == 70
+    assert plan_of([tag("x", 0), tag("y", 5)], max_gap=2).blocks[1].address == 5
 
 
 async def test_samples_are_decoded_scaled_and_range_checked() -> None:
@@ -188,7 +216,7 @@ async def test_driver_errors_make_every_tag_of_the_device_bad() -> None:
 
     async with polling(site, bus, sink):
         await async_wait_until(lambda: len(bad) == 3 and good, 5, "bad samples for env")
-    assert {s.reason for s in bad.values()} == {"unavailable"}
+    assert {s.reason for s in bad.values()} == {"comms_lost"}
     assert all(s.value is None for s in bad.values())
     assert {s.tag for s in good} == {"CH4_A"}
 
@@ -230,6 +258,7 @@ async def test_actuator_command_goes_before_the_next_read() -> None:
         await async_wait_until(lambda: bus.coils.get((10, 0)) is True, 5, "breaker coil set")
     first_read = bus.ops.index(("read", 1, "holding", 0, 2))
     assert bus.ops[first_read + 1] == ("write", 10, 0, True)
+    assert bus.ops[first_read + 2] == ("read_coils", 10, 0, 1)  # verified by reading back
     assert lock.written("power") is True
     record = lock.last_write("power")
     assert record is not None and record.ok
@@ -247,3 +276,66 @@ async def test_failed_actuator_write_is_retried() -> None:
         bus.dead.discard(10)
         await async_wait_until(lambda: lock.written("power") is True, 5, "write succeeds")
     assert lock.writes_failed >= 2
+
+
+async def test_safety_class_devices_are_polled_first() -> None:
+    site = make_site()
+    bus = FakeBus()
+    async with polling(site, bus, lambda s: None) as poller:
+        await async_wait_until(lambda: poller.reads_ok >= 4, 5, "a few polls")
+    reads = [op[1] for op in bus.ops if op[0] == "read"]
+    # both devices carry safety tags (ch4, o2); on equal class the earlier due goes first
+    assert reads[:3] == [1, 2, 2]
+    assert poller.device_health("ch4-a").safety and poller.device_health("env").safety
+
+
+async def test_a_late_poll_is_skipped_and_counted_never_queued_twice() -> None:
+    site = make_site(poll_ms=50)
+    bus = FakeBus()
+    slow = asyncio.Event()
+    original = bus.read_registers
+
+    async def stalled(*args: Any, **kw: Any) -> list[int]:
+        if args[0] == 2 and not slow.is_set():
+            slow.set()
+            await asyncio.sleep(0.3)  # six periods of everybody on the bus
+        return await original(*args, **kw)
+
+    bus.read_registers = stalled  # type: ignore[method-assign]
+    async with polling(site, bus, lambda s: None) as poller:
+        await async_wait_until(lambda: slow.is_set(), 5, "the stall")
+        await async_wait_until(lambda: poller.reads_ok >= 12, 5, "polling resumes")
+    health = poller.device_health("ch4-a")
+    assert health.skipped >= 4, health  # the periods that passed during the stall
+    # no burst after the stall: reads of unit 1 are never closer than half a period
+    assert poller.health.skipped >= health.skipped
+
+
+async def test_over_and_under_range_values_are_bad_with_their_reason() -> None:
+    site = make_site()
+    bus = FakeBus()
+    bus.set(1, "holding", 0, f32(9.5))  # methane range is 0-4 %: saturated sensor
+    bus.set(2, "holding", 4, f32(float("nan"), Order.LITTLE))
+    got: dict[str, Sample] = {}
+    async with polling(site, bus, lambda s: got.__setitem__(s.tag, s)):
+        await async_wait_until(lambda: len(got) == 4, 5, "one sample per tag")
+    assert (got["CH4_A"].quality, got["CH4_A"].reason) == (Quality.BAD, "over_range")
+    assert got["CH4_A"].value == 9.5
+    assert (got["CH4_LE"].reason, got["CH4_LE"].value) == ("decode", None)
+
+
+async def test_health_reports_latency_errors_and_breaker() -> None:
+    site = make_site(poll_ms=50)
+    bus = FakeBus(timeout_s=0.05)
+    bus.dead.add(2)
+    async with polling(site, bus, lambda s: None, breaker_after=2, breaker_retry_s=30.0) as poller:
+        await async_wait_until(lambda: poller.breaker_open("env"), 5, "breaker opens")
+        await async_wait_until(lambda: poller.device_health("ch4-a").ok >= 3, 5, "good reads")
+    live, dead = poller.device_health("ch4-a"), poller.device_health("env")
+    assert live.breaker == "closed" and live.latency_avg_s is not None
+    assert live.last_good_ns is not None and live.last_good_at is not None
+    assert dead.errors == {"timeout": 2} and dead.breaker == "open"
+    assert dead.last_good_at is None and dead.last_attempt_at is not None
+    report = poller.health.as_dict()
+    assert report["reads_failed"] == 2 and report["reads_ok"] >= 3
+    assert dead.as_dict()["errors"] == {"timeout": 2}
