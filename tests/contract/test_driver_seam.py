@@ -58,7 +58,8 @@ async def test_read_and_write_through_the_seam(tmp_path: Path, bus_type: str) ->
             plan = driver.plan(env)
             assert plan.requests == 1  # CO and O2 share one input-register read
             got = {s.tag: s for s in await driver.read(plan)}
-            assert got["O2_1201"].quality is Quality.GOOD and got["O2_1201"].value == pytest.approx(20.9)
+            o2 = got["O2_1201"]
+            assert o2.quality is Quality.GOOD and o2.value == pytest.approx(20.9)
             co = got["CO_1201"]
             assert (co.quality, co.reason, co.value) == (Quality.BAD, "over_range", 4000.0)
             breaker = device_spec(site, site.device("breaker-1201"))
@@ -82,7 +83,7 @@ class _RawPeer:
         try:
             while True:
                 frame = await reader.readexactly(12)
-                tid, _, _, unit, fc, address, count = struct.unpack(">HHHBBHH", frame)
+                tid, _, _, unit, fc, _address, count = struct.unpack(">HHHBBHH", frame)
                 writer.write(self.answer(tid, unit, fc, count))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -168,10 +169,10 @@ async def test_cancel_reaches_the_caller_while_a_request_is_answered() -> None:
         drv = ModbusTcpDriver("cancel", "127.0.0.1", port, 1.0)
         try:
             await drv.open()
-            for _ in range(30):  # cancel lands at every moment of a request's life
+            for attempt in range(30):  # cancel lands at every moment of a request's life
                 task = asyncio.create_task(drv.read_registers(1, "holding", 0, 2))
                 await asyncio.sleep(0)
-                for _ in range(_ % 4):
+                for _ in range(attempt % 4):
                     await asyncio.sleep(0)
                 task.cancel()
                 done, _pending = await asyncio.wait([task], timeout=2)
