@@ -2,10 +2,17 @@
 
 The broker holds a retained :class:`wire.GatewayStatus`: ``online`` published
 on every connect, ``offline`` as the last will (unclean loss) and published
-explicitly on a clean shutdown. Messages are taken from the buffer alarms
-first, published one by one at QoS 1 (aiomqtt's ``publish`` returns after the
-PUBACK) and acknowledged in the buffer only then. A resend after a lost
-PUBACK is possible; the cloud drops duplicates by (gateway, seq).
+explicitly on a clean shutdown.
+
+Publishing is pipelined: up to ``window`` QoS 1 messages are in flight at once
+(each aiomqtt ``publish`` returns after its PUBACK; paho's in-flight limit is
+set to the same window). PUBACKed sequence numbers are acknowledged in the
+buffer in batches, in the same thread round trip that reads the next messages
+(:meth:`StoreAndForwardBuffer.exchange`). Order within a session: alarms
+first, then live telemetry (stored after the session began), then the backlog
+oldest first, at most ``drain_points_per_s`` points per second (``None``: as
+fast as the broker takes it). A resend after a lost PUBACK is possible; the
+cloud drops duplicates by (gateway, seq).
 
 The connection is retried forever with capped, jittered exponential backoff;
 every network call runs under ``asyncio.timeout``.
@@ -18,13 +25,17 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
 from typing import Final
 
 import aiomqtt
 
 import wire
-from edge.uplink.buffer import BufferStorageError, PendingMessage, StoreAndForwardBuffer
+from edge.uplink.buffer import (
+    BufferStorageError,
+    PendingMessage,
+    ReadCursor,
+    StoreAndForwardBuffer,
+)
 
 __all__ = ["MqttPublisher"]
 
@@ -53,6 +64,8 @@ class MqttPublisher:
         password: str | None = None,
         op_timeout_s: float = 5.0,
         batch: int = 100,
+        window: int = 64,
+        drain_points_per_s: float | None = None,
         idle_poll_s: float = 1.0,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
@@ -68,6 +81,8 @@ class MqttPublisher:
         self.password = password
         self.op_timeout_s = op_timeout_s
         self.batch = batch
+        self.window = max(1, window)
+        self.drain_points_per_s = drain_points_per_s
         self.idle_poll_s = idle_poll_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
@@ -156,6 +171,7 @@ class MqttPublisher:
             will=will,
             keepalive=self.keepalive_s,
             timeout=self.op_timeout_s,
+            max_inflight_messages=self.window,
         )
 
     async def _session(self) -> None:
@@ -203,37 +219,107 @@ class MqttPublisher:
 
     async def _forward(self, client: aiomqtt.Client) -> None:
         """Publish pending messages until stopping and drained (or past the deadline)."""
-        while not self._past_deadline():
-            self._wake.clear()
-            try:
-                pending = await asyncio.to_thread(self.buffer.pending, self.batch)
-            except BufferStorageError as exc:
-                log.error("cannot read the buffer: %s", exc)
-                pending = []
-            if pending:
-                await self._send(client, pending)
-                continue
-            if self._stopping:
+        pipe = _Pipeline(self, client, await asyncio.to_thread(self.buffer.cursor))
+        try:
+            await pipe.run()
+        finally:
+            await pipe.close()
+
+
+class _Pipeline:
+    """One session's publishing: a window of QoS 1 publishes, acks batched into the buffer."""
+
+    def __init__(self, owner: MqttPublisher, client: aiomqtt.Client, cursor: ReadCursor) -> None:
+        self.owner = owner
+        self.client = client
+        self.cursor = cursor
+        self.inflight: dict[asyncio.Task[None], PendingMessage] = {}
+        self.acked: list[int] = []
+        self.error: BaseException | None = None
+        rate = owner.drain_points_per_s
+        self.tokens = rate if rate is not None else 0.0
+        self.refilled = time.monotonic()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        message = self.inflight.pop(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            self.acked.append(message.seq)
+            self.owner.published += 1
+        elif self.error is None:
+            self.error = exc
+        self.owner._wake.set()
+
+    def _backlog_allowance(self) -> int | None:
+        rate = self.owner.drain_points_per_s
+        if rate is None:
+            return None
+        now = time.monotonic()
+        self.tokens = min(rate, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        return int(self.tokens) if self.tokens >= 1 else 0
+
+    async def run(self) -> None:
+        owner = self.owner
+        while not owner._past_deadline():
+            if self.error is not None:
+                raise self.error
+            owner._wake.clear()
+            room = min(owner.window - len(self.inflight), owner.batch)
+            acks, self.acked = self.acked, []
+            allowance = self._backlog_allowance()
+            messages: list[PendingMessage] = []
+            if room > 0 or acks:
+                try:
+                    messages = await asyncio.to_thread(
+                        owner.buffer.exchange, acks, self.cursor, room, allowance
+                    )
+                except BufferStorageError as exc:
+                    log.error("cannot read the buffer: %s", exc)
+            backlog = self.cursor.boundary
+            for message in messages:
+                if message.kind != "alarm" and message.seq <= backlog:
+                    self.tokens -= message.points
+                topic = wire.topic_for(owner.site, owner.gateway, _TOPIC_KIND[message.kind])
+                task = asyncio.create_task(
+                    owner._publish(self.client, topic, message.payload),
+                    name=f"mqtt-publish-{message.seq}",
+                )
+                self.inflight[task] = message
+                task.add_done_callback(self._done)
+            if messages and len(self.inflight) < owner.window:
+                continue  # more may be ready: read again without waiting
+            if owner._stopping and not messages and not self.inflight and not self.acked:
                 return
+            if self.acked and not self.inflight:
+                continue
+            wait = owner.idle_poll_s
+            if allowance == 0 and not self.cursor.backlog_done and owner.drain_points_per_s:
+                wait = min(wait, 0.05)  # backlog waits for its drain allowance
             try:
-                async with asyncio.timeout(self.idle_poll_s):
-                    await self._wake.wait()
+                async with asyncio.timeout(wait):
+                    await owner._wake.wait()
             except TimeoutError:
                 pass
 
-    async def _send(self, client: aiomqtt.Client, pending: Sequence[PendingMessage]) -> None:
-        acked: list[int] = []
-        try:
-            for message in pending:
-                if self._past_deadline():
-                    break
-                topic = wire.topic_for(self.site, self.gateway, _TOPIC_KIND[message.kind])
-                await self._publish(client, topic, message.payload)
-                acked.append(message.seq)
-                self.published += 1
-        finally:
-            if acked:
-                try:
-                    await asyncio.to_thread(self.buffer.ack, acked)
-                except BufferStorageError as exc:
-                    log.error("cannot ack %d message(s) (will resend): %s", len(acked), exc)
+    async def close(self) -> None:
+        """Stop in-flight publishes (they are resent next session) and store the acks we have."""
+        if self.owner._stopping and self.inflight and self.error is None:
+            # a clean stop: give the in-flight messages until the drain deadline
+            left = self.owner._drain_deadline - time.monotonic()
+            if left > 0:
+                await asyncio.wait(list(self.inflight), timeout=left)
+        for task in list(self.inflight):
+            task.cancel()
+        if self.inflight:
+            await asyncio.wait(list(self.inflight))
+        if self.acked:
+            acks, self.acked = self.acked, []
+            try:
+                await asyncio.to_thread(self.owner.buffer.ack, acks)
+            except BufferStorageError as exc:
+                log.error(
+                    "cannot ack %d message(s) yet (hidden, delete retried): %s", len(acks), exc
+                )

@@ -20,7 +20,9 @@ import pytest
 
 import wire
 from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
+from tests.contract.test_publisher import make_publisher, running, subscribed
 from tests.factories import alarm, point
+from tests.support import Broker, async_wait_until
 
 pytestmark = pytest.mark.contract
 
@@ -162,4 +164,24 @@ def test_sigkill_leaves_a_restart_gap_at_the_next_open(tmp_path: Path) -> None:
     last = messages[2]
     assert isinstance(last, wire.TelemetryBatch)
     assert gap.ts_ns == last.sent_ns  # the hole starts where the killed run stopped storing
+    buf.close()
+
+
+async def test_publisher_drains_a_full_disk_buffer_once_without_a_resend_storm(
+    small_disk: Path, broker: Broker
+) -> None:
+    """The measured fault: disk full, broker back -> the same rows resent forever."""
+    buf = open_buffer(small_disk)
+    stored, _ = fill(buf, failures=3)
+    rows = len(buf.pending(10_000))
+    async with subscribed(broker) as sub:
+        publisher = make_publisher(buf, broker)
+        async with running(publisher):
+            await async_wait_until(lambda: buf.pending() == [], 20, "buffer drained")
+            await async_wait_until(lambda: len(sub.data()) >= rows, 10, "all delivered")
+            # each row was published once: acked rows never came back to be resent
+            assert publisher.published == rows
+        delivered = sub.data()
+    assert_accounted(delivered, buf.last_seq)
+    assert [m.seq for m in delivered if isinstance(m, wire.TelemetryBatch)] == stored
     buf.close()
