@@ -20,3 +20,24 @@ def alarm_latency(
 
     typer.echo(f"alarm-latency: {trips} trips at poll {poll_ms} ms (gateway as a child process)")
     emit(run(poll_ms=poll_ms, trips=trips))
+
+
+@app.command("uplink")
+def uplink(
+    points: Annotated[
+        int, typer.Option("--points", min=1000, help="Points in the live phase.")
+    ] = 300_000,
+    backlog: Annotated[
+        int, typer.Option("--backlog", min=1000, help="Points stored during the outage.")
+    ] = 300_000,
+    window: Annotated[int, typer.Option("--window", min=1, help="QoS 1 publishes in flight.")] = 64,
+) -> None:
+    """Gateway -> broker points/s at QoS 1 through the buffer, then backlog drain after an outage."""
+    from bench._harness import emit
+    from bench.uplink import run
+
+    typer.echo(
+        f"uplink: {points} live points (baseline: window 1, {points // 3} points), "
+        f"{backlog} backlog points (private mosquitto, QoS 1)"
+    )
+    emit(run(points=points, backlog=backlog, window=window))

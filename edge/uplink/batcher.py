@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Final
 
 import wire
-from device_drivers import Sample
+from device_drivers import Quality, Sample
 from edge.alarms import AlarmOutbox
 from edge.config import LoadedSite
 from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
@@ -20,6 +22,9 @@ from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
 __all__ = ["AlarmWriter", "SampleQueue", "TelemetryBatcher"]
 
 log = logging.getLogger("safewatch.edge.uplink")
+
+_NO_META: Final = ("", "", "", "")
+_QUALITY: Final[dict[Quality, wire.QualityName]] = {q: q.value for q in Quality}
 
 
 class SampleQueue(asyncio.Queue[Sample]):
@@ -41,11 +46,15 @@ class SampleQueue(asyncio.Queue[Sample]):
             self.dropped += 1
             raise
 
-    def take(self, limit: int) -> list[Sample]:
-        """Up to ``limit`` queued samples at once, without waiting."""
-        out: list[Sample] = []
-        while len(out) < limit and not self.empty():
-            out.append(self.get_nowait())
+    def take_all(self) -> list[Sample]:
+        """Every queued sample at once, without waiting (one call, not one per sample)."""
+        items: deque[Sample] = self._queue  # type: ignore[attr-defined]
+        if not items:
+            return []
+        out = list(items)
+        items.clear()
+        # nobody awaits put() on this queue (the engine uses put_nowait), but keep the contract
+        self._wakeup_next(self._putters)  # type: ignore[attr-defined]
         return out
 
 
@@ -94,26 +103,30 @@ class TelemetryBatcher:
         self.points_lost = 0  # could not be stored (disk/SQLite failure), each marked by a gap
 
     def point_of(self, sample: Sample) -> wire.Point:
-        kind, unit, area, position = self._meta.get(sample.tag, ("", "", "", ""))
+        kind, unit, area, position = self._meta.get(sample.tag, _NO_META)
         return wire.Point(
-            tag=sample.tag,
-            device=sample.device,
-            kind=kind,
-            unit=unit,
-            area=area,
-            position=position,
-            value=sample.value,
-            quality=sample.quality.value,
-            ts_ns=sample.ts_ns,
-            reason=sample.reason,
+            sample.tag,
+            sample.device,
+            kind,
+            unit,
+            area,
+            position,
+            sample.value,
+            _QUALITY[sample.quality],
+            sample.ts_ns,
+            sample.reason,
         )
 
     def _take_ready(self) -> None:
-        point_of = self.point_of
         samples = self.samples
-        batch = self._batch
-        while not samples.empty():
-            batch.append(point_of(samples.get_nowait()))
+        if isinstance(samples, SampleQueue):
+            taken = samples.take_all()
+        else:
+            taken = []
+            while not samples.empty():
+                taken.append(samples.get_nowait())
+        point_of = self.point_of
+        self._batch.extend([point_of(sample) for sample in taken])
 
     async def run(self) -> None:
         while True:

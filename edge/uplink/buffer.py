@@ -86,7 +86,7 @@ DEFAULT_RESERVE_BYTES: Final = 1024 * 1024
 _RESERVE_RETRY_S: Final = 5.0
 _WAL_PAGES: Final = 128  # autocheckpoint (pages of 4 KiB): keep the reserve well above this
 _CHUNK: Final = 500  # host parameters per statement, well under SQLite's limit
-_DATA_KINDS: Final = "('telemetry', 'gap')"
+_DATA: Final = "kind != 'alarm'"  # a primary-key range scan (an IN list would sort)
 
 
 class BufferStorageError(Exception):
@@ -373,7 +373,7 @@ class StoreAndForwardBuffer:
         with self._lock, self._reading():
             rows = self._select("kind = 'alarm'", 0, None, limit)
             if len(rows) < limit:
-                rows += self._select(f"kind IN {_DATA_KINDS}", 0, None, limit - len(rows))
+                rows += self._select(_DATA, 0, None, limit - len(rows))
         return rows
 
     def cursor(self) -> ReadCursor:
@@ -405,15 +405,13 @@ class StoreAndForwardBuffer:
             if out:
                 cursor.alarm_after = out[-1].seq
             if len(out) < limit:
-                live = self._select(
-                    f"kind IN {_DATA_KINDS}", cursor.live_after, None, limit - len(out)
-                )
+                live = self._select(_DATA, cursor.live_after, None, limit - len(out))
                 if live:
                     cursor.live_after = live[-1].seq
                 out += live
             if len(out) < limit and not cursor.backlog_done:
                 backlog = self._select(
-                    f"kind IN {_DATA_KINDS}",
+                    _DATA,
                     cursor.backlog_after,
                     cursor.boundary,
                     limit - len(out),

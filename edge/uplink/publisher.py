@@ -162,7 +162,7 @@ class MqttPublisher:
 
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host,
             self.port,
             identifier=f"safewatch-{self.site}-{self.gateway}",
@@ -173,6 +173,9 @@ class MqttPublisher:
             timeout=self.op_timeout_s,
             max_inflight_messages=self.window,
         )
+        # a full window is the normal state when pipelining, not a warning
+        client.pending_calls_threshold = self.window + 10
+        return client
 
     async def _session(self) -> None:
         client = self._client()
