@@ -32,7 +32,7 @@ def uplink(
     ] = 300_000,
     window: Annotated[int, typer.Option("--window", min=1, help="QoS 1 publishes in flight.")] = 64,
 ) -> None:
-    """Gateway -> broker points/s at QoS 1 through the buffer, then backlog drain after an outage."""
+    """Gateway -> broker points/s at QoS 1 through the buffer, then drain after an outage."""
     from bench._harness import emit
     from bench.uplink import run
 
