@@ -55,7 +55,6 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import wire
-from cloud._backoff import Backoff
 from cloud.storage import (
     BatchCommit,
     DeadLetter,
@@ -67,6 +66,7 @@ from cloud.storage import (
     StoreError,
     StoreRejected,
 )
+from wire.backoff import Backoff
 
 __all__ = ["Incoming", "IngestService", "TimeWindow"]
 

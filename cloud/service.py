@@ -17,7 +17,6 @@ from typing import Any
 
 import uvicorn
 
-from cloud._backoff import Backoff
 from cloud.api import create_app
 from cloud.ingest import IngestService, TimeWindow
 from cloud.storage import (
@@ -28,6 +27,7 @@ from cloud.storage import (
     Store,
     StoreError,
 )
+from wire.backoff import Backoff
 
 __all__ = ["CloudService", "CloudSettings"]
 

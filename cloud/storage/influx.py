@@ -31,8 +31,8 @@ import httpx
 import stamina
 
 import wire
-from cloud._backoff import Backoff
 from cloud.storage._errors import InfluxRejected, InfluxUnavailable
+from wire.backoff import Backoff
 
 __all__ = [
     "InfluxV1Writer",

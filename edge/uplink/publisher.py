@@ -14,7 +14,7 @@ oldest first, at most ``drain_points_per_s`` points per second (``None``: as
 fast as the broker takes it). A resend after a lost PUBACK is possible; the
 cloud drops duplicates by (gateway, seq).
 
-The connection is retried forever with capped, jittered exponential backoff;
+The connection is retried forever with the shared backoff policy (:mod:`wire.backoff`);
 every network call runs under ``asyncio.timeout``.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from typing import Final
 
@@ -36,6 +35,7 @@ from edge.uplink.buffer import (
     ReadCursor,
     StoreAndForwardBuffer,
 )
+from wire.backoff import Backoff
 
 __all__ = ["MqttPublisher"]
 
@@ -111,7 +111,7 @@ class MqttPublisher:
 
     async def run(self) -> None:
         """Publish until :meth:`stop` (or cancellation); reconnect forever."""
-        attempt = 0
+        backoff = Backoff(self.backoff_initial_s, max(self.backoff_max_s, self.backoff_initial_s))
         try:
             while True:
                 if self._past_deadline():
@@ -123,11 +123,9 @@ class MqttPublisher:
                 except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
                     self.connected = False
                     self.connect_failures += 1
-                    attempt = 1 if self.connects > connects_before else attempt + 1
-                    delay = min(
-                        self.backoff_max_s, self.backoff_initial_s * 2 ** min(attempt - 1, 16)
-                    )
-                    delay *= random.uniform(0.5, 1.0)
+                    if self.connects > connects_before:
+                        backoff.reset()  # the session had connected: a new outage starts short
+                    delay = backoff.next_delay()
                     if self._stopping:
                         delay = min(delay, max(0.0, self._drain_deadline - time.monotonic()))
                     log.warning(
