@@ -9,6 +9,7 @@ from safewatch.cmd_cloud import app as cloud_app
 from safewatch.cmd_config import app as config_app
 from safewatch.cmd_demo import demo
 from safewatch.cmd_edge import app as edge_app
+from safewatch.cmd_models import app as models_app
 from safewatch.cmd_sim import app as sim_app
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app.add_typer(edge_app, name="edge", help="Run an edge gateway.")
 app.add_typer(cloud_app, name="cloud", help="Run the cloud ingest and API.")
 app.add_typer(sim_app, name="sim", help="Simulate a site's devices.")
 app.add_typer(config_app, name="config", help="Validate and show configuration.")
+app.add_typer(models_app, name="models", help="Train and evaluate the ONNX models.")
 app.add_typer(bench_app, name="bench", help="Run a benchmark; the last output line is JSON.")
 app.command("demo", help="Start simulator, gateway and cloud on this machine.")(demo)
 
