@@ -149,6 +149,7 @@ class Gateway:
             username=os.environ.get(cfg.mqtt.username_env) if cfg.mqtt.username_env else None,
             password=os.environ.get(cfg.mqtt.password_env) if cfg.mqtt.password_env else None,
             version=_version(),
+            drain_points_per_s=cfg.buffer.drain_points_per_s,
         )
         self.publisher = publisher
         self.batcher = TelemetryBatcher(self.site, buffer, self.samples, on_stored=publisher.notify)

@@ -306,6 +306,9 @@ class MqttSettings(_Frozen):
 class BufferSettings(_Frozen):
     path: str = "var/buffer.db"
     max_mb: float = Field(default=256, gt=0)
+    # backlog after an outage is sent at most this fast (alarms and live telemetry go first,
+    # unthrottled); None: as fast as the broker takes it
+    drain_points_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class SiteConfig(_Frozen):
