@@ -19,8 +19,17 @@ ProfilesOpt = Annotated[
 ]
 
 
+TAG_TABLE_LIMIT = 200  # beyond this, one row per device (a 10,000-row table takes a minute)
+
+
 @app.command()
-def validate(file: FileArg, profiles: ProfilesOpt = None) -> None:
+def validate(
+    file: FileArg,
+    profiles: ProfilesOpt = None,
+    all_tags: Annotated[
+        bool, typer.Option("--all-tags", help="List every tag, however many.")
+    ] = False,
+) -> None:
     """Validate a site file; print every error with file, line, device and field."""
     err = Console(stderr=True)
     try:
@@ -38,6 +47,20 @@ def validate(file: FileArg, profiles: ProfilesOpt = None) -> None:
         f"{len(cfg.buses)} bus(es), {len(cfg.devices)} device(s), "
         f"{len(site.tags())} tag(s), {len(cfg.actuators)} actuator(s)"
     )
+    if len(site.tags()) > TAG_TABLE_LIMIT and not all_tags:
+        summary = Table("device", "bus", "unit", "poll ms", "tags", "profiles")
+        for device in cfg.devices:
+            summary.add_row(
+                device.id,
+                device.bus,
+                str(device.unit_id),
+                str(device.poll_ms),
+                str(len(device.tags)),
+                ", ".join(sorted({t.profile for t in device.tags})) or "-",
+            )
+        out.print(summary)
+        out.print(f"(one row per device; --all-tags lists all {len(site.tags())} tags)")
+        return
     table = Table("device", "tag", "profile", "position", "alarm", "cut", "restore", "actuators")
     for device, tag in site.tags():
         th = site.thresholds_of(tag)

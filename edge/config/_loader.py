@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from edge.config._models import (
@@ -30,6 +28,7 @@ from edge.config._models import (
     SensorProfile,
     SiteConfig,
 )
+from edge.config._yaml import YamlLimitError, read_yaml
 
 PACKAGED_PROFILES = Path(__file__).resolve().parents[2] / "firmware_configs" / "sensors"
 
@@ -67,15 +66,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(i) for i in self.issues))
 
 
-def _plain(node: Any) -> Any:
-    """ruamel's commented containers -> plain dicts/lists for pydantic."""
-    if isinstance(node, Mapping):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
-
-
 def _file_issue(file: str, message: str) -> ConfigError:
     return ConfigError([ConfigIssue(file, None, None, "(file)", message)])
 
@@ -98,43 +88,6 @@ def _read_text(path: Path) -> str:
     if len(data) > MAX_FILE_BYTES:
         raise _file_issue(file, f"grew past the {MAX_FILE_BYTES} byte limit while read")
     return data.decode("utf-8")
-
-
-def _check_shape(file: str, root: Any) -> None:
-    """Refuse alias bombs and deep nesting without expanding anything.
-
-    The expanded size of every container is computed once (memoised by
-    identity), so a document whose aliases multiply it is measured in the
-    time it takes to read its unique nodes.
-    """
-    sizes: dict[int, int] = {}
-    aliases = 0
-
-    def size(node: Any, depth: int) -> int:
-        nonlocal aliases
-        if not isinstance(node, Mapping | list):
-            return 1
-        known = sizes.get(id(node))
-        if known is not None:
-            aliases += 1
-            if aliases > MAX_ALIASES:
-                raise _file_issue(file, f"more than {MAX_ALIASES} alias references; refused")
-            return known
-        if depth > MAX_DEPTH:
-            raise _file_issue(file, f"nested deeper than {MAX_DEPTH} levels; refused")
-        sizes[id(node)] = 1  # a self-referencing alias counts as one node
-        total = 1
-        children = node.values() if isinstance(node, Mapping) else node
-        for child in children:
-            total += size(child, depth + 1)
-            if total > MAX_NODES:
-                raise _file_issue(
-                    file, f"expands to more than {MAX_NODES} nodes (alias bomb?); refused"
-                )
-        sizes[id(node)] = total
-        return total
-
-    size(root, 0)
 
 
 def _check_nesting(file: str, text: str) -> None:
@@ -187,10 +140,12 @@ class _Document:
             ) from exc
         _check_nesting(self.file, text)
         try:
-            self.root = YAML(typ="rt").load(text)
-        except RecursionError as exc:
+            self.root, self.lines = read_yaml(
+                text, max_nodes=MAX_NODES, max_aliases=MAX_ALIASES, max_depth=MAX_DEPTH
+            )
+        except YamlLimitError as exc:
             raise ConfigError(
-                [ConfigIssue(self.file, None, None, "(syntax)", "nested too deeply; refused")]
+                [ConfigIssue(self.file, exc.line, None, "(document)", str(exc))]
             ) from exc
         except MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -203,23 +158,22 @@ class _Document:
             raise ConfigError(
                 [ConfigIssue(self.file, None, None, "(syntax)", f"malformed YAML: {exc}")]
             ) from exc
-        if not isinstance(self.root, CommentedMap):
+        if not isinstance(self.root, dict):
             raise ConfigError(
                 [ConfigIssue(self.file, 1, None, "(document)", "expected a mapping at the top")]
             )
-        _check_shape(self.file, self.root)
 
     def line_of(self, loc: Loc) -> int | None:
         node: Any = self.root
         line: int | None = 1
         for part in loc:
-            if isinstance(node, CommentedMap) and isinstance(part, str) and part in node:
-                line = node.lc.data[part][0] + 1
+            if isinstance(node, dict) and isinstance(part, str) and part in node:
+                line = self.lines.key_line(node, part) or line
                 node = node[part]
-            elif isinstance(node, CommentedSeq) and isinstance(part, int) and part < len(node):
-                line = node.lc.item(part)[0] + 1
+            elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+                line = self.lines.item_line(node, part) or line
                 node = node[part]
-            elif isinstance(node, CommentedMap) and isinstance(part, str):
+            elif isinstance(node, dict) and isinstance(part, str):
                 # a missing field, or a pydantic union tag: stay on the parent
                 continue
             else:
@@ -229,9 +183,9 @@ class _Document:
     def device_of(self, loc: Loc) -> str | None:
         if len(loc) >= 2 and loc[0] in ("devices", "actuators") and isinstance(loc[1], int):
             seq = self.root.get(loc[0])
-            if isinstance(seq, CommentedSeq) and loc[1] < len(seq):
+            if isinstance(seq, list) and 0 <= loc[1] < len(seq):
                 item = seq[loc[1]]
-                if isinstance(item, CommentedMap):
+                if isinstance(item, dict):
                     key = "id" if loc[0] == "devices" else "device"
                     value = item.get(key)
                     return str(value) if value is not None else None
@@ -243,7 +197,7 @@ class _Document:
 
     def validate(self, model: type[M]) -> M:
         try:
-            return model.model_validate(_plain(self.root))
+            return model.model_validate(self.root)
         except ValidationError as exc:
             errors = [(_clean_loc(e["loc"]), e["type"], e["msg"]) for e in exc.errors()]
             # a list whose items failed also reports "too short": only noise then

@@ -201,3 +201,54 @@ def test_profiles_directory_option_for_run_and_sim(tmp_path: Path) -> None:
     ):
         out = run(args)
         assert "unknown profile 'o2'; known: ch4, co" in out, (args, out)
+
+
+def _big_site(path: Path, devices: int, tags: int) -> None:
+    out = ["site: {id: big}", "gateway: {id: gw-big}", f"buffer: {{path: {path.parent / 'b.db'}}}"]
+    out.append("buses:")
+    out += [
+        f"  - {{id: bus{d}, type: modbus_tcp, host: 127.0.0.1, port: {20000 + d}}}"
+        for d in range(devices)
+    ]
+    out.append("devices:")
+    for d in range(devices):
+        out += [f"  - id: dev{d}", f"    bus: bus{d}", "    tags:"]
+        for t in range(tags):
+            out += [
+                f"      - {{name: T{d}_{t}, profile: ch4, address: {2 * t}, type: float32,",
+                "         location: {area: a1, position: face}}",
+            ]
+    path.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def test_a_10000_tag_site_loads_in_seconds_and_errors_keep_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    _big_site(path, 100, 100)
+    started = time.process_time()
+    site = load_site(path)
+    cpu_s = time.process_time() - started
+    assert len(site.tags()) == 10_000
+    assert cpu_s < 10, cpu_s  # was 26 s with the round-trip loader; about 2 s now
+    text = path.read_text(encoding="utf-8").replace(
+        "T98_99, profile: ch4, address: 198", "T98_99, profile: ch4, address: x", 1
+    )
+    path.write_text(text, encoding="utf-8")
+    (issue,) = _issues(path)
+    assert issue.field == "devices.98.tags.99.address" and issue.device == "dev98"
+    assert issue.line == _line_of(path, "address: x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: 1\na: 2\n", 'duplicate key "a"'),
+        ("a: 1\n---\nb: 2\n", "more than one YAML document"),
+        ("a: *nowhere\n", "alias"),
+        ("a: !!python/object:os.system x\n", "unsupported YAML tag"),
+    ],
+)
+def test_yaml_that_is_refused_names_its_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "odd.yaml"
+    path.write_text("site: {id: s}\n" + text, encoding="utf-8")
+    (issue,) = _issues(path)
+    assert message in issue.message and issue.line is not None and issue.line >= 2, issue
