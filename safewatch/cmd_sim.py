@@ -86,8 +86,14 @@ async def _serve(
     await sim.start()
     try:
         where = ", ".join(
-            f"{host}:{port} ({bus}: units {', '.join(map(str, units))})"
-            for bus, host, port, units in sim.endpoints
+            [
+                f"{host}:{port} ({bus}: units {', '.join(map(str, units))})"
+                for bus, host, port, units in sim.endpoints
+            ]
+            + [
+                f"{port} (RTU line {bus} on a pty: units {', '.join(map(str, units))})"
+                for bus, port, _, units in sim.lines()
+            ]
         )
         out.print(f"simulator ready on {where}", markup=False)
         async with asyncio.TaskGroup() as tasks:

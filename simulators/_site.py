@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
@@ -35,6 +35,7 @@ from edge.config import (
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
 )
+from simulators._pty import NullModem
 
 __all__ = ["CoilWriteHook", "SimulatorError", "SiteSimulator"]
 
@@ -159,8 +160,14 @@ class _Bus:
     host: str
     port: int
     rtu_framing: bool = False
+    serial: ModbusRtuBus | None = None  # an RS-485 line, served on a pty null modem
     units: dict[int, _Unit] = field(default_factory=dict)
-    server: ModbusTcpServer | None = None
+    server: ModbusTcpServer | ModbusSerialServer | None = None
+    modem: NullModem | None = None
+
+    @property
+    def where(self) -> str:
+        return self.serial.port if self.serial is not None else f"{self.host}:{self.port}"
 
 
 class SiteSimulator:
@@ -170,8 +177,15 @@ class SiteSimulator:
     inactive (``not active_value``).
     """
 
-    def __init__(self, site: LoadedSite, *, on_coil_write: CoilWriteHook | None = None) -> None:
+    def __init__(
+        self,
+        site: LoadedSite,
+        *,
+        on_coil_write: CoilWriteHook | None = None,
+        pace_serial: bool = True,
+    ) -> None:
         self.site = site
+        self.pace_serial = pace_serial
         self.on_coil_write = on_coil_write
         self.value_log: deque[tuple[int, str, float]] = deque(maxlen=_LOG_LENGTH)
         self.coil_log: deque[tuple[int, str, bool]] = deque(maxlen=_LOG_LENGTH)
@@ -182,9 +196,8 @@ class SiteSimulator:
         cfg = site.config
         for bus in cfg.buses:
             if isinstance(bus, ModbusRtuBus):
-                raise SimulatorError(
-                    f"bus {bus.id}: serial RTU buses are served by RtuLineSimulator"
-                )
+                self._buses[bus.id] = _Bus(bus.id, "", 0, rtu_framing=True, serial=bus)
+                continue
             rtu = isinstance(bus, ModbusRtuOverTcpBus)
             self._buses[bus.id] = _Bus(bus.id, bus.host, bus.port, rtu_framing=rtu)
         for device in cfg.devices:
@@ -211,8 +224,20 @@ class SiteSimulator:
 
     @property
     def endpoints(self) -> list[tuple[str, str, int, list[int]]]:
-        """``(bus_id, host, port, unit_ids)`` for every bus."""
-        return [(b.id, b.host, b.port, sorted(b.units)) for b in self._buses.values()]
+        """``(bus_id, host, port, unit_ids)`` for every TCP bus."""
+        return [
+            (b.id, b.host, b.port, sorted(b.units))
+            for b in self._buses.values()
+            if b.serial is None
+        ]
+
+    def lines(self) -> list[tuple[str, str, NullModem | None, list[int]]]:
+        """``(bus_id, port, null modem, unit_ids)`` for every serial RTU bus."""
+        return [
+            (b.id, b.where, b.modem, sorted(b.units))
+            for b in self._buses.values()
+            if b.serial is not None
+        ]
 
     @property
     def serving(self) -> bool:
@@ -229,6 +254,9 @@ class SiteSimulator:
                 ]
                 if 0 not in bus.units:
                     devices.append(_silent_device())
+                if bus.serial is not None:
+                    await self._serve_line(bus, devices)
+                    continue
                 server = ModbusTcpServer(
                     devices,
                     address=(bus.host, bus.port),
@@ -247,12 +275,47 @@ class SiteSimulator:
             await self.stop()
             raise
 
+    async def _serve_line(self, bus: _Bus, devices: list[SimDevice]) -> None:
+        """An RTU line: a pty null modem whose gateway end appears at the bus's ``port``
+        (a symlink), and pymodbus's serial server on the other end."""
+        line = bus.serial
+        assert line is not None
+        modem = NullModem(
+            baudrate=line.baudrate if self.pace_serial else None,
+            char_bits=line.char_bits,
+            link_a=line.port,
+        )
+        try:
+            await modem.start()
+        except OSError as exc:
+            raise SimulatorError(f"bus {bus.id}: cannot create {line.port}: {exc}") from exc
+        bus.modem = modem
+        server = ModbusSerialServer(
+            devices,
+            framer=FramerType.RTU,
+            port=modem.b,
+            baudrate=line.baudrate,
+            # a pty carries no parity bit, and Linux refuses to re-apply PARENB on one
+            parity="N",
+            stopbits=line.stopbits,
+            bytesize=line.bytesize,
+            ignore_missing_devices=True,
+        )
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:
+            raise SimulatorError(f"bus {bus.id}: cannot serve on {modem.b}") from exc
+        bus.server = server
+
     async def stop(self) -> None:
         """Close every listener and client connection."""
         for bus in self._buses.values():
             server, bus.server = bus.server, None
             if server is not None:
                 await server.shutdown()  # type: ignore[no-untyped-call]
+            modem, bus.modem = bus.modem, None
+            if modem is not None:
+                await modem.stop()
 
     async def __aenter__(self) -> SiteSimulator:
         await self.start()

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerRTU, FramerType
 
 from device_drivers._driver import DeviceSpec, OutputSpec, ReadPlan
 from device_drivers._errors import (
@@ -56,8 +56,10 @@ from device_drivers._errors import (
     DeviceException,
     DeviceTimeout,
     DeviceUnavailable,
+    FrameError,
     WriteMismatch,
 )
+from device_drivers._logs import limit_library_logs
 from device_drivers._sample import Sample
 from device_drivers.modbus._plan import (
     MAX_READ_REGISTERS,
@@ -172,12 +174,34 @@ class _Malformed(ModbusException):
     """A frame that pymodbus could not decode (carried to the waiting request)."""
 
 
-def _guard_framing(client: Any, on_garbage: Callable[[str], None]) -> None:
-    """Make an undecodable frame fail the waiting request instead of the connection."""
+class _BadCrc(ModbusException):
+    """An RTU frame failed its CRC (carried to the waiting request)."""
+
+
+def _guard_framing(
+    client: Any, on_garbage: Callable[[str], None], on_bad_crc: Callable[[], None]
+) -> None:
+    """Make an undecodable frame fail the waiting request instead of the connection,
+    and a frame with a bad CRC fail it at once (counted) instead of at its timeout."""
     ctx = getattr(client, "ctx", None)
     original = getattr(ctx, "callback_data", None)
     if ctx is None or original is None:  # pragma: no cover - a future pymodbus
         return
+    framer = getattr(ctx, "framer", None)
+    if isinstance(framer, FramerRTU):
+        decode = framer.decode
+
+        def checked(data: bytes) -> tuple[int, int, int, bytes]:
+            used, dev_id, tid, frame = decode(data)
+            # pymodbus drops a frame that fails its CRC: consumed bytes, no frame
+            if used and not frame and len(data) >= FramerRTU.MIN_SIZE:
+                on_bad_crc()
+                future = getattr(ctx, "response_future", None)
+                if isinstance(future, asyncio.Future) and not future.done():
+                    future.set_exception(_BadCrc("frame failed its CRC check"))
+            return used, dev_id, tid, frame
+
+        framer.decode = checked  # type: ignore[method-assign]
 
     def guarded(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
         try:
@@ -221,6 +245,8 @@ class ModbusDriver:
             raise ValueError("timeout_s must be > 0")
         if not 0 < backoff_initial_s <= backoff_max_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        # pymodbus logs every bad frame, with hex dumps: one line, a few per minute
+        limit_library_logs("pymodbus.logging", "pymodbus")
         self.name = name
         self.link = link
         self.timeout_s = timeout_s
@@ -234,6 +260,7 @@ class ModbusDriver:
         self._gap_s = link.gap_s if isinstance(link, ModbusSerialLink) else 0.0
         self._quiet_from = 0.0  # monotonic time the line was last busy (RTU gap)
         self.garbage_frames = 0
+        self.crc_errors = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.link})"
@@ -287,13 +314,16 @@ class ModbusDriver:
             raise DeviceUnavailable(
                 self.name, f"cannot connect to {self.link} (refused or unreachable)"
             ) from ConnectionException(f"connect to {self.link} failed")
-        _guard_framing(client, self._garbage)
+        _guard_framing(client, self._garbage, self._bad_crc)
         self._client = client
         self._failures = 0
         self._next_attempt = 0.0
 
     def _garbage(self, what: str) -> None:
         self.garbage_frames += 1
+
+    def _bad_crc(self) -> None:
+        self.crc_errors += 1
 
     def _lost(self, client: Any) -> None:
         """The peer closed the connection: fail a waiting request now, not at its timeout."""
@@ -353,6 +383,8 @@ class ModbusDriver:
             raise DeviceTimeout(device, f"no answer to {what} within {timeout} s") from exc
         except _Malformed as exc:
             raise DecodeError(device, f"{what}: {exc}") from exc
+        except _BadCrc as exc:
+            raise FrameError(device, f"{what}: answer failed its CRC check") from exc
         except ConnectionException as exc:
             await self.close()
             raise DeviceUnavailable(device, f"connection lost during {what}: {exc}") from exc
