@@ -124,7 +124,13 @@ site: {{id: lab}}
 gateway: {{id: gw-lab}}
 buffer: {{path: {tmp_path / "b.db"}}}
 buses:
-  - {{id: line1, type: modbus_rtu, port: {line}, baudrate: {baud}, parity: N, stopbits: 2, timeout_ms: 200}}
+  - id: line1
+    type: modbus_rtu
+    port: {line}
+    baudrate: {baud}
+    parity: N
+    stopbits: 2
+    timeout_ms: 200
 devices:
   - id: gas-a
     bus: line1
