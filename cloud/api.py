@@ -2,6 +2,11 @@
 
 Handlers are plain functions: FastAPI runs them in its thread pool, which is where
 the blocking :class:`cloud.storage.Store` belongs.
+
+Every route but ``PUBLIC_ROUTES`` depends on a :class:`cloud.auth.RoleGuard`: the
+caller must present a bearer token (an access token from the login route or a
+machine API token) of a role the route admits. Error answers never echo input
+unbounded: details are clipped and validation errors carry no input values.
 """
 
 from __future__ import annotations
@@ -10,13 +15,42 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, computed_field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import wire
+from cloud.audit import AuditLog
+from cloud.auth import ALL_ROLES, Authenticator, Guards, auth_router, error_responses
 from cloud.storage import Store, StoreError
 
-__all__ = ["AlarmOut", "GatewayOut", "HealthOut", "LatestOut", "create_app", "iso_utc"]
+__all__ = [
+    "PUBLIC_ROUTES",
+    "AlarmOut",
+    "GatewayOut",
+    "HealthOut",
+    "LatestOut",
+    "create_app",
+    "iso_utc",
+]
+
+# (method, path) of the routes anyone may call; every other route needs a role.
+PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("GET", "/health"),
+        ("POST", "/api/v1/auth/token"),
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
+        ("GET", "/docs/oauth2-redirect"),
+        ("GET", "/redoc"),
+    }
+)
+_DETAIL_MAX = 300  # characters of an error detail
+_LOC_MAX = 64
+_ERRORS_MAX = 20
+_NAME_MAX = 128  # site and gateway ids are String(128) in the store
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -98,9 +132,46 @@ def _unavailable(exc: StoreError) -> HTTPException:
     return HTTPException(status_code=503, detail=f"database unavailable: {exc}")
 
 
-def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return JSONResponse(
+        {"detail": _clip(detail, _DETAIL_MAX)}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 body without the ``input`` and ``ctx`` it would echo back."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [p if isinstance(p, int) else _clip(str(p), _LOC_MAX) for p in e["loc"][:8]],
+            "msg": _clip(str(e.get("msg", "")), _DETAIL_MAX),
+            "type": _clip(str(e.get("type", "")), _LOC_MAX),
+        }
+        for e in exc.errors()[:_ERRORS_MAX]
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+def create_app(
+    store: Store,
+    health: Callable[[], dict[str, Any]],
+    *,
+    authenticator: Authenticator,
+    audit: AuditLog,
+) -> FastAPI:
     """The API over ``store``; ``health()`` returns db/influx/mqtt booleans and counters."""
     app = FastAPI(title="SafeWatch cloud", version="1")
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    guards = Guards(authenticator)
+    readers = [Depends(guards(*ALL_ROLES))]
+    read_errors = error_responses(401, 403, 503)
 
     @app.get("/health", response_model=HealthOut)
     def get_health() -> HealthOut:
@@ -115,10 +186,15 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             counters=counters,
         )
 
-    @app.get("/api/v1/alarms", response_model=list[AlarmOut])
+    @app.get(
+        "/api/v1/alarms",
+        response_model=list[AlarmOut],
+        dependencies=readers,
+        responses={**read_errors, **error_responses(422)},
+    )
     def get_alarms(
-        site: str | None = None,
-        gateway: str | None = None,
+        site: Annotated[str | None, Query(max_length=_NAME_MAX)] = None,
+        gateway: Annotated[str | None, Query(max_length=_NAME_MAX)] = None,
         level: wire.AlarmLevel | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AlarmOut]:
@@ -128,8 +204,15 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             raise _unavailable(exc) from exc
         return [AlarmOut.model_validate(r) for r in records]
 
-    @app.get("/api/v1/latest", response_model=list[LatestOut])
-    def get_latest(site: Annotated[str, Query(min_length=1)]) -> list[LatestOut]:
+    @app.get(
+        "/api/v1/latest",
+        response_model=list[LatestOut],
+        dependencies=readers,
+        responses={**read_errors, **error_responses(404, 422)},
+    )
+    def get_latest(
+        site: Annotated[str, Query(min_length=1, max_length=_NAME_MAX)],
+    ) -> list[LatestOut]:
         try:
             values = store.latest(site)
             known = bool(values) or site in store.sites()
@@ -139,7 +222,12 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"unknown site {site!r}: no data received")
         return [LatestOut.model_validate(v) for v in values]
 
-    @app.get("/api/v1/gateways", response_model=list[GatewayOut])
+    @app.get(
+        "/api/v1/gateways",
+        response_model=list[GatewayOut],
+        dependencies=readers,
+        responses=read_errors,
+    )
     def get_gateways() -> list[GatewayOut]:
         try:
             records = store.gateways()
@@ -147,4 +235,5 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
             raise _unavailable(exc) from exc
         return [GatewayOut.model_validate(g) for g in records]
 
+    app.include_router(auth_router(authenticator, audit, guards))
     return app

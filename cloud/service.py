@@ -18,6 +18,8 @@ from typing import Any
 import uvicorn
 
 from cloud.api import create_app
+from cloud.audit import AuditLog
+from cloud.auth import Authenticator, AuthStore
 from cloud.ingest import IngestService, TimeWindow
 from cloud.storage import (
     InfluxError,
@@ -56,6 +58,7 @@ class CloudSettings:
     accept_past_s: float | None = 30 * 86_400.0
     accept_future_s: float | None = 300.0
     receive_maximum: int = 100  # MQTT v5 receive window of the ingest
+    access_token_ttl_s: int = 3600  # lifetime of an API access token (login)
 
 
 class _QuietServer(uvicorn.Server):
@@ -92,7 +95,11 @@ class CloudService:
             receive_maximum=settings.receive_maximum,
             ts_window=TimeWindow(settings.accept_past_s, settings.accept_future_s),
         )
-        self.app = create_app(self.store, self.health)
+        self.audit = AuditLog(self.store.engine)
+        self.auth = Authenticator(
+            AuthStore(self.store.engine), self.audit, access_ttl_s=settings.access_token_ttl_s
+        )
+        self.app = create_app(self.store, self.health, authenticator=self.auth, audit=self.audit)
         self._server = _QuietServer(
             uvicorn.Config(
                 self.app,
@@ -117,6 +124,12 @@ class CloudService:
             "mqtt": self.ingest.connected,
             "counters": counters,
         }
+
+    def create_schema(self) -> None:
+        """Every table: the store's, the auth service's and the audit log's (blocking)."""
+        self.store.create_all()
+        self.auth.store.create_all()
+        self.audit.create_all()
 
     @property
     def started(self) -> bool:
@@ -180,7 +193,7 @@ class CloudService:
         backoff = Backoff(initial=0.5, cap=30.0)
         while True:
             try:
-                await asyncio.to_thread(self.store.create_all)
+                await asyncio.to_thread(self.create_schema)
             except StoreError as exc:
                 delay = backoff.next_delay()
                 log.warning("database not ready (%s); retry in %.1fs", exc, delay)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from safewatch.cmd_audit import app as audit_app
 from safewatch.cmd_bench import app as bench_app
 from safewatch.cmd_cloud import app as cloud_app
 from safewatch.cmd_config import app as config_app
@@ -11,6 +12,7 @@ from safewatch.cmd_demo import demo
 from safewatch.cmd_edge import app as edge_app
 from safewatch.cmd_models import app as models_app
 from safewatch.cmd_sim import app as sim_app
+from safewatch.cmd_users import keys_app, tokens_app, users_app
 
 app = typer.Typer(
     name="safewatch",
@@ -24,6 +26,10 @@ app.add_typer(sim_app, name="sim", help="Simulate a site's devices.")
 app.add_typer(config_app, name="config", help="Validate and show configuration.")
 app.add_typer(models_app, name="models", help="Train and evaluate the ONNX models.")
 app.add_typer(bench_app, name="bench", help="Run a benchmark; the last output line is JSON.")
+app.add_typer(users_app, name="users", help="API users: add, list, disable, passwd, role.")
+app.add_typer(tokens_app, name="tokens", help="API tokens for machines: create, list, revoke.")
+app.add_typer(keys_app, name="keys", help="JWT signing keys: list, rotate, retire.")
+app.add_typer(audit_app, name="audit", help="The hash-chained audit trail: verify, head, show.")
 app.command("demo", help="Start simulator, gateway and cloud on this machine.")(demo)
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from cloud.storage import InfluxV1Writer, Store, StoreError
 app = typer.Typer(no_args_is_help=True)
 
 
-def _sqlite_parent(db_url: str) -> None:
+def sqlite_parent(db_url: str) -> None:
     """Create the directory of a SQLite database file (``sqlite:///var/x.db``)."""
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
@@ -79,7 +79,7 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    _sqlite_parent(db_url)
+    sqlite_parent(db_url)
     settings = CloudSettings(
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,

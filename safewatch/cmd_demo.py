@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -32,6 +33,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cloud.audit import AuditLog
+from cloud.auth import Authenticator, AuthStore, Role
+from cloud.storage import Store, StoreError
 from edge.config import (
     PACKAGED_PROFILES,
     ConfigError,
@@ -46,6 +50,8 @@ DEMO_SITE = FIRMWARE_CONFIGS / "sites" / "demo-mine.yaml"
 DEMO_SCENARIO = FIRMWARE_CONFIGS / "scenarios" / "methane-face.yaml"
 DEMO_DIR = Path("var/demo")
 INFLUX_DB = "safewatch_demo"
+DEMO_ADMIN = "admin"
+DEMO_TOKEN_NAME = "demo-live-table"
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -325,11 +331,58 @@ class _Supervisor:
             child.stop()
 
 
-def _print_urls(console: Console, site: LoadedSite, api_port: int, demo_dir: Path) -> None:
+@dataclass(frozen=True)
+class DemoCredentials:
+    admin: str
+    password: str
+    token: str
+
+
+def demo_credentials(demo_dir: Path) -> DemoCredentials:
+    """A fresh password for the demo admin and a fresh viewer token for the live table.
+
+    Written straight into the demo's cloud database before the cloud starts; the
+    tokens of earlier runs are revoked. Raises :class:`DemoError` on DB failure.
+    """
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(f"sqlite:///{demo_dir / 'cloud.db'}")
+    try:
+        audit = AuditLog(store.engine)
+        audit.create_all()
+        auth_store = AuthStore(store.engine)
+        auth_store.create_all()
+        auth = Authenticator(auth_store, audit)
+        password = secrets.token_urlsafe(12)
+        if auth_store.find_user(DEMO_ADMIN) is None:
+            auth.add_user(DEMO_ADMIN, password, Role.ADMIN, actor="demo")
+        else:
+            auth.set_password(DEMO_ADMIN, password, actor="demo")
+            auth.set_disabled(DEMO_ADMIN, False, actor="demo")
+        for old in auth_store.tokens():
+            if old.name == DEMO_TOKEN_NAME and old.revoked_at is None:
+                auth.revoke_token(old.token_id, actor="demo")
+        token, _ = auth.create_token(DEMO_TOKEN_NAME, Role.VIEWER, actor="demo")
+    except StoreError as exc:
+        raise DemoError(f"cannot prepare the demo's API credentials: {exc}") from exc
+    finally:
+        store.close()
+    return DemoCredentials(DEMO_ADMIN, password, token)
+
+
+def _print_urls(
+    console: Console, site: LoadedSite, api_port: int, demo_dir: Path, creds: DemoCredentials
+) -> None:
     api = f"http://127.0.0.1:{api_port}"
     site_id = site.config.site.id
     console.print(f"[bold green]SafeWatch demo running[/] - site {site_id}")
-    console.print(f"  API docs:        {api}/docs")
+    console.print(f"  API docs:        {api}/docs  (Authorize: user and password below)")
+    console.print(f"  API admin:       {creds.admin} / {creds.password}", markup=False)
+    console.print(f"  API token:       {creds.token}  (viewer)", markup=False)
+    console.print(
+        f"  try:             curl -H 'Authorization: Bearer {creds.token}' "
+        f"'{api}/api/v1/latest?site={site_id}'",
+        markup=False,
+    )
     console.print(f"  latest values:   {api}/api/v1/latest?site={site_id}")
     console.print(f"  alarms:          {api}/api/v1/alarms?site={site_id}")
     console.print(
@@ -391,8 +444,10 @@ def demo(
     )
     api = f"http://127.0.0.1:{api_port}"
     try:
-        with httpx.Client(timeout=HTTP_TIMEOUT_S) as client:
-            _run(console, loaded, supervisor, commands, client, api, api_port)
+        creds = demo_credentials(DEMO_DIR)
+        headers = {"Authorization": f"Bearer {creds.token}"}
+        with httpx.Client(timeout=HTTP_TIMEOUT_S, headers=headers) as client:
+            _run(console, loaded, supervisor, commands, client, api, api_port, creds)
     except DemoError as exc:
         console.print(f"[bold red]demo failed:[/] {exc}", highlight=False)
         raise typer.Exit(1) from exc
@@ -415,6 +470,7 @@ def _run(
     client: httpx.Client,
     api: str,
     api_port: int,
+    creds: DemoCredentials,
 ) -> None:
     if _port_open("127.0.0.1", api_port):
         raise DemoError(f"port {api_port} is already in use; pass --api-port")
@@ -438,7 +494,7 @@ def _run(
     # The gateway starts last: a methane sensor it cannot reach is a fault and
     # would trip the power-cut lockout before the simulator serves.
     start("edge")
-    _print_urls(console, site, api_port, DEMO_DIR)
+    _print_urls(console, site, api_port, DEMO_DIR, creds)
 
     site_id = site.config.site.id
     with Live(console=console, refresh_per_second=4, transient=False) as live:

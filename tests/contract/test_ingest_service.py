@@ -18,6 +18,7 @@ import pytest
 
 import wire
 from cloud import CloudService, CloudSettings
+from cloud.auth import Role
 from tests.factories import T0, alarm, point, telemetry
 from tests.support import Broker, async_wait_until, free_port, wait_until
 
@@ -33,7 +34,10 @@ async def serving(settings: CloudSettings) -> AsyncIterator[tuple[CloudService, 
     try:
         async with asyncio.timeout(15):
             await ready.wait()
-        async with httpx.AsyncClient(base_url=service.api_url) as api:
+        await async_wait_until(lambda: service.health()["db"], 15, "the schema")
+        token, _ = await asyncio.to_thread(service.auth.create_token, "test", Role.VIEWER, "test")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=service.api_url, headers=headers) as api:
             yield service, api
         assert not run.done(), "the service stopped on its own"
     finally:

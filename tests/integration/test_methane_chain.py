@@ -7,7 +7,9 @@ power-cut coil. The gateway and the cloud are the real ``safewatch`` commands.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -92,12 +94,22 @@ async def test_methane_scenario_end_to_end(
         "--port", str(api_port),
     ]  # fmt: skip
     edge_args = ["edge", "run", "--config", str(site_path), "--buffer", str(tmp_path / "b.db")]
+    # The API wants a token: a machine token made with the CLI, as an operator would.
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "safewatch.cli", "tokens", "create", "integration-test",
+         "--role", "viewer", "--db-url", f"sqlite:///{tmp_path / 'cloud.db'}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    token = made.stdout.strip()
     try:
         with (
             _safewatch(cloud_args, tmp_path / "cloud.log"),
             _safewatch(edge_args, tmp_path / "edge.log"),
         ):
-            await _chain_checks(sim, scenario, broker, tmp_path, api, influx_url, influx_name)
+            await _chain_checks(
+                sim, scenario, broker, tmp_path, api, influx_url, influx_name, token
+            )
     finally:
         await sim.stop()
 
@@ -110,7 +122,9 @@ async def _chain_checks(
     api: str,
     influx_url: str,
     influx_name: str,
+    token: str,
 ) -> None:
+    bearer = {"Authorization": f"Bearer {token}"}
     async with httpx.AsyncClient(timeout=5) as http:
 
         async def healthy() -> bool:
@@ -120,6 +134,7 @@ async def _chain_checks(
                 return False
 
         await async_wait_until(healthy, 30, "cloud /health")
+        assert (await http.get(f"{api}/api/v1/alarms")).status_code == 401, "no token, no data"
         started = time.monotonic_ns()
         await ScenarioPlayer(sim, scenario, speed=SPEED).run()
 
@@ -135,7 +150,7 @@ async def _chain_checks(
 
         # 2. the alarm reached the cloud API
         async def cut_alarms() -> list[dict[str, Any]]:
-            r = await http.get(f"{api}/api/v1/alarms", params={"site": "demo-mine"})
+            r = await http.get(f"{api}/api/v1/alarms", params={"site": "demo-mine"}, headers=bearer)
             return [a for a in r.json() if a["tag"] == CUT_TAG and a["level"] == "cut"]
 
         await async_wait_until(cut_alarms, 15, "the cut alarm in /api/v1/alarms")
@@ -145,7 +160,9 @@ async def _chain_checks(
             return await _influx_count(http, influx_url, influx_name) > 10
 
         await async_wait_until(enough_points, 15, "CH4 points in InfluxDB")
-        latest = (await http.get(f"{api}/api/v1/latest", params={"site": "demo-mine"})).json()
+        latest = (
+            await http.get(f"{api}/api/v1/latest", params={"site": "demo-mine"}, headers=bearer)
+        ).json()
         assert {row["tag"] for row in latest} >= {CUT_TAG, "CO_1201", "O2_1201"}
         assert all(row["quality"] == "good" for row in latest)
 

@@ -11,7 +11,9 @@ import pytest
 
 from cloud import create_app
 from cloud.api import iso_utc
+from cloud.auth import Role
 from cloud.storage import Store
+from tests.auth_support import headers_for, make_authenticator
 from tests.factories import alarm, gateway_status, point, telemetry
 
 T0 = 1_700_000_000_123_456_789  # has microseconds, unlike tests.factories.T0
@@ -30,8 +32,14 @@ def health_state() -> dict[str, Any]:
 
 
 def asgi_client(store: Store, health_state: dict[str, Any]) -> httpx.AsyncClient:
-    app = create_app(store, lambda: health_state)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api")
+    """A viewer's client (the read routes admit every role)."""
+    auth = make_authenticator(store.engine)
+    app = create_app(store, lambda: health_state, authenticator=auth, audit=auth.audit)
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://api",
+        headers=headers_for(auth, Role.VIEWER),
+    )
 
 
 @pytest.fixture
@@ -132,8 +140,31 @@ async def test_gateways_listed(client: httpx.AsyncClient, store: Store) -> None:
 
 
 async def test_database_failure_is_a_503(tmp_path: Path, health_state: dict[str, Any]) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'never-created.db'}")  # no tables
+    store = Store(f"sqlite:///{tmp_path / 'never-created.db'}")  # only the auth tables
     async with asgi_client(store, health_state) as client:
         response = await client.get("/api/v1/alarms")
     assert response.status_code == 503
     assert "database unavailable" in response.json()["detail"]
+
+
+async def test_errors_do_not_echo_input_unbounded(client: httpx.AsyncClient) -> None:
+    huge = "x" * 60_000  # httpx refuses URLs over 64 KiB
+    for response in (
+        await client.get("/api/v1/latest", params={"site": huge}),
+        await client.get("/api/v1/alarms", params={"limit": huge}),
+        await client.get("/api/v1/alarms", params={"level": huge}),
+        await client.get(f"/api/v1/{huge}"),
+        await client.post("/api/v1/auth/token", data={"username": huge, "password": huge}),
+    ):
+        assert response.status_code in (404, 422), response.status_code
+        assert len(response.content) < 2000, (response.status_code, response.content[:200])
+        assert "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" not in (
+            response.text
+        )
+
+
+async def test_unknown_site_detail_is_bounded(client: httpx.AsyncClient) -> None:
+    site = "s" * 128  # the longest accepted id
+    response = await client.get("/api/v1/latest", params={"site": site})
+    assert response.status_code == 404
+    assert len(response.json()["detail"]) <= 300

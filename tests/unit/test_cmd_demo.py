@@ -19,6 +19,9 @@ import pytest
 import typer
 from rich.console import Console
 
+from cloud.audit import AuditLog
+from cloud.auth import Authenticator, AuthStore, LoginFailed, NotAuthenticated, Role
+from cloud.storage import Store
 from edge.config import Thresholds, load_site
 from safewatch import cmd_demo
 from safewatch.cmd_demo import (
@@ -144,7 +147,7 @@ log = open(sys.argv[2], "a")
 first_latest = []  # the real API answers 404 until a site's first telemetry
 class H(BaseHTTPRequestHandler):
     def do_GET(self):
-        log.write(self.path + "\\n"); log.flush()
+        log.write(self.path + " " + self.headers.get("Authorization", "-") + "\\n"); log.flush()
         if self.path == "/health":
             body = {"status": "ok"}
         elif self.path.startswith("/api/v1/latest") and not first_latest:
@@ -227,6 +230,9 @@ def test_demo_polls_the_api_and_stops_children_on_sigterm(
     assert "1.23" in out
     assert "404" not in out, "a site without data yet is not an error"
     assert "/api/v1/alarms?site=demo-mine&limit=5" in requests.read_text()
+    api_calls = [line for line in requests.read_text().splitlines() if "/api/v1/" in line]
+    assert api_calls and all(" Bearer swt." in line for line in api_calls), api_calls[:3]
+    assert "API admin:       admin / " in out
 
 
 def test_demo_exits_nonzero_with_the_dead_childs_output(
@@ -241,3 +247,21 @@ def test_demo_exits_nonzero_with_the_dead_childs_output(
     out = capsys.readouterr().out
     assert "edge exited with status 4" in out
     assert "edge: cannot reach broker" in out
+
+
+def test_demo_credentials_are_fresh_each_run_and_work(tmp_path: Path) -> None:
+    first = cmd_demo.demo_credentials(tmp_path)
+    second = cmd_demo.demo_credentials(tmp_path)
+    assert first.password != second.password and first.token != second.token
+    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}")
+    try:
+        auth = Authenticator(AuthStore(store.engine), AuditLog(store.engine))
+        with pytest.raises(NotAuthenticated):
+            auth.authenticate(first.token)  # the earlier run's token is revoked
+        assert auth.authenticate(second.token).role == Role.VIEWER
+        with pytest.raises(LoginFailed):
+            auth.login("admin", first.password, "127.0.0.1")
+        token = auth.login("admin", second.password, "127.0.0.1")
+        assert auth.authenticate(token.access_token).role == Role.ADMIN
+    finally:
+        store.close()
