@@ -17,7 +17,7 @@ import wire
 from device_drivers import Quality, Sample
 from edge.alarms import AlarmOutbox
 from edge.config import LoadedSite
-from edge.uplink.buffer import BufferStorageError, StoreAndForwardBuffer
+from edge.uplink.buffer import BufferStorageError, RateLimitedLog, StoreAndForwardBuffer
 
 __all__ = ["AlarmWriter", "SampleQueue", "TelemetryBatcher"]
 
@@ -99,6 +99,7 @@ class TelemetryBatcher:
         self._since = 0.0  # monotonic time of the oldest point in _batch
         self._drops_seen = 0
         self._last_drop_log = 0.0
+        self._store_log = RateLimitedLog(log, logging.ERROR)
         self.batches = 0
         self.points_lost = 0  # could not be stored (disk/SQLite failure), each marked by a gap
 
@@ -163,7 +164,7 @@ class TelemetryBatcher:
         except BufferStorageError as exc:
             lost = sum(len(c) for c in chunks)
             self.points_lost += lost
-            log.error("telemetry: %d point(s) not stored (marked as a gap): %s", lost, exc)
+            self._store_log.note(lost, "telemetry points not stored (marked as gaps): %s", exc)
             return
         self.batches += len(chunks)
         if self.on_stored is not None:

@@ -169,6 +169,31 @@ def _is_disk_full(exc: BaseException) -> bool:
     return "disk is full" in str(exc) or "disk full" in str(exc)
 
 
+class RateLimitedLog:
+    """Logs the first event at once, then at most one summary every ``every_s`` seconds.
+
+    A full disk refuses a batch every 0.25 s; one line per refusal would bury the log (a
+    false-fault storm once wrote 384,000 WARNING lines a minute), so losses are summed.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, every_s: float = 10.0) -> None:
+        self._logger = logger
+        self._level = level
+        self._every_s = every_s
+        self._next = 0.0
+        self._pending = 0
+
+    def note(self, count: int, msg: str, *args: object) -> None:
+        """Add ``count``; log ``msg % args`` with the count summed since the last line."""
+        self._pending += count
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._every_s
+        total, self._pending = self._pending, 0
+        self._logger.log(self._level, msg + " (%d since the last report)", *args, total)
+
+
 class StoreAndForwardBuffer:
     """A bounded, durable, sequence-numbering message buffer for one gateway."""
 
@@ -195,6 +220,7 @@ class StoreAndForwardBuffer:
         self._reserve_next_try = 0.0
         self._sync = ""
         self._disk_was_full = False
+        self._loss_log = RateLimitedLog(log, logging.ERROR)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -307,6 +333,8 @@ class StoreAndForwardBuffer:
                 )
                 self._make_room()
 
+            if self._disk_was_full:
+                self._recover_reserve()  # space may have come back without any ack
             try:
                 if self._disk_was_full and not self._fits_in_free_pages(batches):
                     # the reserve is gone: telemetry may only reuse space freed by acks,
@@ -551,10 +579,11 @@ class StoreAndForwardBuffer:
             last.points += points
         else:
             self._c.losses.append(_Loss(first, self._seq, reason, points, time.time_ns()))
-        log.error(
-            "buffer %s: %d point(s) not stored (%s); sequence %d..%d marked as a gap",
-            self.path,
+        self._loss_log.note(
             points,
+            "buffer %s: points not stored (%s), latest as sequence %d..%d; "
+            "every loss is marked by a gap event",
+            self.path,
             reason,
             first,
             self._seq,
@@ -655,13 +684,26 @@ class StoreAndForwardBuffer:
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def _recover_reserve(self) -> None:
+        """Re-create the reserve (rate-limited); once it is back, the disk is no longer full."""
+        self._ensure_reserve()
+        if self.reserve_bytes <= 0 or self._reserve_ok():
+            self._disk_was_full = False
+            log.warning("buffer %s: disk space is back; the reserve is re-created", self.path)
+
+    def _reserve_ok(self) -> bool:
+        try:
+            return self.reserve_path.stat().st_size >= self.reserve_bytes
+        except OSError:
+            return False
+
     def _give_back_space(self) -> None:
         """After a full disk: return free pages to the file system, then re-create the reserve."""
         with contextlib.suppress(sqlite3.Error):
             self._db.execute("PRAGMA incremental_vacuum").fetchall()
         self._checkpoint()
         self._ensure_reserve(force=True)
-        if self.reserve_bytes <= 0 or self.reserve_path.exists():
+        if self.reserve_bytes <= 0 or self._reserve_ok():
             self._disk_was_full = False
 
     def _release_reserve(self) -> bool:
