@@ -115,6 +115,7 @@ class LatestOut(_Stamped):
     value: float | None
     quality: str
     reason: str | None
+    condition: wire.AlarmLevel = "normal"  # as the gateway decided it (newest alarm event)
 
 
 class GatewayOut(_FromRecord):
@@ -216,11 +217,17 @@ def create_app(
         try:
             values = store.latest(site)
             known = bool(values) or site in store.sites()
+            conditions = store.conditions(site)
         except StoreError as exc:
             raise _unavailable(exc) from exc
         if not known:
             raise HTTPException(status_code=404, detail=f"unknown site {site!r}: no data received")
-        return [LatestOut.model_validate(v) for v in values]
+        return [
+            LatestOut.model_validate(v).model_copy(
+                update={"condition": conditions.get(v.tag, "normal")}
+            )
+            for v in values
+        ]
 
     @app.get(
         "/api/v1/gateways",

@@ -1,9 +1,11 @@
-"""Interlock: which actuators must be active, and the coil writes that make them so.
+"""Interlock: the cause-and-effect matrix, and the coil writes that make it so.
 
-The desired state of an actuator is *active* when any tag that lists it trips
-(``cut``, or ``fault`` on a fail-safe profile) and *inactive* only when every
-such tag has a known level and none trips. Until then it is undecided and
-never written (a gateway restart does not release a breaker blindly).
+Causes are rule ids (a tag's threshold rule has the tag's name), effects are
+actuators. A tag's ``actuators:`` list and the site's ``interlocks:`` rows
+both add causes. The desired state of an actuator is *active* when any of its
+causes trips (``cut``, or ``fault`` on a fail-safe rule) and *inactive* only
+when every cause is known and none trips. Until then it is undecided and never
+written (a gateway restart does not release a breaker blindly).
 
 Commands are not queued: each actuator keeps only its latest desired state.
 The poller that owns the actuator's bus takes due commands before its next
@@ -59,8 +61,9 @@ class _ActuatorState:
     unit: int
     coil: int
     active_value: bool
-    tags: tuple[str, ...]
+    tags: tuple[str, ...]  # the causes (rule ids)
     desired: bool | None = None
+    decided_at: float | None = None  # when the desired state last became active
     written: bool | None = None
     last_ok_at: float = -math.inf
     in_flight: bool = False
@@ -97,6 +100,10 @@ class Interlock:
         for _, tag in site.tags():
             for actuator_id in tag.actuators:
                 users[actuator_id].append(tag.name)
+        for row in site.config.interlocks:
+            for cause in row.causes:
+                if cause not in users[row.effect]:
+                    users[row.effect].append(cause)
         self._actuators: dict[str, _ActuatorState] = {}
         self._by_tag: dict[str, list[_ActuatorState]] = {}
         self._wake: dict[str, asyncio.Event] = {b.id: asyncio.Event() for b in site.config.buses}
@@ -116,21 +123,31 @@ class Interlock:
                 self._by_tag.setdefault(tag_name, []).append(state)
         self.writes_ok = 0
         self.writes_failed = 0
+        # decision -> coil written (ms), for actuators going active; bounded
+        self.react_ms: list[float] = []
+        self.keep_react = 100_000
 
     # -- rule side (synchronous, called for every sample) ---------------------
 
-    def actuators_of(self, tag: str) -> list[str]:
-        return [a.id for a in self._by_tag.get(tag, [])]
+    def matrix(self) -> dict[str, tuple[str, ...]]:
+        """effect (actuator id) -> causes (rule ids)."""
+        return {a.id: a.tags for a in self._actuators.values()}
 
-    def observe(self, tag: str, trips: bool) -> list[str]:
-        """Record whether ``tag`` trips; return the actuators whose desired state changed."""
+    def causes(self) -> set[str]:
+        return set(self._by_tag)
+
+    def actuators_of(self, cause: str) -> list[str]:
+        return [a.id for a in self._by_tag.get(cause, [])]
+
+    def observe(self, cause: str, trips: bool, now: float | None = None) -> list[str]:
+        """Record whether rule ``cause`` trips; return the actuators whose desired state changed."""
         changed: list[str] = []
-        for act in self._by_tag.get(tag, ()):
-            act.known.add(tag)
+        for act in self._by_tag.get(cause, ()):
+            act.known.add(cause)
             if trips:
-                act.tripping.add(tag)
+                act.tripping.add(cause)
             else:
-                act.tripping.discard(tag)
+                act.tripping.discard(cause)
             desired: bool | None
             if act.tripping:
                 desired = True
@@ -140,6 +157,8 @@ class Interlock:
                 desired = None
             if desired != act.desired:
                 act.desired = desired
+                if desired:
+                    act.decided_at = self._clock() if now is None else now
                 if desired is not None:
                     changed.append(act.id)
                     log.info(
@@ -227,6 +246,10 @@ class Interlock:
         act.last_ok_at = now
         act.last = WriteRecord(command.actuator, command.active, True, time.time_ns(), now)
         self.writes_ok += 1
+        if first and command.active and act.decided_at is not None:
+            if len(self.react_ms) < self.keep_react:
+                self.react_ms.append((now - act.decided_at) * 1000)
+            act.decided_at = None
         if first or recovered:
             log.info(
                 "actuator %s written %s (unit %d coil %d = %s)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable
 import wire
 from edge.actuation import ActuatorCommand
 from edge.config import LoadedSite
-from edge.rules import Level, Transition
+from edge.rules import Condition, Level, Transition
 
 __all__ = ["AlarmManager", "AlarmOutbox"]
 
@@ -69,30 +70,46 @@ class AlarmManager:
         self._site_id = site.config.site.id
         self._gateway = site.config.gateway.id
         self._tags = {tag.name: (device, tag) for device, tag in site.tags()}
-        self._levels: dict[str, Level] = {tag: Level.NORMAL for tag in self._tags}
+        self._levels: dict[str, Level] = {}
         self.raised = 0
 
     def levels(self) -> dict[str, Level]:
-        """The current level of every tag."""
+        """The last reported condition of every rule that reported one (by rule id)."""
         return dict(self._levels)
 
-    def level(self, tag: str) -> Level:
-        return self._levels[tag]
+    def level(self, rule_id: str) -> Level:
+        return self._levels.get(rule_id, Condition.NORMAL)
 
     def on_transition(
-        self, transition: Transition, actuators: Iterable[str] = ()
+        self,
+        transition: Transition,
+        actuators: Iterable[str] = (),
+        *,
+        kind: str = "threshold",
+        calibration: bool = False,
     ) -> wire.AlarmEvent:
-        """Record, log and hand on one transition; ``actuators`` were commanded by it."""
+        """Record, log and hand on one transition; ``actuators`` were commanded by it.
+
+        ``kind`` is the rule's kind: threshold, limit and zone rules report the
+        sensor's kind (``ch4``...), the others their own (``lockout``,
+        ``feedback``, ``diagnosis``, ``rate``, ``compound``), so that the cloud
+        can tell a tag's process condition from a maintenance alarm on it.
+        """
         device, tag = self._tags[transition.tag]
         profile = self._site.profile_of(tag)
         unit = self._site.unit_of(tag)
-        self._levels[transition.tag] = transition.level
+        self._levels[transition.rule_id] = transition.level
         commanded = list(actuators)
         message = describe(
             transition, unit=unit, area=tag.location.area, fail_safe=profile.fail_safe
         )
         if commanded:
             message += f"; commanded {', '.join(commanded)}"
+        reason = transition.reason
+        if calibration:
+            message += " [calibration: not a real alarm; cuts still act]"
+            reason = f"calibration:{reason}"
+        event_kind = profile.kind if kind in ("threshold", "limits", "zones") else kind
         event = wire.AlarmEvent(
             gateway=self._gateway,
             site=self._site_id,
@@ -100,7 +117,7 @@ class AlarmManager:
             alarm_id=uuid.uuid4().hex,
             tag=tag.name,
             device=device.id,
-            kind=profile.kind,
+            kind=event_kind,
             area=tag.location.area,
             position=tag.location.position,
             level=transition.level.value,
@@ -110,9 +127,39 @@ class AlarmManager:
             ts_ns=transition.ts_ns,
             message=message,
             actuators=commanded,
+            reason=reason,
         )
         self._emit(event, transition.level)
         return event
+
+    def on_notice(
+        self, tag_name: str, reason: str, message: str, level: Level = Level.ALARM
+    ) -> None:
+        """A gateway notice about a tag that is not a rule's transition (e.g. an overdue
+        lockout test): an alarm event of kind ``notice``."""
+        device, tag = self._tags[tag_name]
+        self._emit(
+            wire.AlarmEvent(
+                gateway=self._gateway,
+                site=self._site_id,
+                seq=0,
+                alarm_id=uuid.uuid4().hex,
+                tag=tag.name,
+                device=device.id,
+                kind="notice",
+                area=tag.location.area,
+                position=tag.location.position,
+                level=level.value,
+                previous=level.value,
+                value=None,
+                threshold=None,
+                ts_ns=time.time_ns(),
+                message=message,
+                actuators=[],
+                reason=reason,
+            ),
+            level,
+        )
 
     def on_actuator_failed(self, command: ActuatorCommand, error: str, ts_ns: int) -> None:
         """A coil write failed (first of a streak): an alarm of its own."""
@@ -125,6 +172,7 @@ class AlarmManager:
                 f"actuator {command.actuator} could not be set "
                 f"{'active' if command.active else 'inactive'}: {error} "
                 "(reason actuator_write_failed)",
+                reason="actuator_write_failed",
             ),
             Level.ALARM,
         )
@@ -138,6 +186,7 @@ class AlarmManager:
                 ts_ns,
                 f"actuator {command.actuator} written "
                 f"{'active' if command.active else 'inactive'} again after failures",
+                reason="actuator_write_recovered",
             ),
             Level.NORMAL,
         )
@@ -149,6 +198,8 @@ class AlarmManager:
         previous: wire.AlarmLevel,
         ts_ns: int,
         message: str,
+        *,
+        reason: str = "",
     ) -> wire.AlarmEvent:
         area = position = ""
         for _, tag in self._tags.values():
@@ -172,6 +223,7 @@ class AlarmManager:
             ts_ns=ts_ns,
             message=message,
             actuators=[command.actuator],
+            reason=reason,
         )
 
     def _emit(self, event: wire.AlarmEvent, level: Level) -> None:
@@ -185,12 +237,50 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:g}"
 
 
+_REASON_TEXT = {
+    "fan_stopped": "auxiliary fan stopped: heading power cut (fan-electric lockout)",
+    "fan_fault": "auxiliary fan state unknown (bad reading): heading power cut (fail-safe)",
+    "fan_stale": "auxiliary fan state not read for too long: heading power cut (fail-safe)",
+    "startup": "lockout starts tripped until the fan is seen running and methane is below restore",
+    "restored_waiting_for_fan": "restarted: lockout held until the fan is seen running",
+    "methane_not_below_restore": "fan running but methane not below restore: power stays cut",
+    "fan_restart_hold": "fan running again; power held until it has run for the hold time",
+    "fan_running_methane_below_restore": "fan running and methane below restore: power may return",
+    "feedback_missing": "cut commanded but the feedback input still reads energised",
+    "energised_during_cut": "feedback reads energised again while the cut is commanded",
+    "deenergised_without_command": "feedback reads de-energised but no cut is commanded",
+    "feedback_confirmed": "feedback confirms the area is de-energised",
+    "feedback_fault": "feedback input unreadable",
+    "energised": "feedback reads energised, no cut commanded",
+    "stuck": "reading has not changed beyond noise: sensor may be stuck (maintenance)",
+    "spike": "reading jumped more than the allowed step: spike (maintenance)",
+    "no_spike": "no further spikes",
+    "changing": "reading changes again",
+    "drift": "reading disagrees with its neighbour sensor (maintenance)",
+    "agrees": "reading agrees with its neighbour again",
+}
+
+
 def describe(transition: Transition, *, unit: str, area: str, fail_safe: bool) -> str:
     """A plain-words sentence for one transition."""
     t = transition
     where = f"{t.tag} in {area}"
     value = f"{_num(t.value)} {unit}".strip()
     limit = f"{_num(t.threshold)} {unit}".strip()
+    rule = f" (rule {t.rule})" if t.rule and t.rule != t.tag else ""
+    text = _REASON_TEXT.get(t.reason)
+    if text is not None:
+        return f"{where}{rule}: {text}"
+    if t.reason.startswith(("rate_", "compound", "zone_", "H", "L", "within")):
+        return f"{where}{rule}: {t.level.value} ({t.reason}) at {value}"
+    if t.reason == "over_range":
+        return (
+            f"{where}: {value} at or beyond full scale {limit}: over range; treated as over limit"
+        )
+    if t.reason == "over_range_latched":
+        return f"{where}: reached full scale earlier; cut held until an engineer resets it"
+    if t.reason.endswith("restore_hold"):
+        return f"{where}: {value} below restore {limit}; power held until it stays there"
     if t.level is Level.FAULT:
         text = f"{where}: sensor fault ({t.reason})"
         if fail_safe:

@@ -1,28 +1,81 @@
-"""The safety path for one sample: threshold machine -> interlock -> alarm manager.
+"""The safety engine: owns every rule and its condition; samples in, interlock and alarms out.
 
 Synchronous and allocation-light: the bus poller calls :meth:`SafetyEngine.handle`
-for every sample. The only hand-off to the uplink is a ``put_nowait`` into a
-bounded queue; when that queue is full the sample is counted and dropped, and
-the safety decision has already been taken.
+for every sample, and a watchdog task calls :meth:`SafetyEngine.tick`. For
+each change of a rule's condition the engine, in this order,
+
+1. saves latched state (``edge.latches``) when a latching rule changed, so a
+   restart can never find a cut released that the breaker still holds;
+2. tells the interlock matrix whether the rule trips (the poller that owns
+   the actuator's bus writes it before its next read);
+3. hands the transition to the alarm manager.
+
+The only hand-off to the uplink is a ``put_nowait`` into a bounded queue; when
+that queue is full the sample is counted and dropped, and the safety decision
+has already been taken. Everyone else (gateway status, alarms, the CLI) reads
+conditions from here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
 
 from device_drivers import Quality, Sample
 from edge.actuation import Interlock
 from edge.alarms import AlarmManager
-from edge.config import LoadedSite
-from edge.rules import Level, ThresholdMachine, Transition
+from edge.config import (
+    CompoundRule,
+    DriftRule,
+    FanLockoutRule,
+    FeedbackRule,
+    LimitsRule,
+    LoadedSite,
+    RateRule,
+    SpikeRule,
+    StuckRule,
+    ZonesRule,
+)
+from edge.latches import LatchStore
+from edge.rules import (
+    CompoundCondition,
+    Condition,
+    DriftCheck,
+    FanLockout,
+    FeedbackCheck,
+    Level,
+    MultiLimit,
+    RateOfChange,
+    Rule,
+    SpikeCheck,
+    StuckCheck,
+    ThresholdRule,
+    Transition,
+    VibrationZones,
+)
 
-__all__ = ["SafetyEngine"]
+__all__ = ["Calibration", "SafetyEngine"]
+
+log = logging.getLogger("safewatch.edge.engine")
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """A declared calibration (调校) of one tag until ``until_ns`` (Unix ns)."""
+
+    tag: str
+    until_ns: int
+    by: str
+    started_ns: int
 
 
 class SafetyEngine:
-    """One :class:`ThresholdMachine` per tag, wired to the interlock and the alarms."""
+    """Every rule of a site, routed by tag, wired to the interlock matrix and the alarms."""
 
     def __init__(
         self,
@@ -32,63 +85,254 @@ class SafetyEngine:
         uplink: asyncio.Queue[Sample] | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
+        latches: LatchStore | None = None,
     ) -> None:
+        self.site = site
         self.interlock = interlock
         self.alarms = alarms
         self.uplink = uplink
+        self.latches = latches
         self._clock = clock
         start = clock()
         self._devices: dict[str, str] = {}
-        self.machines: dict[str, ThresholdMachine] = {}
+        self.rules: dict[str, Rule] = {}
+        self.thresholds: dict[str, ThresholdRule] = {}
+        self._full_scale: dict[str, float] = {}
         for device, tag in site.tags():
             self._devices[tag.name] = device.id
-            self.machines[tag.name] = ThresholdMachine(
-                site.thresholds_of(tag),
-                site.profile_of(tag).fail_safe,
+            profile = site.profile_of(tag)
+            if profile.full_scale_check:
+                self._full_scale[tag.name] = profile.range.max
+            th = site.maybe_thresholds_of(tag)
+            if th is None:
+                continue
+            rule = ThresholdRule(
+                th,
+                profile.fail_safe,
                 tag=tag.name,
                 stale_after_s=device.stale_after_s,
                 started_at=start,
+                restore_hold_s=site.restore_hold_of(tag),
+                full_scale=profile.range.max if profile.full_scale_check else math.inf,
+                over_range_latch=profile.over_range_latch,
             )
+            self.rules[rule.id] = rule
+            self.thresholds[tag.name] = rule
+        self.compounds: list[CompoundCondition] = []
+        for config in site.config.rules:
+            built = self._build(config, start)
+            self.rules[built.id] = built
+            if isinstance(built, CompoundCondition):
+                self.compounds.append(built)
+        self._by_tag: dict[str, list[Rule]] = {}
+        for routed in self.rules.values():
+            for tag_name in routed.inputs:
+                self._by_tag.setdefault(tag_name, []).append(routed)
+        self._saved: dict[str, dict[str, Any]] = {}
+        self.restored = self._restore()
+        self.calibrations: dict[str, Calibration] = {}
+        self.forced: set[str] = set()  # rules tripped by a lockout test
         self.samples = 0
         self.uplink_dropped = 0
+        # restored trips are known at once: assert their effects before the first read
+        for known in self.rules.values():
+            if known.known:
+                self.interlock.observe(known.id, known.trips, start)
+
+    # -- building ------------------------------------------------------------------
+
+    def _stale_s(self, tag: str) -> float:
+        return self.site.device(self._devices[tag]).stale_after_s
+
+    def _build(self, config: Any, start: float) -> Rule:
+        site = self.site
+        if isinstance(config, LimitsRule):
+            _, tag = site.tag(config.tag)
+            return MultiLimit(
+                config.id,
+                config.tag,
+                config.limits,
+                fail_safe=site.profile_of(tag).fail_safe,
+                stale_after_s=self._stale_s(config.tag),
+                started_at=start,
+            )
+        if isinstance(config, ZonesRule):
+            return VibrationZones(config, stale_after_s=self._stale_s(config.tag), started_at=start)
+        if isinstance(config, RateRule):
+            return RateOfChange(config)
+        if isinstance(config, StuckRule):
+            return StuckCheck(config, start)
+        if isinstance(config, SpikeRule):
+            return SpikeCheck(config)
+        if isinstance(config, DriftRule):
+            return DriftCheck(
+                config.id, config.tag, config.neighbour, config.max_diff, config.window_s
+            )
+        if isinstance(config, FanLockoutRule):
+            restore: dict[str, float] = {}
+            holds = [site.restore_hold_of(site.tag(config.fan)[1])]
+            for name in config.methane:
+                _, tag = site.tag(name)
+                th = site.thresholds_of(tag)
+                assert th.restore is not None, "validated at load time"
+                restore[name] = th.restore
+                holds.append(site.restore_hold_of(tag))
+            hold = config.restore_hold_s if config.restore_hold_s is not None else max(holds)
+            stale = config.stale_after_s or self._stale_s(config.fan)
+            return FanLockout(
+                config, restore, restore_hold_s=hold, stale_after_s=stale, started_at=start
+            )
+        if isinstance(config, FeedbackRule):
+            return FeedbackCheck(config, self.interlock.desired)
+        assert isinstance(config, CompoundRule)
+        first = config.members[0]
+        member_rule = self.rules.get(first)
+        return CompoundCondition(
+            config.id,
+            config.members,
+            require_all=bool(config.all),
+            when=Condition(config.when),
+            level=Condition(config.level),
+            tag=member_rule.tag if member_rule is not None else first,
+        )
+
+    def _restore(self) -> bool:
+        if self.latches is None:
+            return False
+        saved = self.latches.load()
+        if saved is None:
+            log.warning("no saved latched state: fail-safe rules judge their first sample as cut")
+            return False
+        for rule_id, state in saved.items():
+            rule = self.rules.get(rule_id)
+            if rule is None:
+                continue
+            rule.restore(state)
+            snapshot = rule.snapshot()
+            if snapshot is not None:
+                self._saved[rule_id] = snapshot
+            if rule.trips:
+                log.warning(
+                    "rule %s restored %s from %s", rule_id, rule.condition, self.latches.path
+                )
+        return True
+
+    # -- reading conditions --------------------------------------------------------
+
+    @property
+    def machines(self) -> dict[str, ThresholdRule]:
+        """The threshold rule of every tag that has thresholds (the first gateway's name)."""
+        return self.thresholds
 
     def levels(self) -> dict[str, Level]:
-        return {tag: m.level for tag, m in self.machines.items()}
+        """The condition of every tag's threshold rule."""
+        return {tag: rule.condition for tag, rule in self.thresholds.items()}
+
+    def conditions(self) -> dict[str, Condition]:
+        """The condition of every rule, by rule id."""
+        return {rule_id: rule.condition for rule_id, rule in self.rules.items()}
+
+    def tag_condition(self, tag: str) -> Condition:
+        rule = self.thresholds.get(tag)
+        return rule.condition if rule is not None else Condition.NORMAL
+
+    # -- the safety path -----------------------------------------------------------
 
     def handle(self, sample: Sample) -> Transition | None:
-        """Decide on one sample now; queue it for the uplink without waiting."""
-        machine = self.machines.get(sample.tag)
-        if machine is None:
-            return None
-        self.samples += 1
-        transition = machine.update(sample, self._clock())
-        self._decide(machine, transition)
-        self._to_uplink(sample)
-        return transition
+        """Decide on one sample now; queue it for the uplink without waiting.
 
-    def check_stale(self, now: float | None = None) -> list[Transition]:
-        """Put every tag without a good sample for too long into fault."""
+        Returns the transition of the tag's threshold rule, if it changed.
+        """
+        rules = self._by_tag.get(sample.tag)
+        if rules is None:
+            return None
+        now = self._clock()
+        self.samples += 1
+        sample = self._classify(sample)
+        own: Transition | None = None
+        changed = False
+        for rule in rules:
+            transition = rule.update(sample, now)
+            if transition is not None and rule is self.thresholds.get(sample.tag):
+                own = transition
+            changed = self._after(rule, transition, now) or changed
+        if changed and self.compounds:
+            self._judge_compounds(now, sample.ts_ns)
+        self._to_uplink(self._mark(sample, rules))
+        return own
+
+    def tick(self, now: float | None = None) -> list[Transition]:
+        """Let time pass for every rule: staleness, delays, windows, feedback timeouts."""
         now = self._clock() if now is None else now
         found: list[Transition] = []
-        for tag, machine in self.machines.items():
-            transition = machine.check_stale(now)
+        changed = False
+        for rule in self.rules.values():
+            transition = rule.tick(now)
             if transition is None:
                 continue
             found.append(transition)
-            self._decide(machine, transition)
-            self._to_uplink(
-                Sample(tag, self._devices[tag], None, Quality.BAD, transition.ts_ns, "stale")
-            )
+            changed = self._after(rule, transition, now) or changed
+            if transition.reason == "stale" and isinstance(rule, ThresholdRule):
+                tag = rule.tag
+                self._to_uplink(
+                    Sample(tag, self._devices[tag], None, Quality.BAD, transition.ts_ns, "stale")
+                )
+        if changed and self.compounds:
+            self._judge_compounds(now, time.time_ns())
+        self._expire_calibrations()
         return found
 
-    def _decide(self, machine: ThresholdMachine, transition: Transition | None) -> None:
-        if not machine.known:
-            return
-        changed = self.interlock.observe(machine.tag, machine.trips)
+    check_stale = tick  # the first gateway's name
+
+    def _classify(self, sample: Sample) -> Sample:
+        """A reading at or beyond full scale is over range: uncertain, never good."""
+        value = sample.value
+        full = self._full_scale.get(sample.tag, math.inf)
+        over = value is not None and math.isfinite(value) and value >= full
+        if over and (sample.quality is not Quality.UNCERTAIN or sample.reason != "over_range"):
+            return replace(sample, quality=Quality.UNCERTAIN, reason="over_range")
+        return sample
+
+    def _mark(self, sample: Sample, rules: Iterable[Rule]) -> Sample:
+        """Telemetry quality: calibration and sensor self-diagnosis mark a reading uncertain."""
+        if sample.tag in self.calibrations:
+            return replace(sample, quality=Quality.UNCERTAIN, reason="calibration")
+        if sample.quality is not Quality.GOOD:
+            return sample
+        for rule in rules:
+            marks = getattr(rule, "marks", None)
+            if marks:
+                return replace(sample, quality=Quality.UNCERTAIN, reason=str(marks))
+        return sample
+
+    def _after(self, rule: Rule, transition: Transition | None, now: float) -> bool:
+        """Persist, actuate, alarm, in that order. Returns whether the condition changed."""
+        snapshot = rule.snapshot()
+        if snapshot is not None and self._saved.get(rule.id) != snapshot:
+            self._saved[rule.id] = snapshot
+            if self.latches is not None:
+                self.latches.save(self._saved)
+        if not rule.known:
+            return transition is not None
+        trips = rule.trips or rule.id in self.forced
+        changed = self.interlock.observe(rule.id, trips, now)
         if transition is not None:
-            # entering a trip holds all of the tag's actuators; leaving releases those that changed
-            commanded = self.interlock.actuators_of(machine.tag) if machine.trips else changed
-            self.alarms.on_transition(transition, commanded)
+            # entering a trip holds all of the rule's actuators; leaving releases those that changed
+            commanded = self.interlock.actuators_of(rule.id) if trips else changed
+            self.alarms.on_transition(
+                transition,
+                commanded,
+                kind=rule.kind,
+                calibration=self._in_calibration(rule),
+            )
+        return transition is not None
+
+    def _judge_compounds(self, now: float, ts_ns: int) -> None:
+        conditions = self.conditions()
+        for compound in self.compounds:
+            transition = compound.judge(conditions, ts_ns)
+            self._after(compound, transition, now)
+            conditions[compound.id] = compound.condition
 
     def _to_uplink(self, sample: Sample) -> None:
         if self.uplink is None:
@@ -97,3 +341,54 @@ class SafetyEngine:
             self.uplink.put_nowait(sample)
         except asyncio.QueueFull:
             self.uplink_dropped += 1
+
+    # -- engineer actions ------------------------------------------------------------
+
+    def reset_latch(self, rule_id: str, by: str = "") -> bool:
+        """Release an over-range latch (catalytic sensor); the cut holds until it is safe."""
+        rule = self.rules.get(rule_id)
+        if not isinstance(rule, ThresholdRule) or not rule.reset_latch():
+            return False
+        log.warning("over-range latch of %s reset by %s", rule_id, by or "an engineer")
+        snapshot = rule.snapshot()
+        self._saved[rule.id] = snapshot
+        if self.latches is not None:
+            self.latches.save(self._saved)
+        return True
+
+    def force_trip(self, rule_id: str, on: bool) -> list[str]:
+        """Trip (or stop tripping) ``rule_id`` for a lockout test; returns changed actuators."""
+        rule = self.rules[rule_id]
+        if on:
+            self.forced.add(rule_id)
+        else:
+            self.forced.discard(rule_id)
+        trips = rule.trips or rule_id in self.forced
+        if not rule.known and not trips:
+            return []
+        return self.interlock.observe(rule_id, trips, self._clock())
+
+    def calibrate(self, tag: str, until_ns: int, by: str = "") -> Calibration:
+        """Declare ``tag`` in calibration until ``until_ns``: readings and alarms are marked;
+        cuts still happen."""
+        if tag not in self._devices:
+            raise KeyError(tag)
+        cal = Calibration(tag, until_ns, by, time.time_ns())
+        self.calibrations[tag] = cal
+        log.warning("tag %s in calibration until %d (by %s)", tag, until_ns, by or "?")
+        return cal
+
+    def end_calibration(self, tag: str) -> bool:
+        return self.calibrations.pop(tag, None) is not None
+
+    def _in_calibration(self, rule: Rule) -> bool:
+        return any(tag in self.calibrations for tag in rule.inputs)
+
+    def _expire_calibrations(self) -> None:
+        if not self.calibrations:
+            return
+        now_ns = time.time_ns()
+        for tag, cal in list(self.calibrations.items()):
+            if cal.until_ns <= now_ns:
+                del self.calibrations[tag]
+                log.info("calibration of %s expired", tag)

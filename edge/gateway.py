@@ -3,7 +3,8 @@
 :meth:`Gateway.run` owns one ``asyncio.TaskGroup`` with named tasks::
 
     poll:<bus>           one per bus; the only task talking on that bus
-    stale-watchdog       faults tags whose device stopped answering altogether
+    rule-ticker          lets time pass for the rules (staleness, delays, feedback)
+    engineer-commands    latch resets, calibrations, lockout tests from the CLI
     alarm-writer         alarm outbox -> durable buffer
     telemetry-batcher    sample queue -> telemetry batches in the buffer
     mqtt-publisher       buffer -> broker
@@ -28,9 +29,11 @@ from typing import Any
 import wire
 from edge.actuation import ActuatorCommand, Interlock
 from edge.alarms import AlarmManager, AlarmOutbox
+from edge.commands import EngineerCommands
 from edge.config import LoadedSite
 from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
+from edge.latches import LatchStore, read_commands, state_path_for
 from edge.polling import BusPoller
 from edge.rules import Level
 from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
@@ -59,6 +62,8 @@ class Gateway:
         drain_s: float = 5.0,
         stale_check_s: float = 0.25,
         alarm_flush_s: float = 5.0,
+        state_path: str | Path | None = None,
+        command_check_s: float = 0.5,
     ) -> None:
         cfg = site.config
         self.site = site
@@ -70,6 +75,9 @@ class Gateway:
         # alarms that could not be stored at shutdown: `edge run` exits non-zero
         self.unsaved_alarms: list[wire.AlarmEvent] = []
         self.stale_check_s = stale_check_s
+        self.command_check_s = command_check_s
+        self.state_path = Path(state_path or state_path_for(self.buffer_path, cfg.state.path))
+        self.latches = LatchStore(self.state_path)
         self._driver_factory = driver_factory
         self._stop = asyncio.Event()
         self.task_failures = 0
@@ -82,7 +90,10 @@ class Gateway:
             on_write_recovered=self._actuator_recovered,
         )
         self.samples: SampleQueue = SampleQueue(maxsize=UPLINK_QUEUE_SIZE)
-        self.engine = SafetyEngine(site, self.interlock, self.alarms, self.samples)
+        self.engine = SafetyEngine(
+            site, self.interlock, self.alarms, self.samples, latches=self.latches
+        )
+        self.commands = EngineerCommands(site, self.engine, self.state_path)
         self.pollers = [
             BusPoller(site, bus.id, driver_factory(bus), self.engine.handle, self.interlock)
             for bus in cfg.buses
@@ -109,6 +120,8 @@ class Gateway:
             "reads_ok": sum(p.reads_ok for p in self.pollers),
             "reads_failed": sum(p.reads_failed for p in self.pollers),
             "task_failures": self.task_failures,
+            "latch_saves": self.latches.saves,
+            "latch_errors": self.latches.errors,
         }
         if self.publisher is not None:
             out["published"] = self.publisher.published
@@ -160,7 +173,7 @@ class Gateway:
             cfg.gateway.id,
             cfg.site.id,
             len(self.pollers),
-            len(self.engine.machines),
+            len(self.engine.rules),
             self.buffer_path,
             self.mqtt_host,
             self.mqtt_port,
@@ -175,7 +188,13 @@ class Gateway:
                 ]
                 safety.append(
                     tg.create_task(
-                        self._supervised("stale-watchdog", self._watch_stale), name="stale-watchdog"
+                        self._supervised("rule-ticker", self._tick_rules), name="rule-ticker"
+                    )
+                )
+                safety.append(
+                    tg.create_task(
+                        self._supervised("engineer-commands", self._watch_commands),
+                        name="engineer-commands",
                     )
                 )
                 writers = [
@@ -207,12 +226,23 @@ class Gateway:
         finally:
             # not clean (crash, unsaved alarms): the next start records a restart gap
             await asyncio.to_thread(buffer.close, clean=clean)
+            await asyncio.to_thread(self.latches.close)
             log.info("gateway stopped: %s", self.counters())
 
-    async def _watch_stale(self) -> None:
+    async def _tick_rules(self) -> None:
+        self.commands.report_overdue()
         while True:
             await asyncio.sleep(self.stale_check_s)
-            self.engine.check_stale()
+            self.engine.tick()
+            self.commands.tick()
+
+    async def _watch_commands(self) -> None:
+        while True:
+            await asyncio.sleep(self.command_check_s)
+            found = await asyncio.to_thread(read_commands, self.state_path)
+            for path, command in found:
+                self.commands.execute(command, path.name)
+                await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _supervised(
         self,

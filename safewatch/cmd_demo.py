@@ -10,7 +10,6 @@ State lives under ``var/demo/`` in the current directory.
 
 from __future__ import annotations
 
-import math
 import os
 import secrets
 import signal
@@ -41,7 +40,6 @@ from edge.config import (
     ConfigError,
     LoadedSite,
     ModbusRtuBus,
-    Thresholds,
     load_site,
 )
 
@@ -171,26 +169,6 @@ def child_commands(
     }
 
 
-def level_of(value: float | None, quality: str | None, thresholds: Thresholds) -> str:
-    """Display level of one reading from the site thresholds (no hysteresis).
-
-    The gateway's rule engine decides real alarms; this only colours the table
-    when the API does not report a level itself.
-    """
-    if quality == "bad" or value is None or not math.isfinite(value):
-        return "fault"
-    high = thresholds.direction == "high"
-
-    def reached(limit: float) -> bool:
-        return value >= limit if high else value <= limit
-
-    if thresholds.cut is not None and reached(thresholds.cut):
-        return "cut"
-    if reached(thresholds.alarm):
-        return "alarm"
-    return "normal"
-
-
 def _items(payload: Any) -> list[Mapping[str, Any]]:
     """The list of objects in an API answer: a bare list or the first list value."""
     if isinstance(payload, Mapping):
@@ -220,7 +198,7 @@ def render(site: LoadedSite, latest: Any, alarms: Any, note: str = "") -> Group:
     """Tables for the latest value of every site tag and the recent alarms (pure)."""
     by_tag = {str(item.get("tag")): item for item in _items(latest)}
     values = Table(title=f"{site.config.site.id} - latest values", expand=False)
-    for column in ("tag", "area / position", "value", "unit", "quality", "level", "at (UTC)"):
+    for column in ("tag", "area / position", "value", "unit", "quality", "condition", "at (UTC)"):
         values.add_column(column)
     for _device, tag in site.tags():
         item = by_tag.get(tag.name)
@@ -230,12 +208,9 @@ def render(site: LoadedSite, latest: Any, alarms: Any, note: str = "") -> Group:
             continue
         value = _number(item.get("value"))
         quality = str(item.get("quality", "-"))
-        api_level = item.get("level")
-        level = (
-            str(api_level)
-            if isinstance(api_level, str)
-            else level_of(value, quality, site.thresholds_of(tag))
-        )
+        # the gateway owns conditions (hysteresis, restore hold, latches): show its decision
+        api_condition = item.get("condition")
+        level = api_condition if isinstance(api_condition, str) else "-"
         values.add_row(
             tag.name,
             where,

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
+import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from edge.config import ConfigError, ConfigIssue, buffer_path_problem, load_profiles, load_site
+from edge.commands import lockout_rules, overdue, read_records
+from edge.config import (
+    ConfigError,
+    ConfigIssue,
+    LoadedSite,
+    buffer_path_problem,
+    load_profiles,
+    load_site,
+)
 from edge.gateway import Gateway
+from edge.latches import state_path_for, submit_command
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -70,6 +82,94 @@ def run(
             style="bold red",
         )
         raise typer.Exit(3)
+
+
+def _site_or_exit(config: Path) -> LoadedSite:
+    err = Console(stderr=True)
+    try:
+        return load_site(config)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            err.print(str(issue), markup=False, highlight=False, soft_wrap=True)
+        err.print(f"{len(exc.issues)} error(s); configuration rejected.", style="bold red")
+        raise typer.Exit(1) from exc
+
+
+def _state_of(site: LoadedSite, buffer: Path | None) -> Path:
+    return state_path_for(buffer or site.config.buffer.path, site.config.state.path)
+
+
+ByOpt = Annotated[str, typer.Option("--by", help="Who does it (recorded).")]
+
+
+@app.command("reset")
+def reset(
+    rule: Annotated[str, typer.Argument(help="Rule id (a methane tag's name).")],
+    config: ConfigOpt,
+    buffer: BufferOpt = None,
+    by: ByOpt = "",
+) -> None:
+    """Reset an over-range latch (catalytic methane at full scale); the cut then holds
+    until the reading is below restore for the restore hold."""
+    site = _site_or_exit(config)
+    path = submit_command(_state_of(site, buffer), {"action": "reset", "rule": rule, "by": by})
+    typer.echo(f"reset of {rule} submitted ({path.name}); see the gateway log")
+
+
+@app.command("calibrate")
+def calibrate(
+    tag: Annotated[str, typer.Argument(help="Tag under calibration (调校).")],
+    config: ConfigOpt,
+    minutes: Annotated[float, typer.Option("--minutes", min=0.1, max=1440)] = 30,
+    end: Annotated[bool, typer.Option("--end", help="End the calibration now.")] = False,
+    buffer: BufferOpt = None,
+    by: ByOpt = "",
+) -> None:
+    """Declare a sensor in calibration: readings and alarms are marked; cuts still happen."""
+    site = _site_or_exit(config)
+    if tag not in {t.name for _, t in site.tags()}:
+        typer.echo(f"unknown tag {tag!r} in {config}", err=True)
+        raise typer.Exit(1)
+    command: dict[str, object] = (
+        {"action": "end_calibration", "tag": tag, "by": by}
+        if end
+        else {"action": "calibrate", "tag": tag, "minutes": minutes, "by": by}
+    )
+    path = submit_command(_state_of(site, buffer), command)
+    typer.echo(f"{command['action']} of {tag} submitted ({path.name})")
+
+
+@app.command("lockout-test")
+def lockout_test(
+    rule: Annotated[str, typer.Argument(help="Lockout rule id (fan lockout or methane tag).")],
+    config: ConfigOpt,
+    buffer: BufferOpt = None,
+    by: ByOpt = "",
+) -> None:
+    """Run a recorded lockout test: trip the rule, observe the cut and the feedback."""
+    site = _site_or_exit(config)
+    if rule not in lockout_rules(site):
+        typer.echo(f"{rule!r} is not a lockout of {config}: {lockout_rules(site)}", err=True)
+        raise typer.Exit(1)
+    path = submit_command(
+        _state_of(site, buffer), {"action": "lockout_test", "rule": rule, "by": by}
+    )
+    typer.echo(f"lockout test of {rule} submitted ({path.name}); `safewatch edge lockout-tests`")
+
+
+@app.command("lockout-tests")
+def lockout_tests(config: ConfigOpt, buffer: BufferOpt = None) -> None:
+    """Recorded lockout tests and the overdue ones (exit 2 when any is overdue)."""
+    site = _site_or_exit(config)
+    state = _state_of(site, buffer)
+    records = read_records(state)
+    for rec in records:
+        typer.echo(json.dumps(asdict(rec), sort_keys=True))
+    late = overdue(site, records, time.time_ns())
+    for rule, last in late.items():
+        typer.echo(f"OVERDUE {rule}: " + ("never tested" if last is None else f"last ok {last}"))
+    if late:
+        raise typer.Exit(2)
 
 
 async def _serve(gateway: Gateway) -> None:

@@ -101,7 +101,9 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
 
     ``actuators`` lists the actuator ids the gateway commanded for this change
     (e.g. the power-cut relay on entering ``cut``/``fault``, released on
-    leaving it).
+    leaving it). ``reason`` is the machine-readable cause (``above_cut``,
+    ``over_range``, ``stale``, ``fan_stopped``, ``feedback_missing``...; prefixed
+    ``calibration:`` during a declared calibration); empty from older gateways.
     """
 
     gateway: Id
@@ -121,6 +123,7 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
     message: Text
     actuators: Annotated[list[Id], msgspec.Meta(max_length=MAX_ACTUATORS)] = []
     v: Version = WIRE_VERSION
+    reason: Text = ""
 
 
 class GapEvent(msgspec.Struct, frozen=True, tag="gap"):

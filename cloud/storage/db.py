@@ -756,6 +756,28 @@ class Store:
             rows = conn.execute(query).all()
         return [LatestValue(**r._mapping) for r in rows]  # columns == fields
 
+    def conditions(self, site: str) -> dict[str, str]:
+        """Each tag's condition as its gateway decided it: the level of the newest alarm event
+        of the tag's own kind (rule-type events such as ``diagnosis`` or ``notice`` are not the
+        tag's process condition). Tags with no such event are absent (normal)."""
+        a, lv = _ALARMS, _LATEST
+        own_kind = sa.and_(lv.c.site == a.c.site, lv.c.tag == a.c.tag, lv.c.kind == a.c.kind)
+        newest = (
+            sa.select(a.c.tag, sa.func.max(a.c.ts_ns).label("ts"))
+            .join(lv, own_kind)
+            .where(a.c.site == site)
+            .group_by(a.c.tag)
+            .subquery()
+        )
+        query = (
+            sa.select(a.c.tag, a.c.level)
+            .join(newest, sa.and_(a.c.tag == newest.c.tag, a.c.ts_ns == newest.c.ts))
+            .where(a.c.site == site)
+            .order_by(a.c.id)
+        )
+        with self._begin() as conn:
+            return {r.tag: r.level for r in conn.execute(query)}
+
     def gateways(self) -> list[GatewayRecord]:
         table = _GATEWAYS
         with self._begin() as conn:

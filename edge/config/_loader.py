@@ -28,6 +28,7 @@ from edge.config._models import (
     SensorProfile,
     SiteConfig,
 )
+from edge.config._rules import RULE_TYPES
 from edge.config._yaml import YamlLimitError, read_yaml
 
 PACKAGED_PROFILES = Path(__file__).resolve().parents[2] / "firmware_configs" / "sensors"
@@ -216,7 +217,14 @@ _UNION_TAGS = frozenset(PROTOCOL_OF_BUS) | frozenset(PROTOCOL_OF_BUS.values())
 
 
 def _clean_loc(loc: Iterable[str | int]) -> Loc:
-    return tuple(p for p in loc if p not in _UNION_TAGS)
+    return _drop_rule_type(tuple(p for p in loc if p not in _UNION_TAGS))
+
+
+def _drop_rule_type(loc: Loc) -> Loc:
+    # rules.<i>.<type>.field -> rules.<i>.field (the rule type is the union's tag)
+    if len(loc) >= 3 and loc[0] == "rules" and isinstance(loc[1], int) and loc[2] in RULE_TYPES:
+        return (*loc[:2], *loc[3:])
+    return loc
 
 
 def load_model(path: str | Path, model: type[M]) -> M:
@@ -375,7 +383,11 @@ def _cross_check(
                     (*at, "profile"),
                     f"unknown profile {tag.profile!r}; known: {', '.join(sorted(profiles))}",
                 )
-            elif tag.thresholds is None and profile.thresholds_for(tag.location.position) is None:
+            elif (
+                tag.thresholds is None
+                and profile.thresholds
+                and profile.thresholds_for(tag.location.position) is None
+            ):
                 yield doc.issue(
                     (*at, "location", "position"),
                     f"profile {profile.id!r} has no thresholds for position "
@@ -407,3 +419,71 @@ def _cross_check(
                 f"{coils[(act.device, act.coil)]!r}",
             )
         coils[(act.device, act.coil)] = act.id
+
+    yield from _check_rules(doc, config, profiles, actuators)
+
+
+def _check_rules(
+    doc: _Document,
+    config: SiteConfig,
+    profiles: Mapping[str, SensorProfile],
+    actuators: set[str],
+) -> Iterable[ConfigIssue]:
+    """Rules name known tags, actuators and rules; the matrix names known effects and causes."""
+    tags = {t.name: t for d in config.devices for t in d.tags}
+    yield from _duplicates(doc, "rules", [r.id for r in config.rules])
+    rule_ids = {r.id for r in config.rules}
+    for ri, rule in enumerate(config.rules):
+        at = ("rules", ri)
+        if rule.id in tags:
+            yield doc.issue((*at, "id"), f"rule id {rule.id!r} is already a tag's threshold rule")
+        refs: list[tuple[str, str]] = []
+        if rule.type in ("limits", "zones", "rate", "stuck", "spike", "drift", "feedback"):
+            refs.append(("tag", rule.tag))
+        if rule.type == "drift":
+            refs.append(("neighbour", rule.neighbour))
+        if rule.type == "fan_lockout":
+            refs.append(("fan", rule.fan))
+            refs.extend(("methane", m) for m in rule.methane)
+        for field, name in refs:
+            if name not in tags:
+                yield doc.issue((*at, field), f"unknown tag {name!r}")
+        if rule.type == "fan_lockout":
+            for mi, name in enumerate(rule.methane):
+                tag = tags.get(name)
+                if tag is None or tag.profile not in profiles:
+                    continue
+                th = tag.thresholds or profiles[tag.profile].thresholds_for(tag.location.position)
+                if th is None or th.restore is None:
+                    yield doc.issue(
+                        (*at, "methane", mi), f"tag {name!r} has no restore limit to wait for"
+                    )
+        if rule.type == "feedback" and rule.actuator not in actuators:
+            yield doc.issue((*at, "actuator"), f"unknown actuator {rule.actuator!r}")
+        if rule.type == "limits":
+            tag = tags.get(rule.tag)
+            profile = profiles.get(tag.profile) if tag is not None else None
+            for li, lim in enumerate(rule.limits):
+                if profile is not None and profile.fail_safe and lim.name.severe and lim.on_delay_s:
+                    yield doc.issue(
+                        (*at, "limits", li, "on_delay_s"),
+                        f"{lim.name} cuts on fail-safe profile {profile.id!r}: "
+                        "a cut never waits for an on-delay",
+                    )
+        if rule.type == "compound":
+            field = "all" if rule.all else "any"
+            for mi, member in enumerate(rule.members):
+                if member not in rule_ids and member not in tags:
+                    yield doc.issue((*at, field, mi), f"unknown rule {member!r}")
+                elif member == rule.id:
+                    yield doc.issue((*at, field, mi), "a compound rule cannot contain itself")
+    known_causes = rule_ids | set(tags)
+    for ii, row in enumerate(config.interlocks):
+        if row.effect not in actuators:
+            yield doc.issue(("interlocks", ii, "effect"), f"unknown actuator {row.effect!r}")
+        for ci, cause in enumerate(row.causes):
+            if cause not in known_causes:
+                yield doc.issue(
+                    ("interlocks", ii, "causes", ci),
+                    f"unknown rule {cause!r} (a rule id, or a tag name for its thresholds)",
+                )

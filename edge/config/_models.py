@@ -11,6 +11,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from device_drivers.modbus import DataType, ModbusCoil, ModbusPoint, Order, register_count
+from edge.config._rules import (
+    InterlockRow,
+    LockoutTestSettings,
+    RuleConfig,
+    StateSettings,
+)
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
@@ -30,8 +36,15 @@ class Thresholds(_Frozen):
 
     ``alarm`` raises a level-1 alarm; ``cut`` (optional) is level 2 and
     drives the tag's interlock actuators (power cut); the cut is held until the
-    value is back past ``restore``. ``clear`` is where a level-1 alarm ends
-    (defaults to ``alarm``: methane alarms at >= 1.0 and clears below 1.0).
+    value is back past ``restore`` and has stayed there for ``restore_hold_s``
+    (default: several poll periods of the tag's device, see
+    :meth:`LoadedSite.restore_hold_of`), so a value flapping around the
+    restore limit cannot cycle a breaker. ``clear`` is where a level-1 alarm
+    ends; without it the alarm clears ``deadband`` past ``alarm``.
+
+    ``alarm_on_delay_s``/``alarm_off_delay_s`` delay raising/clearing the
+    level-1 alarm only: a cut is never delayed (one reading at or over ``cut``
+    cuts).
     """
 
     direction: Direction = Direction.HIGH
@@ -39,6 +52,10 @@ class Thresholds(_Frozen):
     cut: float | None = None
     restore: float | None = None
     clear: float | None = None
+    deadband: float = Field(default=0.0, ge=0)
+    restore_hold_s: float | None = Field(default=None, ge=0)
+    alarm_on_delay_s: float = Field(default=0.0, ge=0)
+    alarm_off_delay_s: float = Field(default=0.0, ge=0)
     source: str = ""
 
     @model_validator(mode="after")
@@ -58,6 +75,8 @@ class Thresholds(_Frozen):
                 raise ValueError(f"restore {self.restore} must be <= cut {self.cut}")
             if not high and self.restore < self.cut:
                 raise ValueError(f"restore {self.restore} must be >= cut {self.cut}")
+        if self.clear is not None and self.deadband:
+            raise ValueError("give 'clear' or 'deadband', not both")
         clear = self.clear_at
         if high and clear > self.alarm:
             raise ValueError(f"clear {clear} must be <= alarm {self.alarm}")
@@ -67,7 +86,13 @@ class Thresholds(_Frozen):
 
     @property
     def clear_at(self) -> float:
-        return self.alarm if self.clear is None else self.clear
+        if self.clear is not None:
+            return self.clear
+        return (
+            self.alarm - self.deadband
+            if self.direction is Direction.HIGH
+            else (self.alarm + self.deadband)
+        )
 
 
 class ValueRange(_Frozen):
@@ -95,7 +120,13 @@ class SensorProfile(_Frozen):
     fail_safe: bool = False  # a faulty/offline/out-of-range sensor trips its interlock
     # safety-class sensors (methane, CO, O2, fan status) are polled first and never slowed
     priority: Priority = "normal"
-    thresholds: dict[str, Thresholds] = Field(min_length=1)
+    # catalytic elements can read falsely low at high concentration: once at full scale,
+    # the cut holds until an engineer resets it (`safewatch edge reset`)
+    over_range_latch: bool = False
+    # a reading at or beyond range.max is over range (uncertain); off for on/off state inputs
+    full_scale_check: bool = True
+    # empty for state inputs (fan running, breaker feedback) that only feed other rules
+    thresholds: dict[str, Thresholds] = Field(default_factory=dict)
     nominal: float  # a typical healthy value (simulators start here)
 
     def thresholds_for(self, position: str) -> Thresholds | None:
@@ -319,6 +350,10 @@ class SiteConfig(_Frozen):
     buses: tuple[Bus, ...] = Field(min_length=1)
     devices: tuple[Device, ...] = Field(min_length=1)
     actuators: tuple[ActuatorSpec, ...] = ()
+    rules: tuple[RuleConfig, ...] = ()
+    interlocks: tuple[InterlockRow, ...] = ()
+    state: StateSettings = StateSettings()
+    lockout_tests: LockoutTestSettings = LockoutTestSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -371,6 +406,9 @@ def _with_protocol(item: Any, protocol: str) -> Any:
     return item
 
 
+RESTORE_HOLD_POLLS = 4  # default restore hold: this many poll periods of the tag's device
+
+
 class LoadedSite(_Frozen):
     """A validated site with the profiles its tags reference, resolved."""
 
@@ -391,9 +429,24 @@ class LoadedSite(_Frozen):
         return self.profiles[tag.profile]
 
     def thresholds_of(self, tag: Tag) -> Thresholds:
-        found = tag.thresholds or self.profiles[tag.profile].thresholds_for(tag.location.position)
+        found = self.maybe_thresholds_of(tag)
         assert found is not None, "validated at load time"
         return found
+
+    def maybe_thresholds_of(self, tag: Tag) -> Thresholds | None:
+        """The tag's thresholds; None for a state input whose profile has none."""
+        return tag.thresholds or self.profiles[tag.profile].thresholds_for(tag.location.position)
+
+    def restore_hold_of(self, tag: Tag) -> float:
+        """Seconds below restore before power may return (default: 4 poll periods)."""
+        th = self.maybe_thresholds_of(tag)
+        if th is not None and th.restore_hold_s is not None:
+            return th.restore_hold_s
+        device = next(d for d in self.config.devices if tag in d.tags)
+        return RESTORE_HOLD_POLLS * device.poll_ms / 1000
+
+    def tag(self, name: str) -> tuple[Device, Tag]:
+        return next((d, t) for d, t in self.tags() if t.name == name)
 
     def unit_of(self, tag: Tag) -> str:
         return tag.unit or self.profiles[tag.profile].unit

@@ -116,6 +116,7 @@ async def test_latest_for_a_site_and_404_for_an_unknown_one(
             "value": None,
             "quality": "bad",
             "reason": "timeout",
+            "condition": "normal",
             "ts": "2023-11-14T22:13:20.123456Z",
             "ts_ns": T0,
         }
@@ -124,6 +125,19 @@ async def test_latest_for_a_site_and_404_for_an_unknown_one(
     assert missing.status_code == 404
     assert "unknown site 'nowhere'" in missing.json()["detail"]
     assert (await client.get("/api/v1/latest")).status_code == 422
+
+
+async def test_latest_carries_the_condition_the_gateway_decided(
+    client: httpx.AsyncClient, store: Store
+) -> None:
+    # 1.2 % after a cut: the gateway holds the cut (above restore); the API must say so
+    store.upsert_latest(telemetry(1, point("CH4-101", 1.2, T0), point("CH4-102", 0.3, T0)))
+    store.record_alarm(alarm(2, level="alarm", previous="normal", ts_ns=T0 + 1))
+    store.record_alarm(alarm(3, level="cut", previous="alarm", ts_ns=T0 + 2))
+    # a maintenance alarm on the same tag is not its process condition
+    store.record_alarm(alarm(4, level="normal", previous="alarm", ts_ns=T0 + 3, kind="diagnosis"))
+    rows = (await client.get("/api/v1/latest", params={"site": "mine-a"})).json()
+    assert {r["tag"]: r["condition"] for r in rows} == {"CH4-101": "cut", "CH4-102": "normal"}
 
 
 async def test_gateways_listed(client: httpx.AsyncClient, store: Store) -> None:

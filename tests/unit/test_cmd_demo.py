@@ -22,14 +22,13 @@ from rich.console import Console
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore, LoginFailed, NotAuthenticated, Role
 from cloud.storage import Store
-from edge.config import Thresholds, load_site
+from edge.config import load_site
 from safewatch import cmd_demo
 from safewatch.cmd_demo import (
     DEMO_SCENARIO,
     DEMO_SITE,
     Child,
     child_commands,
-    level_of,
     render,
 )
 from tests.support import free_port, wait_until
@@ -69,21 +68,6 @@ def test_child_commands_use_the_agreed_cli() -> None:
     ]
 
 
-def test_level_of_high_and_low_thresholds() -> None:
-    ch4 = Thresholds(alarm=1.0, cut=1.5, restore=1.0)
-    assert level_of(0.4, "good", ch4) == "normal"
-    assert level_of(1.0, "good", ch4) == "alarm"
-    assert level_of(1.5, "good", ch4) == "cut"
-    assert level_of(1.2, "bad", ch4) == "fault"
-    assert level_of(None, "good", ch4) == "fault"
-    o2 = Thresholds(direction="low", alarm=20.0, cut=18.0, restore=20.0)
-    assert level_of(20.9, "good", o2) == "normal"
-    assert level_of(19.5, "good", o2) == "alarm"
-    assert level_of(17.0, "good", o2) == "cut"
-    co = Thresholds(alarm=24.0)
-    assert level_of(500.0, "good", co) == "alarm"
-
-
 def _text(renderable: object) -> str:
     console = Console(record=True, width=200, color_system=None)
     console.print(renderable)
@@ -93,8 +77,10 @@ def _text(renderable: object) -> str:
 def test_render_joins_api_values_with_site_tags() -> None:
     site = load_site(DEMO_SITE)
     latest = [
-        {"tag": "CH4_1201_T1", "value": 1.62, "unit": "%", "quality": "good"},
-        {"tag": "O2_1201", "value": 20.9, "quality": "uncertain", "level": "normal"},
+        # 1.2 % is below the cut limit, but the gateway holds the cut (above restore)
+        {"tag": "CH4_1201_T1", "value": 1.2, "unit": "%", "quality": "good", "condition": "cut"},
+        {"tag": "O2_1201", "value": 20.9, "quality": "uncertain", "condition": "normal"},
+        {"tag": "CH4_1201_T2", "value": 0.3, "quality": "good"},  # an older cloud: no condition
     ]
     alarms = {
         "alarms": [
@@ -103,7 +89,9 @@ def test_render_joins_api_values_with_site_tags() -> None:
     }
     out = _text(render(site, latest, alarms, note="x: boom"))
     row_t1 = next(line for line in out.splitlines() if "CH4_1201_T1" in line and "face" in line)
-    assert "1.62" in row_t1 and "cut" in row_t1
+    assert "1.2" in row_t1 and "cut" in row_t1
+    row_t2 = next(line for line in out.splitlines() if "CH4_1201_T2" in line)
+    assert "normal" not in row_t2 and " - " in row_t2  # never recomputed from the value
     row_o2 = next(line for line in out.splitlines() if "O2_1201" in line)
     assert "uncertain" in row_o2 and "normal" in row_o2
     row_co = next(line for line in out.splitlines() if "CO_1201" in line)

@@ -153,12 +153,23 @@ def test_wake_event_set_for_the_owning_bus_only() -> None:
     assert not lock.wake_event("net-b").is_set()
 
 
-def _engine() -> tuple[SafetyEngine, list[wire.AlarmEvent]]:
+def _engine(now: list[float] | None = None) -> tuple[SafetyEngine, list[wire.AlarmEvent]]:
     site = make_site()
     events: list[wire.AlarmEvent] = []
     lock = Interlock(site)
-    engine = SafetyEngine(site, lock, AlarmManager(site, events.append), clock=lambda: 0.0)
+    clock = now if now is not None else [0.0]
+    engine = SafetyEngine(site, lock, AlarmManager(site, events.append), clock=lambda: clock[0])
     return engine, events
+
+
+def _settled(engine: SafetyEngine, now: list[float], events: list[wire.AlarmEvent]) -> None:
+    """Both methane tags read 0.3 for longer than the restore hold (no saved state)."""
+    for _ in range(3):
+        engine.handle(sample("CH4_T1", 0.3))
+        engine.handle(sample("CH4_T2", 0.3))
+        now[0] += 2.0  # the default hold: 4 poll periods of 1 s
+    assert engine.interlock.desired("power") is False
+    events.clear()
 
 
 def sample(tag: str, value: float | None, quality: Quality = Quality.GOOD) -> Sample:
@@ -166,10 +177,9 @@ def sample(tag: str, value: float | None, quality: Quality = Quality.GOOD) -> Sa
 
 
 def test_engine_fault_with_fail_safe_cuts_and_raises_alarm() -> None:
-    engine, events = _engine()
-    engine.handle(sample("CH4_T1", 0.3))
-    engine.handle(sample("CH4_T2", 0.3))
-    assert engine.interlock.desired("power") is False
+    now = [0.0]
+    engine, events = _engine(now)
+    _settled(engine, now, events)
     engine.handle(sample("CH4_T2", None, Quality.BAD))
     assert engine.levels()["CH4_T2"] is Level.FAULT
     assert engine.interlock.desired("power") is True
@@ -186,6 +196,9 @@ def test_engine_fault_with_fail_safe_cuts_and_raises_alarm() -> None:
     engine.handle(sample("CH4_T2", 1.0))
     assert engine.levels()["CH4_T2"] is Level.CUT
     assert engine.interlock.desired("power") is True
+    engine.handle(sample("CH4_T2", 0.5))
+    assert engine.interlock.desired("power") is True  # below restore: the hold starts
+    now[0] += 4.0  # the default hold: 4 poll periods of 1 s
     engine.handle(sample("CH4_T2", 0.5))
     assert engine.interlock.desired("power") is False
     assert events[-1].level == "normal" and events[-1].actuators == ["power"]
@@ -205,9 +218,9 @@ def test_engine_stale_faults_and_cuts() -> None:
     now = [0.0]
     lock = Interlock(site)
     engine = SafetyEngine(site, lock, AlarmManager(site, lambda e: None), clock=lambda: now[0])
-    engine.handle(sample("CH4_T1", 0.3))
-    engine.handle(sample("CH4_T2", 0.3))
-    now[0] = 10.0  # stale_after defaults to 3 x poll (1 s)
+    _settled(engine, now, [])
+    engine.handle(sample("O2", 20.9))
+    now[0] += 10.0  # stale_after defaults to 3 x poll (1 s)
     stale = engine.check_stale()
     assert {t.tag for t in stale} == {"CH4_T1", "CH4_T2", "O2"}
     assert lock.desired("power") is True

@@ -60,13 +60,22 @@ async def test_cut_and_fault_lockout_without_a_broker_alarms_kept(tmp_path: Path
     buffer = StoreAndForwardBuffer(tmp_path / "buf.db", 10**7, site="s1", gateway="gw1")
     messages = [wire.decode(p.payload) for p in buffer.pending(10_000)]
     buffer.close()
-    alarms = [m for m in messages if isinstance(m, wire.AlarmEvent)]
-    assert [(a.tag, a.previous, a.level) for a in alarms] == [
-        ("CH4_A", "normal", "cut"),
-        ("CH4_A", "cut", "normal"),
-        ("CH4_A", "normal", "fault"),
+    alarms = [
+        m
+        for m in messages
+        if isinstance(m, wire.AlarmEvent) and m.tag == "CH4_A" and m.kind == "ch4"
     ]
-    assert alarms[0].actuators == ["power"] and alarms[0].threshold == 1.5
+    notices = [m for m in messages if isinstance(m, wire.AlarmEvent) and m.kind == "notice"]
+    assert notices and all(n.reason == "lockout_test_overdue" for n in notices)
+    assert [(a.tag, a.previous, a.level, a.reason) for a in alarms] == [
+        # no saved state: the fail-safe first reading is judged as if cut, held for the hold time
+        ("CH4_A", "normal", "cut", "restore_hold"),
+        ("CH4_A", "cut", "normal", "below_restore"),
+        ("CH4_A", "normal", "cut", "above_cut"),
+        ("CH4_A", "cut", "normal", "below_restore"),
+        ("CH4_A", "normal", "fault", "unavailable"),
+    ]
+    assert alarms[2].actuators == ["power"] and alarms[2].threshold == 1.5
     telemetry = [m for m in messages if isinstance(m, wire.TelemetryBatch)]
     assert telemetry, "telemetry batches stored for later"
     points = [p for batch in telemetry for p in batch.points]

@@ -52,7 +52,8 @@ def test_shipped_profiles_hold_the_regulation_values() -> None:
         ([0.3, 1.49, 1.5, 1.4, 1.0, 0.99], [N, A, C, C, C, N]),
         ([1.6], [C]),  # straight to cut
         ([1.5, 1.2, 1.6, 0.5], [C, C, C, N]),
-        ([1.0, 1.5, 1.0, 0.999], [A, C, C, N]),
+        ([0.3, 1.0, 1.5, 1.0, 0.999], [N, A, C, C, N]),
+        ([1.0, 0.5], [C, N]),  # no saved state: the first reading is judged as if cut
     ],
 )
 def test_face_alarm_cut_restore(values: list[float], expected: list[Level]) -> None:
