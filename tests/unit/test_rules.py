@@ -48,11 +48,13 @@ def test_shipped_profiles_hold_the_regulation_values() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ([0.3, 0.99, 1.0, 1.2, 0.99], [N, N, A, A, N]),
-        ([0.3, 1.49, 1.5, 1.4, 1.0, 0.99], [N, A, C, C, C, N]),
+        ([0.3, 0.99, 1.0, 1.2, 0.94], [N, N, A, A, N]),  # deadband: clears below 0.95
+        ([0.3, 1.0, 0.97, 0.95, 0.94], [N, A, A, A, N]),
+        ([0.3, 1.49, 1.5, 1.4, 1.0, 0.94], [N, A, C, C, C, N]),
+        ([0.3, 1.5, 0.99, 0.94], [N, C, A, N]),  # released below restore, alarm until 0.95
         ([1.6], [C]),  # straight to cut
         ([1.5, 1.2, 1.6, 0.5], [C, C, C, N]),
-        ([0.3, 1.0, 1.5, 1.0, 0.999], [N, A, C, C, N]),
+        ([0.3, 1.0, 1.5, 1.0, 0.94], [N, A, C, C, N]),
         ([1.0, 0.5], [C, N]),  # no saved state: the first reading is judged as if cut
     ],
 )
@@ -63,8 +65,8 @@ def test_face_alarm_cut_restore(values: list[float], expected: list[Level]) -> N
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ([0.5, 0.99, 1.0, 0.99], [N, N, C, N]),
-        ([1.3, 1.0, 0.999, 1.0], [C, C, N, C]),
+        ([0.5, 0.99, 1.0, 0.99, 0.9], [N, N, C, A, N]),
+        ([1.3, 1.0, 0.999, 1.0], [C, C, A, C]),
     ],
 )
 def test_return_cuts_at_alarm_level(values: list[float], expected: list[Level]) -> None:
@@ -73,16 +75,16 @@ def test_return_cuts_at_alarm_level(values: list[float], expected: list[Level]) 
 
 def test_main_return_is_alarm_only() -> None:
     machine = ThresholdMachine(MAIN_RETURN, True)
-    assert run(machine, [0.5, 0.75, 3.9, 0.74]) == [N, A, A, N]
+    assert run(machine, [0.5, 0.75, 3.9, 0.74, 0.69]) == [N, A, A, A, N]
     machine.update(bad(), now=0.0)
     assert machine.level is F and machine.trips  # fail-safe, even without a cut level
-    # leaving fault: evaluated as if in alarm; clears below 0.75
-    assert run(machine, [0.8, 0.7]) == [A, N]
+    # leaving fault: evaluated as if in alarm; clears below 0.70 (deadband 0.05)
+    assert run(machine, [0.8, 0.7, 0.69]) == [A, A, N]
 
 
 def test_o2_direction_low() -> None:
     machine = ThresholdMachine(O2, False)
-    assert run(machine, [20.9, 20.0, 19.0, 18.0, 17.5, 19.9, 20.0, 20.1]) == [
+    assert run(machine, [20.9, 20.0, 19.0, 18.0, 17.5, 19.9, 20.0, 20.1, 20.3]) == [
         N,
         A,
         A,
@@ -90,6 +92,7 @@ def test_o2_direction_low() -> None:
         C,
         C,
         C,
+        A,  # above restore 20.0: power back; alarm until above 20.2 (deadband)
         N,
     ]
 
@@ -136,7 +139,7 @@ def test_out_of_range_value_is_fault_even_with_a_number() -> None:
 
 @pytest.mark.parametrize(
     ("recovery", "expected"),
-    [(1.2, C), (1.0, C), (0.99, N), (1.6, C)],
+    [(1.2, C), (1.0, C), (0.99, A), (0.94, N), (1.6, C)],
 )
 def test_leaving_fault_needs_good_value_below_restore(recovery: float, expected: Level) -> None:
     machine = ThresholdMachine(FACE, True)
