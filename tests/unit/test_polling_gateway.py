@@ -73,7 +73,7 @@ async def test_cut_and_fault_lockout_without_a_broker_alarms_kept(tmp_path: Path
         ("CH4_A", "cut", "normal", "below_restore"),
         ("CH4_A", "normal", "cut", "above_cut"),
         ("CH4_A", "cut", "normal", "below_restore"),
-        ("CH4_A", "normal", "fault", "unavailable"),
+        ("CH4_A", "normal", "fault", "comms_lost"),
     ]
     assert alarms[2].actuators == ["power"] and alarms[2].threshold == 1.5
     telemetry = [m for m in messages if isinstance(m, wire.TelemetryBatch)]
