@@ -220,15 +220,23 @@ class AlarmWriter:
         events = self.outbox.drain()
         if not events:
             return True
+        write = asyncio.ensure_future(asyncio.to_thread(self.buffer.append_alarms, events))
         try:
-            await asyncio.to_thread(self.buffer.append_alarms, events)
+            await asyncio.shield(write)
         except BufferStorageError as exc:
             self.failures += 1
             self.outbox.requeue(events)
             log.error("%d alarm(s) not stored yet, will retry: %s", len(events), exc)
             return False
-        except BaseException:
-            self.outbox.requeue(events)  # cancelled mid-write: keep them for the final flush
+        except asyncio.CancelledError:
+            # the thread finishes its write whatever happens to us: requeue only if it
+            # failed, or the final flush would store the same alarms twice
+            try:
+                await write
+            except BaseException:
+                self.outbox.requeue(events)
+            else:
+                self.stored += len(events)
             raise
         self.stored += len(events)
         if self.on_stored is not None:
