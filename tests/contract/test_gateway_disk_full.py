@@ -69,9 +69,15 @@ async def test_full_disk_keeps_the_interlock_tripping_and_marks_every_loss(
     gaps = [m for m in messages if isinstance(m, wire.GapEvent)]
     assert gaps and {g.reason for g in gaps} <= {"disk_full"}
     alarms = [m for m in messages if isinstance(m, wire.AlarmEvent)]
-    assert [(a.tag, a.previous, a.level) for a in alarms if a.tag == "CH4_A"] == [
-        ("CH4_A", "normal", "cut"),
-        ("CH4_A", "cut", "normal"),
+    assert [
+        (a.tag, a.previous, a.level, a.reason)
+        for a in alarms
+        if a.tag == "CH4_A" and a.kind == "ch4"
+    ] == [
+        ("CH4_A", "normal", "cut", "restore_hold"),  # no saved state: fail-safe start
+        ("CH4_A", "cut", "normal", "below_restore"),
+        ("CH4_A", "normal", "cut", "above_cut"),  # cut, and saved state refused, disk full
+        ("CH4_A", "cut", "normal", "below_restore"),
     ]
     assert_accounted(
         messages, max(m.seq for m in messages if not isinstance(m, wire.GatewayStatus))
