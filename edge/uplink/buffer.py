@@ -214,6 +214,7 @@ class StoreAndForwardBuffer:
         self.gateway = gateway
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
         self.reserve_bytes = max(0, reserve_bytes)
+        self.reserve_retry_s = _RESERVE_RETRY_S  # how often a missing reserve is tried again
         self._c = _Counters()
         self._acked: set[int] = set()
         self._lock = threading.Lock()
@@ -717,7 +718,7 @@ class StoreAndForwardBuffer:
             log.error("buffer %s: cannot release the disk reserve: %s", self.path, exc)
             return False
         self._c.reserve_released += 1
-        self._reserve_next_try = time.monotonic() + _RESERVE_RETRY_S
+        self._reserve_next_try = time.monotonic() + self.reserve_retry_s
         log.error(
             "buffer %s: disk full; released the %d-byte reserve so acks, alarms and gap "
             "markers can still be written",
@@ -737,7 +738,7 @@ class StoreAndForwardBuffer:
             pass
         except OSError:
             return
-        self._reserve_next_try = time.monotonic() + _RESERVE_RETRY_S
+        self._reserve_next_try = time.monotonic() + self.reserve_retry_s
         try:
             with self.reserve_path.open("wb") as out:
                 chunk = b"\0" * min(self.reserve_bytes, 64 * 1024)

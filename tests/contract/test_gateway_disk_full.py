@@ -43,6 +43,8 @@ async def test_full_disk_keeps_the_interlock_tripping_and_marks_every_loss(
         await async_wait_until(
             lambda: gateway.counters().get("telemetry_batches", 0) > 0, 5, "stored"
         )
+        assert gateway.buffer is not None
+        gateway.buffer.reserve_retry_s = 0.2  # notice returning space quickly
         await asyncio.to_thread(fill_disk, filler)
         await async_wait_until(lambda: gateway.counters()["points_lost"] > 0, 10, "a refused batch")
 
