@@ -336,22 +336,29 @@ class StoreAndForwardBuffer:
 
             if self._disk_was_full:
                 self._recover_reserve()  # space may have come back without any ack
-            try:
-                if self._disk_was_full and not self._fits_in_free_pages(batches):
-                    # the reserve is gone: telemetry may only reuse space freed by acks,
-                    # never take what acks, alarms and gap markers need
-                    raise BufferStorageError(
-                        f"buffer {self.path}: disk full (telemetry waits for freed space)",
-                        disk_full=True,
-                    )
-                self._transact(body, sync="FULL", use_reserve=False)
-            except BufferStorageError as exc:
-                self._seq = saved_seq
-                reason = "disk_full" if exc.disk_full else "storage_error"
-                self._reserve_loss(len(batches), reason, sum(len(b) for b in batches))
-                with contextlib.suppress(BufferStorageError):
-                    self._transact(self._flush_losses, sync="FULL", use_reserve=True)
-                raise
+            for attempt in (1, 2):
+                try:
+                    if self._disk_was_full and not self._fits_in_free_pages(batches):
+                        # the reserve is gone: telemetry may only reuse freed pages, never
+                        # take the space acks, alarms and gap markers need
+                        raise BufferStorageError(
+                            f"buffer {self.path}: disk full (telemetry waits for freed space)",
+                            disk_full=True,
+                        )
+                    self._transact(body, sync="FULL", use_reserve=False)
+                    break
+                except BufferStorageError as exc:
+                    self._seq = saved_seq
+                    if exc.disk_full:
+                        self._disk_was_full = True
+                        if attempt == 1 and self._shed_for_disk(batches):
+                            saved_seq = self._seq  # the shed's gap events took numbers
+                            continue  # the oldest telemetry made way: store the new batches
+                    reason = "disk_full" if exc.disk_full else "storage_error"
+                    self._reserve_loss(len(batches), reason, sum(len(b) for b in batches))
+                    with contextlib.suppress(BufferStorageError):
+                        self._transact(self._flush_losses, sync="FULL", use_reserve=True)
+                    raise
         return out
 
     def record_loss(self, points: int, reason: str) -> None:
@@ -671,8 +678,12 @@ class StoreAndForwardBuffer:
         with self._lock:
             self._transact(body, sync="FULL", use_reserve=True)
 
+    @staticmethod
+    def _estimate(batches: Sequence[Sequence[wire.Point]]) -> int:
+        return sum(len(b) for b in batches) * 256 + 2 * 4096
+
     def _fits_in_free_pages(self, batches: Sequence[Sequence[wire.Point]]) -> bool:
-        estimate = sum(len(b) for b in batches) * 256 + 2 * 4096
+        estimate = self._estimate(batches)
         try:
             free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
             page = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -754,14 +765,21 @@ class StoreAndForwardBuffer:
     def _make_room(self) -> None:
         if self._bytes <= self.max_bytes:
             return
-        target = int(self.max_bytes * _LOW_WATER)
+        self._drop_oldest(self._bytes - int(self.max_bytes * _LOW_WATER), "buffer_full")
+
+    def _drop_oldest(self, wanted: int, reason: str) -> int:
+        """Delete the oldest telemetry worth ``wanted`` bytes, one gap event per contiguous run.
+
+        Inside the caller's transaction. Alarms and gap events are never dropped. Returns
+        the bytes freed (0 when there was no telemetry left to drop).
+        """
         dropped: list[int] = []
         freed = 0
         rows = self._db.execute(
             "SELECT seq, size FROM messages WHERE kind = 'telemetry' ORDER BY seq"
         )
         for seq, size in rows:
-            if self._bytes - freed <= target:
+            if freed >= wanted:
                 break
             if int(seq) in self._acked:
                 continue
@@ -769,7 +787,7 @@ class StoreAndForwardBuffer:
             freed += int(size)
         rows.close()
         if not dropped:
-            return  # only alarms and gaps left: they are kept even past the bound
+            return 0  # only alarms and gaps left: they are kept even past the bound
         for i in range(0, len(dropped), _CHUNK):
             part = dropped[i : i + _CHUNK]
             self._db.execute(
@@ -777,15 +795,50 @@ class StoreAndForwardBuffer:
             )
         self._bytes -= freed
         self._c.dropped += len(dropped)
-        self._seq += 1
-        gap = wire.GapEvent(
-            gateway=self.gateway,
-            site=self.site,
-            seq=self._seq,
-            first_seq=dropped[0],
-            last_seq=dropped[-1],
-            dropped=len(dropped),
-            reason="buffer_full",
-            ts_ns=time.time_ns(),
-        )
-        self._insert(self._seq, "gap", wire.encode(gap), 0)
+        # one gap per run of consecutive numbers, so a gap never spans a kept message
+        runs: list[list[int]] = [[dropped[0], dropped[0]]]
+        for seq in dropped[1:]:
+            if seq == runs[-1][1] + 1:
+                runs[-1][1] = seq
+            else:
+                runs.append([seq, seq])
+        now = time.time_ns()
+        for first, last in runs:
+            self._seq += 1
+            gap = wire.GapEvent(
+                gateway=self.gateway,
+                site=self.site,
+                seq=self._seq,
+                first_seq=first,
+                last_seq=last,
+                dropped=last - first + 1,
+                reason=reason,
+                ts_ns=now,
+            )
+            self._insert(self._seq, "gap", wire.encode(gap), 0)
+        return freed
+
+    def _shed_for_disk(self, batches: Sequence[Sequence[wire.Point]]) -> bool:
+        """The disk is full: drop the oldest telemetry so the newest can be stored.
+
+        Live data matters more than an old backlog, as with the byte bound. Frees about a
+        tenth of the buffer (at least room for ``batches``); True if anything was freed.
+        """
+        wanted = max(self._estimate(batches) * 2, self._bytes // 10)
+        freed = [0]
+
+        def body() -> None:
+            freed[0] = self._drop_oldest(wanted, "disk_full")
+
+        try:
+            self._transact(body, sync="FULL", use_reserve=True)
+        except BufferStorageError:
+            return False
+        if freed[0]:
+            log.warning(
+                "buffer %s: disk full; dropped %d bytes of the oldest telemetry (gap events "
+                "disk_full) to keep storing live data",
+                self.path,
+                freed[0],
+            )
+        return freed[0] > 0

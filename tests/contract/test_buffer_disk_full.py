@@ -9,6 +9,7 @@ or covered by a gap event, none twice.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,19 +55,30 @@ def open_buffer(disk: Path) -> StoreAndForwardBuffer:
     )
 
 
-def fill(buf: StoreAndForwardBuffer, failures: int) -> tuple[list[int], int]:
-    """Append 20-point batches until ``failures`` of them were refused."""
+def fill(buf: StoreAndForwardBuffer, shed: int) -> tuple[list[int], int]:
+    """Append 20-point batches until the full disk made the buffer shed ``shed`` old batches.
+
+    Returns the stored sequence numbers and how many appends were refused.
+    """
     stored: list[int] = []
     refused = 0
-    for i in range(5000):
+    for i in range(20_000):
         try:
             stored.append(buf.append_telemetry([point(value=i * 1e-3)] * 20).seq)
         except BufferStorageError as exc:
             assert exc.disk_full
             refused += 1
-            if refused == failures:
-                return stored, refused
+        if buf.dropped >= shed:
+            return stored, refused
     raise AssertionError("the 2 MiB disk never filled")
+
+
+def fill_disk(path: Path) -> None:
+    """Write zeros into ``path`` until the file system says it is full."""
+    with path.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
 
 
 def drain(buf: StoreAndForwardBuffer, delivered: list[wire.Message]) -> int:
@@ -94,42 +106,52 @@ def assert_accounted(delivered: list[wire.Message], last_seq: int) -> None:
     assert covered == set(range(1, last_seq + 1)), "a sequence number is neither sent nor marked"
 
 
-def test_full_disk_losses_are_marked_and_acks_recover(small_disk: Path) -> None:
+def test_full_disk_sheds_oldest_marks_it_and_acks_recover(small_disk: Path) -> None:
     buf = open_buffer(small_disk)
-    stored, refused = fill(buf, failures=5)
+    stored, _ = fill(buf, shed=30)
     delivered: list[wire.Message] = []
     # broker back: one pass drains everything, nothing comes back to be resent
     drain(buf, delivered)
     assert buf.pending() == []
     assert buf.exchange([], buf.cursor(), 50) == []
     assert buf.stats().acked_not_deleted == 0
-    sent_telemetry = [m.seq for m in delivered if isinstance(m, wire.TelemetryBatch)]
-    assert sent_telemetry == stored
     gaps = [m for m in delivered if isinstance(m, wire.GapEvent)]
-    assert {g.reason for g in gaps} == {"disk_full"}
-    assert sum(g.dropped for g in gaps) == refused
-    assert buf.points_lost == refused * 20
+    assert gaps and {g.reason for g in gaps} == {"disk_full"}
+    sent = [m.seq for m in delivered if isinstance(m, wire.TelemetryBatch)]
+    assert stored[-1] in sent  # the newest data was kept, the oldest made way
+    assert stored[0] not in sent
+    assert_accounted(delivered, buf.last_seq)
 
     # space came back: the reserve is re-created and telemetry is stored again
     assert buf.reserve_path.stat().st_size == RESERVE
-    more, _ = fill(buf, failures=2)
-    assert more, "telemetry is stored again once acks freed space"
-    # alarms still get in on a full disk (they may use the reserve)
+    more = [buf.append_telemetry([point()] * 20).seq for _ in range(5)]
     stored_alarm = buf.append_alarm(alarm(tag="CH4_T1"))
     drain(buf, delivered)
     assert stored_alarm in delivered
+    assert set(more) <= {m.seq for m in delivered if isinstance(m, wire.TelemetryBatch)}
     assert_accounted(delivered, buf.last_seq)
     buf.close()
 
 
-def test_gap_reaches_the_disk_even_when_the_first_delete_fails(small_disk: Path) -> None:
+def test_nothing_to_shed_refused_batches_become_gaps_alarms_use_the_reserve(
+    small_disk: Path,
+) -> None:
     buf = open_buffer(small_disk)
-    fill(buf, failures=3)
-    buf.reserve_path.unlink(missing_ok=True)  # reserve already spent by someone else
-    stored_alarm = buf.append_alarm(alarm(tag="CH4_T1"))  # via the freed WAL space
+    fill_disk(small_disk / "filler")  # someone else filled the disk; the buffer holds nothing
+    refused = 0
+    for _ in range(3):
+        with pytest.raises(BufferStorageError) as info:
+            buf.append_telemetry([point()] * 20)
+        assert info.value.disk_full
+        refused += 1
+    assert buf.points_lost == refused * 20
+    stored_alarm = buf.append_alarm(alarm(tag="CH4_T1"))  # the reserve makes room for it
     delivered: list[wire.Message] = []
     drain(buf, delivered)
     assert stored_alarm in delivered
+    gaps = [m for m in delivered if isinstance(m, wire.GapEvent)]
+    assert {g.reason for g in gaps} == {"disk_full"}
+    assert sum(g.dropped for g in gaps) == refused
     assert buf.unrecorded_gaps == 0
     assert_accounted(delivered, buf.last_seq)
     buf.close()
@@ -172,7 +194,7 @@ async def test_publisher_drains_a_full_disk_buffer_once_without_a_resend_storm(
 ) -> None:
     """The measured fault: disk full, broker back -> the same rows resent forever."""
     buf = open_buffer(small_disk)
-    stored, _ = fill(buf, failures=3)
+    fill(buf, shed=3)
     rows = len(buf.pending(10_000))
     async with subscribed(broker) as sub:
         publisher = make_publisher(buf, broker)
@@ -183,5 +205,4 @@ async def test_publisher_drains_a_full_disk_buffer_once_without_a_resend_storm(
             assert publisher.published == rows
         delivered = sub.data()
     assert_accounted(delivered, buf.last_seq)
-    assert [m.seq for m in delivered if isinstance(m, wire.TelemetryBatch)] == stored
     buf.close()
