@@ -33,6 +33,7 @@ from edge.commands import EngineerCommands
 from edge.config import LoadedSite
 from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
+from edge.health import HealthServer
 from edge.latches import LatchStore, read_commands, state_path_for
 from edge.polling import BusPoller
 from edge.rules import Level
@@ -64,9 +65,14 @@ class Gateway:
         alarm_flush_s: float = 5.0,
         state_path: str | Path | None = None,
         command_check_s: float = 0.5,
+        health_port: int | None = None,
     ) -> None:
         cfg = site.config
         self.site = site
+        port = health_port if health_port is not None else cfg.gateway.health_port
+        self.health_server = (
+            HealthServer(cfg.gateway.health_host, port) if port is not None else None
+        )
         self.buffer_path = Path(buffer_path or cfg.buffer.path)
         self.mqtt_host = mqtt_host or cfg.mqtt.host
         self.mqtt_port = mqtt_port or cfg.mqtt.port
@@ -210,8 +216,13 @@ class Gateway:
                     self._supervised("mqtt-publisher", publisher.run, until_return=True),
                     name="mqtt-publisher",
                 )
+                health = tg.create_task(
+                    self._supervised("health", self._publish_health, until_return=True),
+                    name="health",
+                )
                 self.ready.set()
                 await self._stop.wait()
+                health.cancel()
                 log.info("stopping: polling stops, alarms and telemetry are flushed")
                 for poller in self.pollers:
                     poller.stop()
@@ -228,6 +239,34 @@ class Gateway:
             await asyncio.to_thread(buffer.close, clean=clean)
             await asyncio.to_thread(self.latches.close)
             log.info("gateway stopped: %s", self.counters())
+
+    def health(self) -> dict[str, Any]:
+        """Per bus and device: latency, counts by error kind, last good read, breaker,
+        skipped polls; plus the gateway's counters. What ``/status`` serves."""
+        devices = []
+        for poller in self.pollers:
+            for dev in poller.devices():
+                devices.append({"bus": poller.bus_id, **dev.as_dict()})
+        return {
+            "gateway": self.site.config.gateway.id,
+            "site": self.site.config.site.id,
+            "ts_ns": time.time_ns(),
+            "counters": self.counters(),
+            "buses": [p.health.as_dict() for p in self.pollers],
+            "devices": devices,
+        }
+
+    async def _publish_health(self, every_s: float = 1.0) -> None:
+        server = self.health_server
+        if server is None:
+            return
+        await asyncio.to_thread(server.start)
+        try:
+            while True:
+                server.publish(self.health())
+                await asyncio.sleep(every_s)
+        finally:
+            server.stop()
 
     async def _tick_rules(self) -> None:
         self.commands.report_overdue()

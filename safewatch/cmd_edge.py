@@ -37,6 +37,13 @@ BufferOpt = Annotated[
 HostOpt = Annotated[str | None, typer.Option("--mqtt-host", help="Broker host (default: site).")]
 PortOpt = Annotated[int | None, typer.Option("--mqtt-port", help="Broker port (default: site).")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+HealthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--health-port",
+        help="Serve /metrics and /status on this port (default: the site's gateway.health_port).",
+    ),
+]
 ProfilesOpt = Annotated[
     Path | None,
     typer.Option("--profiles", help="Directory of sensor profiles (*.yaml); default: packaged."),
@@ -51,6 +58,7 @@ def run(
     mqtt_port: PortOpt = None,
     verbose: VerboseOpt = False,
     profiles: ProfilesOpt = None,
+    health_port: HealthOpt = None,
 ) -> None:
     """Poll the site's devices, trip interlocks, buffer and forward to MQTT."""
     err = Console(stderr=True)
@@ -72,7 +80,13 @@ def run(
     )
     for noisy in ("pymodbus", "mqtt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    gateway = Gateway(site, buffer_path=buffer, mqtt_host=mqtt_host, mqtt_port=mqtt_port)
+    gateway = Gateway(
+        site,
+        buffer_path=buffer,
+        mqtt_host=mqtt_host,
+        mqtt_port=mqtt_port,
+        health_port=health_port,
+    )
     asyncio.run(_serve(gateway))
     if gateway.unsaved_alarms:
         # each one was logged at CRITICAL; a supervisor must see this run failed
@@ -182,3 +196,78 @@ async def _serve(gateway: Gateway) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
+
+
+UrlOpt = Annotated[
+    str,
+    typer.Option("--url", help="The gateway's health address (edge run --health-port)."),
+]
+
+
+@app.command("status")
+def status(url: UrlOpt = "http://127.0.0.1:9108", as_json: bool = False) -> None:
+    """Show a running gateway's buses and devices: latency, errors, last good read, breaker."""
+    import httpx
+    from rich.table import Table
+
+    err = Console(stderr=True)
+    try:
+        response = httpx.get(url.rstrip("/") + "/status", timeout=5)
+        response.raise_for_status()
+        snap = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        err.print(f"cannot read {url}/status: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        typer.echo(json.dumps(snap, indent=2, sort_keys=True))
+        return
+    # piped or captured: wide enough that no column is cut
+    out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+    now_ns = int(snap.get("ts_ns") or time.time_ns())
+    out.print(f"gateway {snap.get('gateway')} (site {snap.get('site')})", markup=False)
+    buses = Table(
+        "bus", "reads ok", "failed", "skipped", "latency ms", "lag ms", "writes ok/failed"
+    )
+    for bus in snap.get("buses", []):
+        buses.add_row(
+            bus["bus"],
+            str(bus["reads_ok"]),
+            str(bus["reads_failed"]),
+            str(bus["skipped"]),
+            _num(bus["latency_avg_ms"]),
+            _num(bus["lag_ms"]),
+            f"{bus['writes_ok']}/{bus['writes_failed']}",
+        )
+    out.print(buses)
+    devices = Table(
+        "device", "bus", "state", "breaker", "ok", "errors", "skipped", "latency ms",
+        "period ms", "last good",
+    )  # fmt: skip
+    for dev in snap.get("devices", []):
+        last = dev["last_good_ns"]
+        age = "never" if last is None else f"{(now_ns - last) / 1e9:.1f} s ago"
+        state = "OK"
+        if dev["breaker"] != "closed":
+            state = "DEAD"
+        elif dev["cannot_meet_period"]:
+            state = "LATE"
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(dev["errors"].items())) or "-"
+        devices.add_row(
+            dev["device"],
+            dev["bus"],
+            state,
+            dev["breaker"],
+            str(dev["ok"]),
+            errors,
+            str(dev["skipped"]),
+            _num(dev["latency_avg_ms"]),
+            f"{_num(dev['interval_avg_ms'])} / {dev['period_ms']}",
+            age,
+        )
+    out.print(devices)
+    counters = snap.get("counters", {})
+    out.print(", ".join(f"{k} {v}" for k, v in sorted(counters.items())), markup=False)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -319,6 +319,9 @@ AnyActuator = ModbusActuator  # grows into a union with the next protocol
 
 class GatewaySettings(_Frozen):
     id: Identifier
+    # Prometheus /metrics and JSON /status (safewatch edge status); None: not served
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=0, le=65535)
 
 
 class SiteInfo(_Frozen):
