@@ -18,7 +18,7 @@ the measuring range a value must fall in, the quality reasons.
 
 from __future__ import annotations
 
-import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,8 +40,9 @@ class PointSpec:
     address: object
     scale: float = 1.0
     offset: float = 0.0
-    low: float = -math.inf
-    high: float = math.inf
+    # finite defaults: an infinite reading then always falls outside and is judged BAD
+    low: float = -sys.float_info.max
+    high: float = sys.float_info.max
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +81,15 @@ class DeviceHealth:
     latency_avg_s: float | None = None  # EWMA of good reads
     latency_max_s: float = 0.0
     interval_avg_s: float | None = None  # EWMA of the time between poll starts
+    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     breaker: str = "closed"  # closed | probing | open
+
+    def interval_p99_s(self) -> float | None:
+        """99th percentile of the recent times between poll starts (the achieved period)."""
+        if not self.intervals:
+            return None
+        ordered = sorted(self.intervals)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
     @property
     def cannot_meet_period(self) -> bool:
@@ -105,6 +113,7 @@ class DeviceHealth:
             "latency_avg_ms": _ms(self.latency_avg_s),
             "latency_max_ms": _ms(self.latency_max_s),
             "interval_avg_ms": _ms(self.interval_avg_s),
+            "interval_p99_ms": _ms(self.interval_p99_s()),
             "breaker": self.breaker,
             "cannot_meet_period": self.cannot_meet_period,
         }
@@ -121,7 +130,14 @@ class BusHealth:
     latency_avg_s: float | None = None
     lag_s: float = 0.0  # how late the last due poll started
     lag_max_s: float = 0.0
-    connected: bool | None = None
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+    def jitter_p99_s(self) -> float:
+        """99th percentile of how late due polls started (0 when every one was on time)."""
+        if not self.lags:
+            return 0.0
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -134,6 +150,7 @@ class BusHealth:
             "latency_avg_ms": _ms(self.latency_avg_s),
             "lag_ms": _ms(self.lag_s),
             "lag_max_ms": _ms(self.lag_max_s),
+            "jitter_p99_ms": _ms(self.jitter_p99_s()),
         }
 
 
@@ -402,9 +419,12 @@ class BusPoller:
                 self.health.skipped += missed
             self.health.lag_s = late
             self.health.lag_max_s = max(self.health.lag_max_s, late)
+            self.health.lags.append(late)
             sched.next_due += (missed + 1) * period
             if sched.started_at is not None:
-                health.interval_avg_s = _ewma(health.interval_avg_s, began - sched.started_at)
+                interval = began - sched.started_at
+                health.interval_avg_s = _ewma(health.interval_avg_s, interval)
+                health.intervals.append(interval)
             sched.started_at = began
         health.polls += 1
         error: DriverError | None = None

@@ -41,3 +41,102 @@ def uplink(
         f"{backlog} backlog points (private mosquitto, QoS 1)"
     )
     emit(run(points=points, backlog=backlog, window=window))
+
+
+DevicesOpt = Annotated[int, typer.Option("--devices", min=1, help="Devices (one TCP port each).")]
+TagsOpt = Annotated[int, typer.Option("--tags", min=1, max=30_000, help="float32 tags per device.")]
+PollOpt = Annotated[int, typer.Option("--poll-ms", min=50, help="Poll period of every device.")]
+DurationOpt = Annotated[float, typer.Option("--duration", min=1.0, help="Measured seconds.")]
+
+
+@app.command("modbus")
+def modbus(
+    devices: DevicesOpt = 20,
+    tags: TagsOpt = 50,
+    poll_ms: PollOpt = 100,
+    duration: DurationOpt = 20.0,
+) -> None:
+    """End to end values/s (poll -> decode -> quality -> rules -> uplink buffer) per CPU-second."""
+    from bench._harness import emit
+    from bench.gateway import run_gateway
+
+    typer.echo(
+        f"modbus: {devices} devices x {tags} float tags every {poll_ms} ms "
+        f"(simulator and gateway as child processes, gateway CPU from /proc)"
+    )
+    result = run_gateway(devices=devices, tags=tags, poll_ms=poll_ms, duration_s=duration)
+    emit({k: result[k] for k in (
+        "tags_per_s", "cpu_cores_used", "tags_per_cpu_s", "period_jitter_p99_ms",
+        "offered_per_s", "devices", "tags", "poll_ms", "duration_s", "skipped_polls",
+        "sim_cpu_cores_used", "rss_mb",
+    )})  # fmt: skip
+
+
+@app.command("overload")
+def overload(
+    devices: DevicesOpt = 100,
+    tags: TagsOpt = 50,
+    poll_ms: PollOpt = 50,
+    safety_devices: Annotated[
+        int, typer.Option("--safety-devices", min=0, help="Devices with methane (safety) tags.")
+    ] = 10,
+    safety_poll_ms: Annotated[
+        int, typer.Option("--safety-poll-ms", min=50, help="Poll period of safety devices.")
+    ] = 1000,
+    duration: DurationOpt = 60.0,
+) -> None:
+    """Offer far more than the gateway can poll: delivered, memory, safety period, skips."""
+    from bench._harness import emit
+    from bench.gateway import run_gateway
+
+    typer.echo(
+        f"overload: {devices} devices x {tags} tags every {poll_ms} ms "
+        f"({safety_devices} safety devices every {safety_poll_ms} ms) for {duration} s"
+    )
+    result = run_gateway(
+        devices=devices,
+        tags=tags,
+        poll_ms=poll_ms,
+        duration_s=duration,
+        safety_devices=safety_devices,
+        safety_poll_ms=safety_poll_ms,
+        rss_every_s=5.0,
+    )
+    result["delivered_per_s"] = result["tags_per_s"]
+    emit({k: result[k] for k in (
+        "offered_per_s", "delivered_per_s", "rss_growth_mb", "safety_period_p99_ms",
+        "skipped_polls", "cpu_cores_used", "rss_mb", "rss_max_mb", "duration_s",
+        "uplink_dropped", "sim_cpu_cores_used",
+    )})  # fmt: skip
+
+
+@app.command("gateway-memory")
+def gateway_memory(
+    devices: DevicesOpt = 100,
+    tags: TagsOpt = 100,
+    poll_ms: PollOpt = 1000,
+    duration: DurationOpt = 20.0,
+) -> None:
+    """Resident memory of a gateway polling devices x tags (default 10,000 tags)."""
+    from bench._harness import emit
+    from bench.gateway import run_gateway
+
+    typer.echo(f"gateway-memory: {devices * tags} tags every {poll_ms} ms")
+    result = run_gateway(devices=devices, tags=tags, poll_ms=poll_ms, duration_s=duration)
+    keys = ("rss_mb", "tags", "rss_max_mb", "rss_start_mb", "tags_per_s", "cpu_cores_used")
+    emit({k: result[k] for k in keys})
+
+
+@app.command("rtu")
+def rtu(
+    duration: Annotated[
+        float, typer.Option("--duration", min=1.0, help="Seconds per baud.")
+    ] = 10.0,
+    units: Annotated[int, typer.Option("--units", min=1, max=247, help="Slaves on the line.")] = 4,
+) -> None:
+    """Share of an RTU line's capacity used at 9,600 and 115,200 baud (paced pty null modem)."""
+    from bench._harness import emit
+    from bench.gateway import run_rtu
+
+    typer.echo(f"rtu: {units} units, 100-register reads back to back, {duration} s per baud rate")
+    emit(run_rtu(duration_s=duration, units=units))

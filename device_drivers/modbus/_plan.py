@@ -219,9 +219,14 @@ def decode_block(
         except struct.error:
             buf = b""
         if len(buf) == 2 * block.count:
-            raws = block._fast.unpack_from(buf)
-            for slot, raw in zip(block._fast_slots, raws, strict=True):
-                out[slot.index] = _judge(slot.spec.name, device, raw, slot.spec, ts_ns)
+            good = Quality.GOOD
+            for slot, raw in zip(block._fast_slots, block._fast.unpack_from(buf), strict=True):
+                spec = slot.spec
+                value = raw * spec.scale + spec.offset
+                if spec.low <= value <= spec.high:  # False for NaN: judged below
+                    out[slot.index] = Sample(spec.name, device, value, good, ts_ns)
+                else:
+                    out[slot.index] = _judge(spec.name, device, raw, spec, ts_ns)
         else:
             for slot in block._fast_slots:
                 out[slot.index] = Sample(
