@@ -44,6 +44,7 @@ import collections
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -143,6 +144,9 @@ class IngestService:
         max_batch_bytes: int = 8 * 1024 * 1024,
         ts_window: TimeWindow | None = None,
         spool_drain_points: int = 50_000,
+        username: str | None = None,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         if not 1 <= receive_maximum <= 65_535:
             raise ValueError("receive_maximum must be in 1..65535 (MQTT v5)")
@@ -155,7 +159,15 @@ class IngestService:
         # network, broker restart with persistence) the broker queues QoS 1 messages
         # for it instead of dropping them. Several workers on one host need their
         # own ids (--client-id).
-        self.client_id = client_id or f"{group or 'safewatch-ingest'}-{socket.gethostname()}"
+        # The default id carries a suffix derived from the broker password (when there is
+        # one): stable, so the session survives restarts, but not guessable, so nobody
+        # can connect with it and take the session (and its queued messages) over.
+        self.client_id = client_id or wire.secret_client_id(
+            f"{group or 'safewatch-ingest'}-{socket.gethostname()}", password
+        )
+        self.username = username
+        self.password = password
+        self.tls_context = tls_context
         self.session_expiry_s = session_expiry_s
         self.connect_timeout_s = connect_timeout_s
         self.backoff_cap_s = backoff_cap_s
@@ -208,6 +220,9 @@ class IngestService:
                 self.mqtt_host,
                 self.mqtt_port,
                 identifier=self.client_id,
+                username=self.username,
+                password=self.password,
+                tls_context=self.tls_context,
                 protocol=aiomqtt.ProtocolVersion.V5,
                 clean_start=False,
                 properties=self._connect_properties(),

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
+import wire
 from cloud.api import create_app
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore
@@ -59,6 +61,14 @@ class CloudSettings:
     accept_future_s: float | None = 300.0
     receive_maximum: int = 100  # MQTT v5 receive window of the ingest
     access_token_ttl_s: int = 3600  # lifetime of an API access token (login)
+    # The broker account (read-only ingest account) and TLS; the password is a secret:
+    # from the environment or a file, never a command-line value or YAML.
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: str | None = None  # set (or mqtt_tls): TLS to the broker
+    mqtt_cert_file: str | None = None  # client certificate, when the broker asks for one
+    mqtt_key_file: str | None = None
+    mqtt_tls: bool = False  # TLS with the system CAs when no mqtt_ca_file is given
 
 
 class _QuietServer(uvicorn.Server):
@@ -93,6 +103,9 @@ class CloudService:
             group=settings.group,
             client_id=settings.client_id,
             receive_maximum=settings.receive_maximum,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            tls_context=_tls_context(settings),
             ts_window=TimeWindow(settings.accept_past_s, settings.accept_future_s),
         )
         self.audit = AuditLog(self.store.engine)
@@ -226,6 +239,15 @@ class CloudService:
                 await self.writer.flush()
         except (InfluxError, TimeoutError) as exc:
             log.error("shutdown: %d lines not written to InfluxDB (%s)", self.writer.pending, exc)
+
+
+def _tls_context(settings: CloudSettings) -> ssl.SSLContext | None:
+    """Raises :class:`wire.TransportError` naming an unusable file."""
+    if not (settings.mqtt_tls or settings.mqtt_ca_file or settings.mqtt_cert_file):
+        return None
+    return wire.client_tls_context(
+        settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file
+    )
 
 
 def _make_writer(settings: CloudSettings) -> PointWriter:

@@ -31,6 +31,7 @@ from edge.actuation import ActuatorCommand, Interlock
 from edge.alarms import AlarmManager, AlarmOutbox
 from edge.commands import EngineerCommands
 from edge.config import LoadedSite
+from edge.config._models import MqttSettings
 from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
 from edge.health import HealthServer
@@ -41,7 +42,34 @@ from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
 
-__all__ = ["DriverFactory", "Gateway"]
+__all__ = ["DriverFactory", "Gateway", "MqttAccess", "mqtt_access"]
+
+
+class MqttAccess:
+    """Credentials, TLS context and client id of the gateway's broker connection."""
+
+    def __init__(self, mqtt: MqttSettings, site: str, gateway: str) -> None:
+        """Reads the secrets (environment, files) and TLS files now.
+
+        Raises :class:`wire.TransportError` naming the file or variable at fault.
+        """
+        self.username = os.environ.get(mqtt.username_env) if mqtt.username_env else None
+        env_password = os.environ.get(mqtt.password_env) if mqtt.password_env else None
+        self.password = wire.read_secret(mqtt.password_file, env_password)
+        self.tls_context = None
+        if mqtt.tls is not None:
+            tls = mqtt.tls
+            key_password = os.environ.get(tls.key_password_env) if tls.key_password_env else None
+            self.tls_context = wire.client_tls_context(
+                tls.ca_file, tls.cert_file, tls.key_file, key_password
+            )
+        self.client_id = wire.secret_client_id(f"safewatch-{site}-{gateway}", self.password)
+
+
+def mqtt_access(site: LoadedSite) -> MqttAccess:
+    cfg = site.config
+    return MqttAccess(cfg.mqtt, cfg.site.id, cfg.gateway.id)
+
 
 log = logging.getLogger("safewatch.edge.gateway")
 
@@ -150,6 +178,7 @@ class Gateway:
 
     async def run(self) -> None:
         cfg = self.site.config
+        access = mqtt_access(self.site)
         buffer = await asyncio.to_thread(
             StoreAndForwardBuffer,
             self.buffer_path,
@@ -165,8 +194,10 @@ class Gateway:
             host=self.mqtt_host,
             port=self.mqtt_port,
             keepalive_s=cfg.mqtt.keepalive_s,
-            username=os.environ.get(cfg.mqtt.username_env) if cfg.mqtt.username_env else None,
-            password=os.environ.get(cfg.mqtt.password_env) if cfg.mqtt.password_env else None,
+            username=access.username,
+            password=access.password,
+            tls_context=access.tls_context,
+            client_id=access.client_id,
             version=_version(),
             drain_points_per_s=cfg.buffer.drain_points_per_s,
         )

@@ -6,6 +6,7 @@ import typer
 
 from safewatch.cmd_audit import app as audit_app
 from safewatch.cmd_bench import app as bench_app
+from safewatch.cmd_broker import app as broker_app
 from safewatch.cmd_cloud import app as cloud_app
 from safewatch.cmd_config import app as config_app
 from safewatch.cmd_demo import demo
@@ -29,6 +30,7 @@ app.add_typer(bench_app, name="bench", help="Run a benchmark; the last output li
 app.add_typer(users_app, name="users", help="API users: add, list, disable, passwd, role.")
 app.add_typer(tokens_app, name="tokens", help="API tokens for machines: create, list, revoke.")
 app.add_typer(keys_app, name="keys", help="JWT signing keys: list, rotate, retire.")
+app.add_typer(broker_app, name="broker", help="MQTT broker accounts, ACL and TLS listener.")
 app.add_typer(audit_app, name="audit", help="The hash-chained audit trail: verify, head, show.")
 app.command("demo", help="Start simulator, gateway and cloud on this machine.")(demo)
 

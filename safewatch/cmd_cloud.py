@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import make_url
 
+import wire
 from cloud import CloudService, CloudSettings, IngestService
 from cloud.ingest import TimeWindow
 from cloud.storage import InfluxV1Writer, Store, StoreError
@@ -72,6 +73,21 @@ def run(
     receive_maximum: int = typer.Option(
         100, min=1, max=65535, help="MQTT v5 Receive Maximum: unacknowledged messages in flight."
     ),
+    mqtt_username: str | None = typer.Option(
+        None, help="Broker account of the ingest (read-only; `safewatch broker init`)."
+    ),
+    mqtt_password_env: str = typer.Option(
+        "SAFEWATCH_MQTT_PASSWORD", help="Environment variable holding the broker password."
+    ),
+    mqtt_password_file: str | None = typer.Option(
+        None, help="File holding the broker password (first line); wins over the variable."
+    ),
+    mqtt_tls: bool = typer.Option(False, help="TLS to the broker (system CAs by default)."),
+    mqtt_ca_file: str | None = typer.Option(
+        None, help="CA certificate(s) that signed the broker's certificate (implies TLS)."
+    ),
+    mqtt_cert_file: str | None = typer.Option(None, help="Client certificate (implies TLS)."),
+    mqtt_key_file: str | None = typer.Option(None, help="Client certificate's key."),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run MQTT ingest, the InfluxDB writer and the HTTP API until SIGINT/SIGTERM."""
@@ -80,6 +96,14 @@ def run(
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
     sqlite_parent(db_url)
+    try:
+        mqtt_password = wire.read_secret(
+            mqtt_password_file,
+            os.environ.get(mqtt_password_env),
+        )
+    except wire.TransportError as secret_error:
+        typer.echo(f"error: {secret_error}", err=True)
+        raise typer.Exit(2) from secret_error
     settings = CloudSettings(
         mqtt_host=mqtt_host,
         mqtt_port=mqtt_port,
@@ -97,12 +121,26 @@ def run(
         accept_past_s=accept_past_s or None,
         accept_future_s=accept_future_s or None,
         receive_maximum=receive_maximum,
+        mqtt_username=mqtt_username,
+        mqtt_password=mqtt_password,
+        mqtt_tls=mqtt_tls,
+        mqtt_ca_file=mqtt_ca_file,
+        mqtt_cert_file=mqtt_cert_file,
+        mqtt_key_file=mqtt_key_file,
     )
 
     def ready(service: CloudService) -> None:
         base = service.api_url
         typer.echo(f"cloud ready: API {base}  health {base}/health  alarms {base}/api/v1/alarms")
-        typer.echo(f"  ingest from mqtt://{mqtt_host}:{mqtt_port}, InfluxDB {influx_url}")
+        scheme = "mqtts" if service.ingest.tls_context is not None else "mqtt"
+        typer.echo(f"  ingest from {scheme}://{mqtt_host}:{mqtt_port}, InfluxDB {influx_url}")
+
+    if mqtt_tls or mqtt_ca_file or mqtt_cert_file:
+        try:  # unreadable TLS files: say which, before anything starts
+            wire.client_tls_context(mqtt_ca_file, mqtt_cert_file, mqtt_key_file)
+        except wire.TransportError as tls_error:
+            typer.echo(f"error: {tls_error}", err=True)
+            raise typer.Exit(2) from tls_error
 
     async def main() -> None:
         service = CloudService(settings)

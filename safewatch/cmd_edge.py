@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+import wire
 from edge.commands import lockout_rules, overdue, read_records
 from edge.config import (
     ConfigError,
@@ -25,7 +26,7 @@ from edge.config import (
     load_profiles,
     load_site,
 )
-from edge.gateway import Gateway
+from edge.gateway import Gateway, mqtt_access
 from edge.latches import state_path_for, submit_command
 
 app = typer.Typer(no_args_is_help=True)
@@ -66,6 +67,10 @@ def run(
         site = load_site(config, load_profiles(profiles) if profiles else None)
         if buffer is not None and (problem := buffer_path_problem(buffer)) is not None:
             raise ConfigError([ConfigIssue("--buffer", None, None, "buffer", problem)])
+        try:
+            mqtt_access(site)  # TLS files and secret files readable, before anything starts
+        except wire.TransportError as exc:
+            raise ConfigError([ConfigIssue(str(config), None, None, "mqtt", str(exc))]) from exc
     except ConfigError as exc:
         for issue in exc.issues:
             err.print(str(issue), markup=False, highlight=False, soft_wrap=True)

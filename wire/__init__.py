@@ -27,8 +27,18 @@ from wire._schema import (
     topic_for,
     topic_of,
 )
+from wire._transport import (
+    COMMAND_KIND,
+    TransportError,
+    client_tls_context,
+    command_topic,
+    gateway_account,
+    read_secret,
+    secret_client_id,
+)
 
 __all__ = [
+    "COMMAND_KIND",
     "ID_MAX_LEN",
     "ID_PATTERN",
     "MAX_PAYLOAD_BYTES",
@@ -48,10 +58,16 @@ __all__ = [
     "QualityName",
     "TelemetryBatch",
     "TopicKind",
+    "TransportError",
     "WireError",
+    "client_tls_context",
+    "command_topic",
     "decode",
     "encode",
+    "gateway_account",
     "parse_topic",
+    "read_secret",
+    "secret_client_id",
     "topic_for",
     "topic_of",
 ]

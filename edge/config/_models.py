@@ -329,12 +329,29 @@ class SiteInfo(_Frozen):
     name: str = ""
 
 
+class MqttTlsSettings(_Frozen):
+    """TLS to the broker. Paths only: a key's passphrase comes from the environment."""
+
+    ca_file: str | None = None  # None: the system's CA certificates
+    cert_file: str | None = None  # client certificate (with key_file), if the broker asks
+    key_file: str | None = None
+    key_password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _cert_with_key(self) -> MqttTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class MqttSettings(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     username_env: str | None = None  # secrets come from the environment
     password_env: str | None = None
+    password_file: str | None = None  # ...or from a file readable by the gateway only
+    tls: MqttTlsSettings | None = None
 
 
 class BufferSettings(_Frozen):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from typing import Final
 
@@ -70,8 +71,14 @@ class MqttPublisher:
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 5.0,
         version: str = "",
+        tls_context: ssl.SSLContext | None = None,
+        client_id: str | None = None,
     ) -> None:
         self.buffer = buffer
+        # TLS to the broker (wire.client_tls_context) and a client id that cannot be
+        # guessed (wire.secret_client_id): nobody else can take over this session.
+        self.tls_context = tls_context
+        self.client_id = client_id or f"safewatch-{site}-{gateway}"
         self.site = site
         self.gateway = gateway
         self.host = host
@@ -163,9 +170,10 @@ class MqttPublisher:
         client = aiomqtt.Client(
             self.host,
             self.port,
-            identifier=f"safewatch-{self.site}-{self.gateway}",
+            identifier=self.client_id,
             username=self.username,
             password=self.password,
+            tls_context=self.tls_context,
             will=will,
             keepalive=self.keepalive_s,
             timeout=self.op_timeout_s,

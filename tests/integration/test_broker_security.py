@@ -1,0 +1,316 @@
+"""A TLS Mosquitto configured by ``safewatch broker``: who may connect, publish and read.
+
+The broker's certificates are made here with ``cryptography``; its listener, password
+file and ACL come from ``safewatch broker init`` / ``add-gateway``, as an operator
+would make them. The real cloud ingest (read-only account, TLS) and the real gateway
+publisher (its own account, TLS, client certificate) run against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+from typer.testing import CliRunner
+
+import wire
+from cloud import CloudService, CloudSettings
+from cloud.broker import COMMANDER, INGEST
+from edge.uplink.buffer import StoreAndForwardBuffer
+from edge.uplink.publisher import MqttPublisher
+from safewatch.cli import app as cli
+from tests.factories import alarm, gateway_status, point, telemetry
+from tests.support import async_wait_until, free_port, port_open, wait_until
+from tests.tls_support import Pki, make_pki
+
+pytestmark = pytest.mark.integration
+
+SITE = "mine-a"
+GW_A, GW_B = "gw-a", "gw-b"
+
+
+@dataclass
+class SecureBroker:
+    port: int
+    pki: Pki
+    passwords: dict[str, str]
+    process: subprocess.Popen[bytes]
+
+    def tls(self, *, client_cert: bool = False, ca: Path | None = None) -> ssl.SSLContext:
+        return wire.client_tls_context(
+            str(ca or self.pki.ca),
+            str(self.pki.client_cert) if client_cert else None,
+            str(self.pki.client_key) if client_cert else None,
+        )
+
+    def client(
+        self, account: str | None, *, identifier: str | None = None, password: str | None = None
+    ) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1",
+            self.port,
+            identifier=identifier,
+            username=account,
+            password=password if password is not None else self.passwords.get(account or ""),
+            tls_context=self.tls(),
+            timeout=5,
+        )
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
+    pki = make_pki(tmp_path / "pki")
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    runner = CliRunner()
+    init = runner.invoke(
+        cli,
+        [
+            "broker", "init", "--dir", str(broker_dir), "--bind", "127.0.0.1",
+            "--port", str(port), "--cert", str(pki.server_cert), "--key", str(pki.server_key),
+            "--client-ca", str(pki.ca),
+        ],
+    )  # fmt: skip
+    assert init.exit_code == 0, init.output
+    passwords = {
+        name: (broker_dir / f"{name}.password").read_text().strip() for name in (INGEST, COMMANDER)
+    }
+    for gateway in (GW_A, GW_B):
+        out = tmp_path / f"{gateway}.password"
+        added = runner.invoke(
+            cli,
+            ["broker", "add-gateway", SITE, gateway, "--dir", str(broker_dir),
+             "--password-out", str(out)],
+        )  # fmt: skip
+        assert added.exit_code == 0, added.output
+        passwords[wire.gateway_account(SITE, gateway)] = out.read_text().strip()
+    # The shipped listener file, plus what a test broker needs to run as this user.
+    conf = tmp_path / "mosquitto.conf"
+    user = "user root\n" if os.geteuid() == 0 else ""
+    conf.write_text(
+        (broker_dir / "safewatch.conf").read_text() + f"{user}persistence false\n",
+        encoding="utf-8",
+    )
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    log = (tmp_path / "mosquitto.log").open("wb")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: port_open("127.0.0.1", port), 10, "the TLS mosquitto")
+        yield SecureBroker(port, pki, passwords, proc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+async def _refused(client: aiomqtt.Client) -> str:
+    try:
+        async with client:
+            pass
+    except aiomqtt.MqttError as exc:
+        return str(exc)
+    raise AssertionError("the broker accepted the connection")
+
+
+async def test_anonymous_wrong_password_plaintext_and_untrusted_broker_are_refused(
+    secure_broker: SecureBroker,
+) -> None:
+    b = secure_broker
+    assert await _refused(b.client(None))  # anonymous
+    assert await _refused(b.client(wire.gateway_account(SITE, GW_A), password="guess-guess"))
+    plain = aiomqtt.Client("127.0.0.1", b.port, username=INGEST, password=b.passwords[INGEST])
+    assert await _refused(plain)  # no TLS on a TLS listener
+    impostor_check = aiomqtt.Client(
+        "127.0.0.1",
+        b.port,
+        username=INGEST,
+        password=b.passwords[INGEST],
+        tls_context=b.tls(ca=b.pki.other_ca),
+        timeout=5,
+    )
+    assert await _refused(impostor_check)  # the client checks the broker's certificate
+    async with b.client(INGEST):  # the right account over TLS is let in
+        pass
+    gateway_with_cert = aiomqtt.Client(
+        "127.0.0.1",
+        b.port,
+        username=wire.gateway_account(SITE, GW_A),
+        password=b.passwords[wire.gateway_account(SITE, GW_A)],
+        tls_context=b.tls(client_cert=True),
+        timeout=5,
+    )
+    async with gateway_with_cert:  # optional client certificates are accepted
+        pass
+
+
+@contextlib.asynccontextmanager
+async def _cloud(
+    b: SecureBroker, tmp_path: Path, influx_db: tuple[str, str]
+) -> AsyncIterator[CloudService]:
+    settings = CloudSettings(
+        mqtt_host="127.0.0.1",
+        mqtt_port=b.port,
+        mqtt_username=INGEST,
+        mqtt_password=b.passwords[INGEST],
+        mqtt_ca_file=str(b.pki.ca),
+        influx_url=influx_db[0],
+        influx_db=influx_db[1],
+        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        port=0,
+    )
+    service = CloudService(settings)
+    assert service.ingest.client_id.startswith("safewatch-ingest-")
+    assert len(service.ingest.client_id.rsplit("-", 1)[1]) == 20, "secret-derived suffix"
+    run = asyncio.create_task(service.run(), name="cloud")
+    try:
+        await async_wait_until(lambda: service.ingest.connected, 20, "the ingest over TLS")
+        yield service
+    finally:
+        service.request_stop()
+        async with asyncio.timeout(20):
+            await run
+
+
+async def test_gateways_are_confined_and_the_ingest_refuses_forgeries(
+    secure_broker: SecureBroker, tmp_path: Path, influx_db: tuple[str, str]
+) -> None:
+    b = secure_broker
+    now = time.time_ns()
+    account_a = wire.gateway_account(SITE, GW_A)
+    async with _cloud(b, tmp_path, influx_db) as service, b.client(account_a) as gw_a:
+        store = service.store
+        # 1. gateway A publishes as gateway B on B's topics: the ACL drops it all
+        as_b = telemetry(1, point("FAKE-B", 4.9, now), gateway=GW_B, sent_ns=now)
+        await gw_a.publish(wire.topic_of(as_b), wire.encode(as_b), qos=1)
+        fake_cut = alarm(2, gateway=GW_B, ts_ns=now)
+        await gw_a.publish(wire.topic_of(fake_cut), wire.encode(fake_cut), qos=1)
+        offline_b = gateway_status("offline", ts_ns=now, gateway=GW_B)
+        await gw_a.publish(wire.topic_of(offline_b), wire.encode(offline_b), qos=1, retain=True)
+        await gw_a.publish(wire.command_topic(SITE, GW_B), b'{"cmd":"ack"}', qos=1)
+        # 2. on its own topic, a payload that claims to be gateway B: forged
+        forged = telemetry(3, point("FAKE-B2", 4.9, now), gateway=GW_B, sent_ns=now)
+        await gw_a.publish(wire.topic_for(SITE, GW_A, "telemetry"), wire.encode(forged), qos=1)
+        # 3. stamped a day ahead: outside the accepted window
+        ahead = now + 86_400 * 10**9
+        future = telemetry(4, point("CH4-A", 0.3, ahead), gateway=GW_A, sent_ns=ahead)
+        await gw_a.publish(wire.topic_of(future), wire.encode(future), qos=1)
+        # 4. then A's real data, through the real publisher (TLS, own account, client cert)
+        buffer = StoreAndForwardBuffer(tmp_path / "a.db", 10 * 1024 * 1024, site=SITE, gateway=GW_A)
+        buffer.append_telemetry([point("CH4-A", 0.4, time.time_ns())])
+        password_a = b.passwords[account_a]
+        publisher = MqttPublisher(
+            buffer,
+            site=SITE,
+            gateway=GW_A,
+            host="127.0.0.1",
+            port=b.port,
+            username=account_a,
+            password=password_a,
+            tls_context=b.tls(client_cert=True),
+            client_id=wire.secret_client_id(f"safewatch-{SITE}-{GW_A}", password_a),
+            idle_poll_s=0.1,
+        )
+        pub_task = asyncio.create_task(publisher.run(), name="publisher-a")
+        try:
+
+            def a_stored() -> bool:
+                return any(v.tag == "CH4-A" for v in store.latest(SITE))
+
+            await async_wait_until(a_stored, 20, "gateway A's real telemetry in the store")
+
+            def both_dead() -> bool:
+                reasons = {d.reason for d in store.dead_letters()}
+                return {"topic_mismatch", "ts_out_of_window"} <= reasons
+
+            await async_wait_until(both_dead, 10, "the forged and future messages refused")
+        finally:
+            await publisher.stop(drain_s=2)
+            pub_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pub_task
+            buffer.close()
+
+        latest = store.latest(SITE)
+        assert {v.tag for v in latest} == {"CH4-A"}, "nothing of B's or forged was stored"
+        assert all(v.gateway == GW_A and v.value == 0.4 for v in latest)
+        assert store.alarms() == [], "the fake cut alarm never reached the ingest"
+        assert GW_B not in {g.gateway for g in store.gateways()}
+        counters = service.ingest.counters()
+        assert counters.get("dead_topic_mismatch") == 1
+        assert counters.get("dead_ts_out_of_window") == 1
+
+
+async def test_gateways_read_only_their_commands_and_the_ingest_writes_nothing(
+    secure_broker: SecureBroker,
+) -> None:
+    b = secure_broker
+    account_a, account_b = (wire.gateway_account(SITE, g) for g in (GW_A, GW_B))
+    seen_by_a: list[str] = []
+    seen_by_ingest: list[str] = []
+
+    async def collect(client: aiomqtt.Client, into: list[str]) -> None:
+        async for message in client.messages:
+            into.append(str(message.topic))
+
+    async with (
+        b.client(account_a) as gw_a,
+        b.client(account_b) as gw_b,
+        b.client(INGEST) as ingest,
+        b.client(COMMANDER) as commander,
+    ):
+        await gw_a.subscribe("safewatch/v1/#", qos=1)  # granted, but filtered by the ACL
+        await ingest.subscribe("safewatch/v1/#", qos=1)
+        tasks = [
+            asyncio.create_task(collect(gw_a, seen_by_a), name="a"),
+            asyncio.create_task(collect(ingest, seen_by_ingest), name="ingest"),
+        ]
+        try:
+            now = time.time_ns()
+            b_batch = telemetry(1, point("CH4-B", 0.2, now), gateway=GW_B, sent_ns=now)
+            await gw_b.publish(wire.topic_of(b_batch), wire.encode(b_batch), qos=1)
+            fake = gateway_status("offline", ts_ns=now, gateway=GW_A)
+            await ingest.publish(wire.topic_of(fake), wire.encode(fake), qos=1)  # read-only
+            await gw_b.publish(wire.command_topic(SITE, GW_A), b"from-b", qos=1)  # not B's to send
+            await commander.publish(wire.command_topic(SITE, GW_B), b"for-b", qos=1)
+            await commander.publish(wire.command_topic(SITE, GW_A), b"for-a", qos=1)
+            a_topic = wire.topic_for(SITE, GW_A, "telemetry")
+            await gw_a.publish(a_topic, b"marker", qos=1)
+
+            await async_wait_until(
+                lambda: a_topic in seen_by_ingest, 10, "A's marker at the ingest"
+            )
+            await async_wait_until(
+                lambda: wire.command_topic(SITE, GW_A) in seen_by_a, 10, "A's command"
+            )
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert seen_by_a == [wire.command_topic(SITE, GW_A)], "A reads only its own command topic"
+    assert wire.topic_of(b_batch) in seen_by_ingest
+    assert wire.topic_of(fake) not in seen_by_ingest, "the ingest account cannot publish"
+    assert wire.command_topic(SITE, GW_B) not in seen_by_ingest, "the ingest reads no commands"
+
+
+def test_an_unreadable_tls_file_is_named_before_the_cloud_starts(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["cloud", "run", "--mqtt-ca-file", str(tmp_path / "missing-ca.pem"),
+         "--db-url", f"sqlite:///{tmp_path / 'c.db'}"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "missing-ca.pem" in result.output
