@@ -37,12 +37,17 @@ from edge.engine import SafetyEngine
 from edge.health import HealthServer
 from edge.latches import LatchStore, read_commands, state_path_for
 from edge.polling import BusPoller
+from edge.remote_commands import CommandListener, CommandVerifier, load_public_keys
 from edge.rules import Level
 from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
 
-__all__ = ["DriverFactory", "Gateway", "MqttAccess", "mqtt_access"]
+__all__ = ["DriverFactory", "Gateway", "MqttAccess", "command_listener", "mqtt_access"]
+
+# Cloud commands handed to EngineerCommands (verified and signed first, see
+# edge.remote_commands); acknowledge/shelve/config_push have no gateway handler yet.
+ENGINEER_ACTIONS = ("reset", "calibrate", "end_calibration", "lockout_test")
 
 
 class MqttAccess:
@@ -64,6 +69,33 @@ class MqttAccess:
                 tls.ca_file, tls.cert_file, tls.key_file, key_password
             )
         self.client_id = wire.secret_client_id(f"safewatch-{site}-{gateway}", self.password)
+
+
+def command_listener(
+    site: LoadedSite, access: MqttAccess, host: str, port: int
+) -> CommandListener | None:
+    """The listener for signed cloud commands, if the site takes commands.
+
+    Raises :class:`wire.TransportError` naming an unreadable public key file.
+    """
+    cfg = site.config
+    if cfg.commands is None:
+        return None
+    verifier = CommandVerifier(
+        cfg.site.id,
+        cfg.gateway.id,
+        load_public_keys(cfg.commands.public_key_files),
+        max_skew_s=cfg.commands.max_clock_skew_s,
+    )
+    return CommandListener(
+        verifier,
+        host=host,
+        port=port,
+        client_id=f"{access.client_id}-cmd",
+        username=access.username,
+        password=access.password,
+        tls_context=access.tls_context,
+    )
 
 
 def mqtt_access(site: LoadedSite) -> MqttAccess:
@@ -134,6 +166,7 @@ class Gateway:
         ]
         self.buffer: StoreAndForwardBuffer | None = None
         self.publisher: MqttPublisher | None = None
+        self.remote_commands: CommandListener | None = None
         self.batcher: TelemetryBatcher | None = None
         self.alarm_writer: AlarmWriter | None = None
         self.ready = asyncio.Event()
@@ -160,6 +193,8 @@ class Gateway:
         if self.publisher is not None:
             out["published"] = self.publisher.published
             out["publish_failed"] = self.publisher.failed
+        if self.remote_commands is not None:
+            out.update({f"commands_{k}": v for k, v in self.remote_commands.counts.items()})
         if self.batcher is not None:
             out["telemetry_batches"] = self.batcher.batches
             out["points_lost"] = self.batcher.points_lost
@@ -202,6 +237,10 @@ class Gateway:
             drain_points_per_s=cfg.buffer.drain_points_per_s,
         )
         self.publisher = publisher
+        self.remote_commands = command_listener(self.site, access, self.mqtt_host, self.mqtt_port)
+        if self.remote_commands is not None:
+            for action in ENGINEER_ACTIONS:  # the same commands as `safewatch edge ...`
+                self.remote_commands.handlers[action] = self._engineer_command
         self.batcher = TelemetryBatcher(self.site, buffer, self.samples, on_stored=publisher.notify)
         self.alarm_writer = AlarmWriter(buffer, self.outbox, on_stored=publisher.notify)
         clean = False
@@ -251,6 +290,13 @@ class Gateway:
                     self._supervised("health", self._publish_health, until_return=True),
                     name="health",
                 )
+                if self.remote_commands is not None:
+                    writers.append(
+                        tg.create_task(
+                            self._supervised("mqtt-commands", self.remote_commands.run),
+                            name="mqtt-commands",
+                        )
+                    )
                 self.ready.set()
                 await self._stop.wait()
                 health.cancel()
@@ -298,6 +344,12 @@ class Gateway:
                 await asyncio.sleep(every_s)
         finally:
             server.stop()
+
+    def _engineer_command(self, command: wire.Command) -> None:
+        """A verified cloud command, run like a local engineer command file."""
+        body: dict[str, Any] = {**command.args, "action": command.action}
+        body["by"] = f"cloud:{command.issuer}"
+        self.commands.execute(body, f"mqtt:{command.id}")
 
     async def _tick_rules(self) -> None:
         self.commands.report_overdue()

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
+import aiomqtt
 import typer
 
+import wire
+from cloud.audit import AuditAction
 from cloud.broker import (
     COMMANDER,
     INGEST,
@@ -17,6 +21,19 @@ from cloud.broker import (
     ensure_cloud_accounts,
     render_conf,
 )
+from cloud.commands import CommandSigner, generate_command_key, send_command
+from safewatch.cmd_users import actor, open_auth
+
+AUDIT_OF: dict[str, str] = {
+    "reset": AuditAction.OVERRIDE,
+    "calibrate": AuditAction.CALIBRATION,
+    "end_calibration": AuditAction.CALIBRATION,
+    "lockout_test": AuditAction.LOCKOUT_TEST,
+    "acknowledge": AuditAction.ALARM_ACKNOWLEDGED,
+    "shelve": AuditAction.ALARM_SHELVED,
+    "unshelve": AuditAction.ALARM_SHELVED,
+    "config_push": AuditAction.CONFIG_CHANGED,
+}
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -132,3 +149,102 @@ def list_accounts(directory: DirOpt = DEFAULT_DIR) -> None:
     for name in BrokerAccounts(BrokerFiles(directory)).names():
         kind = "gateway" if "@" in name else "cloud"
         typer.echo(f"{name}\t{kind}")
+
+
+@app.command("command-key")
+def command_key(
+    private: Annotated[Path, typer.Option(help="Private key file to create (mode 600).")],
+    public: Annotated[Path, typer.Option(help="Public key file for the gateways.")],
+) -> None:
+    """Make the Ed25519 key pair that signs commands to gateways.
+
+    Keep the private key with the cloud; list the public key file under
+    commands.public_key_files in every gateway's site YAML.
+    """
+    try:
+        kid = generate_command_key(private, public)
+    except FileExistsError as exc:
+        raise typer.BadParameter(f"{private} exists; refusing to overwrite a key") from exc
+    typer.echo(f"command key {kid}: private {private}, public {public}")
+
+
+def _value(text: str) -> str | int | float:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _args(pairs: list[str]) -> dict[str, str | int | float]:
+    out: dict[str, str | int | float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"--arg {pair!r}: expected NAME=VALUE")
+        out[name] = _value(value)
+    return out
+
+
+@app.command("send-command")
+def send_command_cmd(
+    site: str,
+    gateway: str,
+    action: Annotated[str, typer.Argument(help=f"One of {', '.join(wire.COMMAND_ACTIONS)}.")],
+    key: Annotated[Path, typer.Option(help="The command signing key (private, PEM).")],
+    mqtt_host: Annotated[str, typer.Option(help="Broker host.")] = "127.0.0.1",
+    mqtt_port: Annotated[int, typer.Option(help="Broker port.")] = 8883,
+    mqtt_username: Annotated[str, typer.Option(help="Broker account.")] = COMMANDER,
+    mqtt_password_file: Annotated[
+        str | None, typer.Option(help="File holding the account's password.")
+    ] = None,
+    mqtt_password_env: Annotated[
+        str, typer.Option(help="Variable holding the password (if no file).")
+    ] = "SAFEWATCH_MQTT_PASSWORD",
+    mqtt_ca_file: Annotated[str | None, typer.Option(help="CA of the broker (TLS).")] = None,
+    no_tls: Annotated[bool, typer.Option("--no-tls", help="Plain MQTT (test benches).")] = False,
+    arg: Annotated[list[str] | None, typer.Option(help="NAME=VALUE, repeatable.")] = None,
+    ttl_s: Annotated[float, typer.Option(min=1, max=3600, help="Valid for this long.")] = 60.0,
+    audit_db_url: Annotated[
+        str | None,
+        typer.Option(help="Cloud database whose audit trail records the command."),
+    ] = None,
+) -> None:
+    """Sign one command and publish it to the gateway's command topic."""
+    if action not in wire.COMMAND_ACTIONS:
+        raise typer.BadParameter(f"unknown action {action!r}")
+    try:
+        signer = CommandSigner(key)
+        password = wire.read_secret(mqtt_password_file, os.environ.get(mqtt_password_env))
+        tls = None if no_tls else wire.client_tls_context(mqtt_ca_file)
+    except wire.TransportError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    command = signer.command(
+        site, gateway, cast(wire.CommandAction, action), actor(), _args(arg or []), ttl_s
+    )
+    try:
+        asyncio.run(
+            send_command(
+                signer,
+                command,
+                host=mqtt_host,
+                port=mqtt_port,
+                username=mqtt_username,
+                password=password,
+                tls_context=tls,
+            )
+        )
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        typer.echo(f"error: broker {mqtt_host}:{mqtt_port}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if audit_db_url is not None:
+        with open_auth(audit_db_url) as opened:
+            opened.audit.record(
+                command.issuer,
+                AUDIT_OF.get(action, "command_sent"),
+                f"{site}/{gateway}",
+                {"command": command.id, "action": action, "args": command.args},
+            )
+    typer.echo(f"sent {action} {command.id} to {site}/{gateway}")

@@ -26,7 +26,7 @@ from edge.config import (
     load_profiles,
     load_site,
 )
-from edge.gateway import Gateway, mqtt_access
+from edge.gateway import Gateway, command_listener, mqtt_access
 from edge.latches import state_path_for, submit_command
 
 app = typer.Typer(no_args_is_help=True)
@@ -68,7 +68,8 @@ def run(
         if buffer is not None and (problem := buffer_path_problem(buffer)) is not None:
             raise ConfigError([ConfigIssue("--buffer", None, None, "buffer", problem)])
         try:
-            mqtt_access(site)  # TLS files and secret files readable, before anything starts
+            # TLS, secret and command key files readable, before anything starts
+            command_listener(site, mqtt_access(site), "127.0.0.1", 1883)
         except wire.TransportError as exc:
             raise ConfigError([ConfigIssue(str(config), None, None, "mqtt", str(exc))]) from exc
     except ConfigError as exc:

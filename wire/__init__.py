@@ -1,5 +1,17 @@
 """The versioned edge -> cloud message schema, shared by both sides."""
 
+from wire._commands import (
+    COMMAND_ACTIONS,
+    MAX_COMMAND_BYTES,
+    Command,
+    CommandAction,
+    CommandEnvelope,
+    decode_command,
+    decode_envelope,
+    encode_command,
+    encode_envelope,
+    key_id,
+)
 from wire._schema import (
     ID_MAX_LEN,
     ID_PATTERN,
@@ -38,9 +50,11 @@ from wire._transport import (
 )
 
 __all__ = [
+    "COMMAND_ACTIONS",
     "COMMAND_KIND",
     "ID_MAX_LEN",
     "ID_PATTERN",
+    "MAX_COMMAND_BYTES",
     "MAX_PAYLOAD_BYTES",
     "MAX_POINTS",
     "NAME_PATTERN",
@@ -51,6 +65,9 @@ __all__ = [
     "WIRE_VERSION",
     "AlarmEvent",
     "AlarmLevel",
+    "Command",
+    "CommandAction",
+    "CommandEnvelope",
     "GapEvent",
     "GatewayStatus",
     "Message",
@@ -63,8 +80,13 @@ __all__ = [
     "client_tls_context",
     "command_topic",
     "decode",
+    "decode_command",
+    "decode_envelope",
     "encode",
+    "encode_command",
+    "encode_envelope",
     "gateway_account",
+    "key_id",
     "parse_topic",
     "read_secret",
     "secret_client_id",

@@ -354,6 +354,13 @@ class MqttSettings(_Frozen):
     tls: MqttTlsSettings | None = None
 
 
+class CommandSettings(_Frozen):
+    """Commands from the cloud: accepted only when signed by one of these Ed25519 keys."""
+
+    public_key_files: tuple[str, ...] = Field(min_length=1, max_length=8)
+    max_clock_skew_s: float = Field(default=60.0, gt=0, le=3600, allow_inf_nan=False)
+
+
 class BufferSettings(_Frozen):
     path: str = "var/buffer.db"
     max_mb: float = Field(default=256, gt=0)
@@ -366,6 +373,7 @@ class SiteConfig(_Frozen):
     site: SiteInfo
     gateway: GatewaySettings
     mqtt: MqttSettings = MqttSettings()
+    commands: CommandSettings | None = None  # None: the gateway takes no commands
     buffer: BufferSettings = BufferSettings()
     buses: tuple[Bus, ...] = Field(min_length=1)
     devices: tuple[Device, ...] = Field(min_length=1)

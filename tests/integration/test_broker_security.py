@@ -26,6 +26,8 @@ from typer.testing import CliRunner
 import wire
 from cloud import CloudService, CloudSettings
 from cloud.broker import COMMANDER, INGEST
+from cloud.commands import CommandSigner, generate_command_key, send_command
+from edge.remote_commands import CommandListener, CommandVerifier, load_public_keys
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
 from safewatch.cli import app as cli
@@ -314,3 +316,52 @@ def test_an_unreadable_tls_file_is_named_before_the_cloud_starts(tmp_path: Path)
     )  # fmt: skip
     assert result.exit_code == 2
     assert "missing-ca.pem" in result.output
+
+
+async def test_gateway_takes_only_signed_commands_from_the_commander(
+    secure_broker: SecureBroker, tmp_path: Path
+) -> None:
+    b = secure_broker
+    generate_command_key(tmp_path / "cmd.key", tmp_path / "cmd.pub")
+    generate_command_key(tmp_path / "rogue.key", tmp_path / "rogue.pub")
+    signer, rogue = CommandSigner(tmp_path / "cmd.key"), CommandSigner(tmp_path / "rogue.key")
+    account_a = wire.gateway_account(SITE, GW_A)
+    listener = CommandListener(
+        CommandVerifier(SITE, GW_A, load_public_keys([str(tmp_path / "cmd.pub")])),
+        host="127.0.0.1",
+        port=b.port,
+        client_id=wire.secret_client_id("safewatch-mine-a-gw-a-cmd", b.passwords[account_a]),
+        username=account_a,
+        password=b.passwords[account_a],
+        tls_context=b.tls(),
+    )
+    task = asyncio.create_task(listener.run(), name="commands-a")
+    try:
+        async with asyncio.timeout(10):
+            await listener.subscribed.wait()
+        async with (
+            b.client(COMMANDER) as commander,
+            b.client(wire.gateway_account(SITE, GW_B)) as gw_b,
+        ):
+            topic = wire.command_topic(SITE, GW_A)
+            forged = rogue.sign(rogue.command(SITE, GW_A, "ping", "intruder"))
+            await commander.publish(topic, forged, qos=1)  # right account, wrong key
+            await gw_b.publish(topic, signer.sign(signer.command(SITE, GW_A, "ping", "b")), qos=1)
+        await send_command(
+            signer,
+            signer.command(SITE, GW_A, "ping", "ops"),
+            host="127.0.0.1",
+            port=b.port,
+            username=COMMANDER,
+            password=b.passwords[COMMANDER],
+            tls_context=b.tls(),
+        )
+        await async_wait_until(lambda: listener.counts["accepted"] >= 1, 10, "the signed ping")
+        await async_wait_until(
+            lambda: listener.counts["refused_unknown_key"] >= 1, 10, "the forged command refused"
+        )
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    # B's command never reached A (ACL), the forged one was refused, the signed one taken
+    assert dict(listener.counts) == {"accepted": 1, "refused_unknown_key": 1}
