@@ -222,6 +222,7 @@ class StoreAndForwardBuffer:
         self._sync = ""
         self._disk_was_full = False
         self._loss_log = RateLimitedLog(log, logging.ERROR)
+        self._ack_log = RateLimitedLog(log, logging.WARNING)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -432,8 +433,16 @@ class StoreAndForwardBuffer:
         else of the backlog was taken). A failed delete does not fail the read.
         """
         if acks:
-            with contextlib.suppress(BufferStorageError):
+            try:
                 self.ack(acks)
+            except BufferStorageError as exc:
+                # the rows stay hidden; the delete is retried with the next ack
+                self._ack_log.note(
+                    len(acks),
+                    "buffer %s: delete after PUBACK failed, will retry: %s",
+                    self.path,
+                    exc,
+                )
         if limit <= 0:
             return []
         with self._lock, self._reading():
