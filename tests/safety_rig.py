@@ -109,7 +109,7 @@ class Rig:
         return Rig(self.site, self.latches.path, self.now)
 
     def read(self, tag: str, value: float | None, quality: Quality = Quality.GOOD) -> None:
-        device = {"CH4": "gas", "FAN": "fan", "FEEDBACK": "fb"}[tag]
+        device = self.site.tag(tag)[0].id
         reason = "timeout" if value is None or quality is Quality.BAD else None
         if value is None:
             quality = Quality.BAD
