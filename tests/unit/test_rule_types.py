@@ -220,7 +220,7 @@ def test_compound_condition_in_yaml_and_engine(tmp_path: Path) -> None:
                     "tag": "CH4",
                     "limits": [{"name": "HH", "value": 1.5, "on_delay_s": 3}],
                 }
-            ),  # fmt: skip
+            ),
             "rules.2.limits.0.on_delay_s",
             "never waits",
         ),
