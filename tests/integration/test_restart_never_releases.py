@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,10 @@ def _cut_alarm_stored(buffer: Path) -> bool:
     return any(b'"level":"cut"' in bytes(r[0]) and TAG.encode() in bytes(r[0]) for r in rows)
 
 
+def _reasserted(sim: SiteSimulator, after_ns: int) -> Callable[[], list[int]]:
+    return lambda: _writes(sim, after_ns, True)
+
+
 def _cut_latency_s(sim: SiteSimulator, crossed_ns: int) -> float | None:
     cuts = _writes(sim, crossed_ns, True)
     return (cuts[0] - crossed_ns) / 1e9 if cuts else None
@@ -85,7 +90,8 @@ async def _collect_alarms(port: int, within_s: float) -> list[wire.AlarmEvent]:
         try:
             async with asyncio.timeout(within_s):
                 async for message in client.messages:
-                    event = wire.decode(bytes(message.payload))  # type: ignore[arg-type]
+                    assert isinstance(message.payload, bytes)
+                    event = wire.decode(message.payload)
                     assert isinstance(event, wire.AlarmEvent)
                     got.append(event)
                     if event.tag == TAG and event.reason == "above_cut":
@@ -114,7 +120,9 @@ async def test_kill_and_term_at_1_6_and_1_2_never_re_energise(tmp_path: Path) ->
             crossed = time.monotonic_ns()
             sim.set_value(TAG, 1.6)
             latency = await async_wait_until(lambda: _cut_latency_s(sim, crossed), 5, "the cut")
-            assert latency <= 2.0, f"cut took {latency:.3f} s with broker and cloud down"
+            assert latency is not None and latency <= 2.0, (
+                f"cut took {latency:.3f} s with broker and cloud down"
+            )
             # the alarm reaches the disk asynchronously (ms); kill once it is there
             await async_wait_until(
                 lambda: _cut_alarm_stored(tmp_path / "buffer.db"), 5, "the cut alarm stored"
@@ -132,11 +140,7 @@ async def test_kill_and_term_at_1_6_and_1_2_never_re_energise(tmp_path: Path) ->
             started = time.monotonic_ns()
             with child(args, tmp_path / f"edge-{procs}.log") as proc:
                 # the restored cut is re-asserted at start, before any read
-                await async_wait_until(
-                    lambda t0=started: _writes(sim, t0, True),  # type: ignore[misc]
-                    10,
-                    "cut re-asserted",
-                )
+                await async_wait_until(_reasserted(sim, started), 10, "cut re-asserted")
                 deadline = time.monotonic() + WATCH_S
                 while time.monotonic() < deadline:
                     assert not _writes(sim, started, False), (
