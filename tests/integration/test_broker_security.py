@@ -134,7 +134,9 @@ async def test_anonymous_wrong_password_plaintext_and_untrusted_broker_are_refus
     b = secure_broker
     assert await _refused(b.client(None))  # anonymous
     assert await _refused(b.client(wire.gateway_account(SITE, GW_A), password="guess-guess"))
-    plain = aiomqtt.Client("127.0.0.1", b.port, username=INGEST, password=b.passwords[INGEST])
+    plain = aiomqtt.Client(
+        "127.0.0.1", b.port, username=INGEST, password=b.passwords[INGEST], timeout=2
+    )
     assert await _refused(plain)  # no TLS on a TLS listener
     impostor_check = aiomqtt.Client(
         "127.0.0.1",

@@ -22,7 +22,7 @@ from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
 from tests.factories import alarm, point, telemetry
 
-EXAMPLES_PER_OPERATION = 20
+EXAMPLES_PER_OPERATION = 10
 
 
 def test_no_operation_answers_a_server_error(tmp_path: Path) -> None:
