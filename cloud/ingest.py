@@ -116,7 +116,7 @@ class _BatchWork:
     def __init__(self) -> None:
         self.commit = BatchCommit()
         self.lines: list[str] = []
-        self.latest: dict[tuple[str, str], dict[str, Any]] = {}
+        self.latest: dict[tuple[str, str], tuple[str, wire.Point]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
 
 
@@ -147,6 +147,7 @@ class IngestService:
         username: str | None = None,
         password: str | None = None,
         tls_context: ssl.SSLContext | None = None,
+        pipeline_depth: int = 3,
     ) -> None:
         if not 1 <= receive_maximum <= 65_535:
             raise ValueError("receive_maximum must be in 1..65535 (MQTT v5)")
@@ -175,6 +176,10 @@ class IngestService:
         self.max_batch_bytes = max_batch_bytes
         self.ts_window = TimeWindow() if ts_window is None else ts_window
         self.spool_drain_points = spool_drain_points
+        self.pipeline_depth = pipeline_depth
+        # (gateway, seq) of batches being stored right now: a copy in a later batch is
+        # a duplicate even before the first one is committed.
+        self._in_flight: set[tuple[str, int]] = set()
         self._connected = False
         self._counters: collections.Counter[str] = collections.Counter()
         self._lines = LineBuilder()
@@ -229,6 +234,7 @@ class IngestService:
                 timeout=self.connect_timeout_s,
             )
             ack = _manual_acks(client)
+            problem: object = "session ended"
             try:
                 async with client:
                     options = SubscribeOptions(qos=1)
@@ -239,10 +245,8 @@ class IngestService:
                     backoff.reset()
                     log.info("ingest subscribed on %s:%d", self.mqtt_host, self.mqtt_port)
                     await self._serve(client, ack)
-            except (aiomqtt.MqttError, TimeoutError) as exc:
-                problem: object = exc
-            else:
-                problem = "session ended"
+            except* (aiomqtt.MqttError, TimeoutError) as group:
+                problem = group.exceptions[0]
             finally:
                 self._connected = False
             self._counters["disconnects"] += 1
@@ -257,24 +261,40 @@ class IngestService:
             await asyncio.sleep(delay)
 
     async def _serve(self, client: aiomqtt.Client, ack: Callable[[aiomqtt.Message], None]) -> None:
+        """Take batches and store them, ``pipeline_depth`` at a time; ack each batch in order.
+
+        While one batch waits for InfluxDB the next one is decoded and sent: the
+        ingest's CPU and InfluxDB's work overlap. Acks still go out in arrival
+        order, each batch only after it (and every batch before it) is durable.
+        """
         messages = client.messages
-        while True:
-            first = await anext(messages)
-            batch = [first]
-            size = len(first.payload) if isinstance(first.payload, bytes | bytearray) else 0
-            # Everything that arrived while the last batch was stored, up to a bound:
-            # batches grow with the load by themselves, no timer needed.
-            while len(messages) and size < self.max_batch_bytes:
-                message = await anext(messages)
-                batch.append(message)
-                if isinstance(message.payload, bytes | bytearray):
-                    size += len(message.payload)
-            received = time.time_ns()
-            self._counters["received"] += len(batch)
-            items = [Incoming(str(m.topic), m.payload, received) for m in batch]
-            await self._process_until_durable(items)
-            for message in batch:  # PUBACK in arrival order, only now
-                ack(message)
+        in_flight: asyncio.Queue[tuple[list[aiomqtt.Message], asyncio.Task[None]]]
+        in_flight = asyncio.Queue(maxsize=self.pipeline_depth)
+
+        async def ack_in_order() -> None:
+            while True:
+                batch, stored = await in_flight.get()
+                await stored
+                for message in batch:  # PUBACK in arrival order, only now
+                    ack(message)
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(ack_in_order(), name="mqtt-ack")
+            while True:
+                first = await anext(messages)
+                batch = [first]
+                size = _size(first.payload)
+                # Everything that arrived while earlier batches were stored, up to a
+                # bound: batches grow with the load by themselves, no timer needed.
+                while len(messages) and size < self.max_batch_bytes:
+                    message = await anext(messages)
+                    batch.append(message)
+                    size += _size(message.payload)
+                received = time.time_ns()
+                self._counters["received"] += len(batch)
+                items = [Incoming(str(m.topic), m.payload, received) for m in batch]
+                stored = tg.create_task(self._process_until_durable(items), name="ingest-batch")
+                await in_flight.put((batch, stored))
 
     async def _process_until_durable(self, items: list[Incoming]) -> None:
         """Retry a batch with backoff while the store fails; nothing is acked meanwhile."""
@@ -292,9 +312,15 @@ class IngestService:
                     exc,
                     delay,
                 )
-                await asyncio.sleep(delay)
+            except Exception:  # a bug: keep serving, never ack what was not stored
+                self._counters["batch_errors"] += 1
+                delay = backoff.next_delay()
+                log.exception(
+                    "ingest: a batch of %d messages failed; retry in %.1fs", len(items), delay
+                )
             else:
                 return
+            await asyncio.sleep(delay)
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -326,6 +352,13 @@ class IngestService:
 
     async def _process(self, items: Sequence[Incoming]) -> None:
         work = _BatchWork()
+        try:
+            await self._store_batch(work, items)
+        finally:
+            for gateway, _site, seq in work.commit.seqs:
+                self._in_flight.discard((gateway, seq))
+
+    async def _store_batch(self, work: _BatchWork, items: Sequence[Incoming]) -> None:
         decoded: list[tuple[Incoming, wire.Message]] = []
         for item in items:
             message = self._check(work, item)
@@ -347,7 +380,23 @@ class IngestService:
 
         if work.lines:
             await self._write_points(work)
-        work.commit.latest = list(work.latest.values())
+        work.commit.latest = [
+            {
+                "site": site,
+                "tag": tag,
+                "device": p.device,
+                "gateway": gateway,
+                "kind": p.kind,
+                "unit": p.unit,
+                "area": p.area,
+                "position": p.position,
+                "value": p.value,
+                "quality": p.quality,
+                "reason": p.reason,
+                "ts_ns": p.ts_ns,
+            }
+            for (site, tag), (gateway, p) in work.latest.items()
+        ]
         new_alarms = await asyncio.to_thread(self.store.commit_batch, work.commit)
         duplicates = new_alarms.count(False)
         work.counts["alarms"] += len(new_alarms) - duplicates
@@ -400,10 +449,15 @@ class IngestService:
     def _refused_time(self, message: wire.Message, received_ns: int) -> str | None:
         window = self.ts_window
         if isinstance(message, wire.TelemetryBatch):
-            for point in message.points:
-                why = window.refuses(point.ts_ns, received_ns)
-                if why is not None:
-                    return f"point {point.tag}: {why}"
+            if not message.points:
+                return None
+            stamps = [p.ts_ns for p in message.points]
+            # Only the extremes can fall outside; name the first offending point.
+            if window.refuses(min(stamps), received_ns) or window.refuses(max(stamps), received_ns):
+                for point in message.points:
+                    why = window.refuses(point.ts_ns, received_ns)
+                    if why is not None:
+                        return f"point {point.tag}: {why}"
             return None
         return window.refuses(message.ts_ns, received_ns)
 
@@ -413,10 +467,11 @@ class IngestService:
             work.counts["status"] += 1
             return
         key = (message.gateway, message.seq)
-        if key in seen:
+        if key in seen or key in self._in_flight:
             work.counts["duplicates"] += 1
             return
         seen.add(key)  # a second copy in the same batch is a duplicate too
+        self._in_flight.add(key)
         work.commit.seqs.append((message.gateway, message.site, message.seq))
         if isinstance(message, wire.TelemetryBatch):
             work.lines.extend(self._lines.lines(message))
@@ -431,25 +486,14 @@ class IngestService:
 
     @staticmethod
     def _keep_latest(work: _BatchWork, batch: wire.TelemetryBatch) -> None:
+        """Remember the newest point per (site, tag) of the batch; rows are built once, later."""
         latest = work.latest
-        site = batch.site
+        site, gateway = batch.site, batch.gateway
         for p in batch.points:
-            held = latest.get((site, p.tag))
-            if held is None or p.ts_ns > held["ts_ns"]:
-                latest[(site, p.tag)] = {
-                    "site": site,
-                    "tag": p.tag,
-                    "device": p.device,
-                    "gateway": batch.gateway,
-                    "kind": p.kind,
-                    "unit": p.unit,
-                    "area": p.area,
-                    "position": p.position,
-                    "value": p.value,
-                    "quality": p.quality,
-                    "reason": p.reason,
-                    "ts_ns": p.ts_ns,
-                }
+            key = (site, p.tag)
+            held = latest.get(key)
+            if held is None or p.ts_ns > held[1].ts_ns:
+                latest[key] = (gateway, p)
 
     async def _write_points(self, work: _BatchWork) -> None:
         """To InfluxDB now, or into the spool (committed with the batch) when it is down."""
@@ -527,6 +571,10 @@ class IngestService:
         if items:
             await self.process(items)
         return self._counters["dead_letters"] - before
+
+
+def _size(payload: object) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray) else 0
 
 
 def _manual_acks(client: aiomqtt.Client) -> Callable[[aiomqtt.Message], None]:

@@ -14,6 +14,7 @@ encoding is byte-stable (tests pin an example of each message).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -67,24 +68,36 @@ Count = Annotated[int, msgspec.Meta(ge=0, le=SEQ_MAX)]
 Finite = Annotated[float, msgspec.Meta(ge=-FLOAT_MAX, le=FLOAT_MAX)]
 Version = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 
+# A telemetry point's strings carry their lengths in Meta but their patterns are checked
+# by decode() once per distinct series (memoised): msgspec runs a Python regex per field,
+# which made decoding 25x slower (about 22 us instead of 0.9 us per point).
+_PointId = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LEN)]
+_PointName = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX_LEN)]
+_PointUnit = Annotated[str, msgspec.Meta(max_length=UNIT_MAX_LEN)]
+_PointText = Annotated[str, msgspec.Meta(max_length=TEXT_MAX_LEN)]
+
 
 class WireError(ValueError):
     """A message or topic does not follow the wire contract."""
 
 
 class Point(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
-    """One value of one tag, stamped at the gateway (``ts_ns``, Unix ns)."""
+    """One value of one tag, stamped at the gateway (``ts_ns``, Unix ns).
 
-    tag: Id
-    device: Id
-    kind: Id  # the InfluxDB measurement
-    unit: Unit
-    area: Name
-    position: Name
+    tag, device and kind follow :data:`ID_PATTERN`; unit, area, position and
+    reason follow :data:`NAME_PATTERN` (checked by :func:`decode`).
+    """
+
+    tag: _PointId
+    device: _PointId
+    kind: _PointId  # the InfluxDB measurement
+    unit: _PointUnit
+    area: _PointName
+    position: _PointName
     value: Finite | None
     quality: QualityName
     ts_ns: TimestampNs
-    reason: Text | None = None
+    reason: _PointText | None = None
 
 
 class TelemetryBatch(msgspec.Struct, frozen=True, tag="telemetry"):
@@ -211,6 +224,51 @@ def decode(payload: bytes | bytearray | memoryview) -> Message:
         raise WireError(f"malformed message: {type(exc).__name__}: {exc}") from exc
     if message.v != WIRE_VERSION:
         raise WireError(f"unsupported wire version {message.v}")
-    if isinstance(message, GapEvent) and message.first_seq > message.last_seq:
+    if isinstance(message, TelemetryBatch):
+        _check_points(message.points)
+    elif isinstance(message, GapEvent) and message.first_seq > message.last_seq:
         raise WireError(f"gap first_seq {message.first_seq} > last_seq {message.last_seq}")
     return message
+
+
+_ID_RE: Final = re.compile(ID_PATTERN)
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+_SERIES_FIELDS: Final = (
+    ("tag", _ID_RE),
+    ("device", _ID_RE),
+    ("kind", _ID_RE),
+    ("unit", _NAME_RE),
+    ("area", _NAME_RE),
+    ("position", _NAME_RE),
+)
+_valid_series: set[tuple[str, str, str, str, str, str]] = set()
+_valid_reasons: set[str] = set()
+_MEMO_MAX: Final = 100_000
+
+
+def _refuse(index: int, name: str, value: str, rule: re.Pattern[str]) -> WireError:
+    return WireError(
+        f"malformed message: Expected `str` matching regex {rule.pattern!r}, got {value!r}"
+        f" - at `$.points[{index}].{name}`"
+    )
+
+
+def _check_points(points: list[Point]) -> None:
+    """The patterns of every point's strings, checked once per distinct series."""
+    valid = _valid_series
+    for index, p in enumerate(points):
+        series = (p.tag, p.device, p.kind, p.unit, p.area, p.position)
+        if series not in valid:
+            for (name, rule), value in zip(_SERIES_FIELDS, series, strict=True):
+                if rule.search(value) is None:
+                    raise _refuse(index, name, value, rule)
+            if len(valid) >= _MEMO_MAX:
+                valid.clear()
+            valid.add(series)
+        reason = p.reason
+        if reason is not None and reason not in _valid_reasons:
+            if _NAME_RE.search(reason) is None:
+                raise _refuse(index, "reason", reason, _NAME_RE)
+            if len(_valid_reasons) >= _MEMO_MAX:
+                _valid_reasons.clear()
+            _valid_reasons.add(reason)

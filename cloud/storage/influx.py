@@ -91,29 +91,36 @@ class LineBuilder:
 
     def __init__(self, max_series: int = 200_000) -> None:
         self.max_series = max_series
-        self._prefixes: dict[tuple[str, ...], str] = {}
+        # (site, gateway) -> series identity of a point -> escaped "measurement,tags "
+        self._prefixes: dict[tuple[str, str], dict[tuple[str, ...], str]] = {}
 
     def lines(self, batch: wire.TelemetryBatch) -> list[str]:
         """One line-protocol line per point of ``batch`` (pure; no I/O)."""
-        prefixes = self._prefixes
-        if len(prefixes) > self.max_series:
-            prefixes.clear()
+        prefixes = self._prefixes.get((batch.site, batch.gateway))
+        if prefixes is None or len(prefixes) > self.max_series:
+            if len(self._prefixes) > self.max_series:
+                self._prefixes.clear()
+            prefixes = self._prefixes[(batch.site, batch.gateway)] = {}
         site, gateway = batch.site, batch.gateway
         out: list[str] = []
         append = out.append
+        quality_field = _QUALITY_FIELD
+        isfinite = math.isfinite
         for p in batch.points:
-            key = (site, gateway, p.tag, p.device, p.kind, p.unit, p.area, p.position)
+            key = (p.tag, p.device, p.kind, p.unit, p.area, p.position)
             prefix = prefixes.get(key)
             if prefix is None:
                 prefix = prefixes[key] = _prefix(site, gateway, p)
             value = p.value
-            quality = _QUALITY_FIELD[p.quality]
-            if value is not None and math.isfinite(value):
-                fields = f"value={float(value)!r},{quality}"
-            else:
-                fields = quality
-            if p.reason is not None:
-                fields = f"{fields},reason={_string_field(p.reason)}"
+            if p.reason is None:
+                if value is not None and isfinite(value):
+                    append(f"{prefix}value={value!r},{quality_field[p.quality]} {p.ts_ns}")
+                else:
+                    append(f"{prefix}{quality_field[p.quality]} {p.ts_ns}")
+                continue
+            fields = quality_field[p.quality] + ",reason=" + _string_field(p.reason)
+            if value is not None and isfinite(value):
+                fields = f"value={value!r},{fields}"
             append(f"{prefix}{fields} {p.ts_ns}")
         return out
 
