@@ -140,8 +140,8 @@ class IngestService:
         session_expiry_s: int = 86_400,
         connect_timeout_s: float = 10.0,
         backoff_cap_s: float = 30.0,
-        receive_maximum: int = 100,
-        max_batch_bytes: int = 8 * 1024 * 1024,
+        receive_maximum: int = 256,
+        max_batch_bytes: int = 4 * 1024 * 1024,
         ts_window: TimeWindow | None = None,
         spool_drain_points: int = 50_000,
         username: str | None = None,
@@ -177,6 +177,9 @@ class IngestService:
         self.ts_window = TimeWindow() if ts_window is None else ts_window
         self.spool_drain_points = spool_drain_points
         self.pipeline_depth = pipeline_depth
+        # A batch takes at most its share of the receive window, so that the next
+        # batches arrive (and are decoded) while it waits for InfluxDB.
+        self._max_batch_messages = max(1, receive_maximum // (pipeline_depth + 1))
         # (gateway, seq) of batches being stored right now: a copy in a later batch is
         # a duplicate even before the first one is committed.
         self._in_flight: set[tuple[str, int]] = set()
@@ -286,7 +289,11 @@ class IngestService:
                 size = _size(first.payload)
                 # Everything that arrived while earlier batches were stored, up to a
                 # bound: batches grow with the load by themselves, no timer needed.
-                while len(messages) and size < self.max_batch_bytes:
+                while (
+                    len(messages)
+                    and size < self.max_batch_bytes
+                    and len(batch) < self._max_batch_messages
+                ):
                     message = await anext(messages)
                     batch.append(message)
                     size += _size(message.payload)

@@ -59,7 +59,7 @@ class CloudSettings:
     # Timestamps accepted around receive time (None: no limit on that side).
     accept_past_s: float | None = 30 * 86_400.0
     accept_future_s: float | None = 300.0
-    receive_maximum: int = 100  # MQTT v5 receive window of the ingest
+    receive_maximum: int = 256  # MQTT v5 receive window of the ingest
     access_token_ttl_s: int = 3600  # lifetime of an API access token (login)
     # The broker account (read-only ingest account) and TLS; the password is a secret:
     # from the environment or a file, never a command-line value or YAML.

@@ -140,3 +140,30 @@ def rtu(
 
     typer.echo(f"rtu: {units} units, 100-register reads back to back, {duration} s per baud rate")
     emit(run_rtu(duration_s=duration, units=units))
+
+
+@app.command("ingest")
+def ingest(
+    points: Annotated[
+        int, typer.Option("--points", min=1000, help="Points in the backlog.")
+    ] = 300_000,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, max=10_000, help="Points per message.")
+    ] = 500,
+    gateways: Annotated[int, typer.Option("--gateways", min=1, help="Gateways publishing.")] = 4,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=8, help="Ingest processes (shared subscription).")
+    ] = 1,
+    influx_url: Annotated[
+        str, typer.Option("--influx-url", help="InfluxDB under test (fresh databases are made).")
+    ] = "http://127.0.0.1:8086",
+) -> None:
+    """Cloud ingest -> InfluxDB points/s end to end, beside raw line-protocol writes (same run)."""
+    from bench._harness import emit
+    from bench.ingest import run
+
+    typer.echo(
+        f"ingest: {points} points in messages of {batch} from {gateways} gateways, "
+        f"{workers} ingest process(es), InfluxDB {influx_url}"
+    )
+    emit(run(points=points, batch=batch, gateways=gateways, workers=workers, influx_url=influx_url))

@@ -71,7 +71,7 @@ def run(
         300.0, help="Newest timestamp accepted, in seconds after receipt (clock skew). 0: no limit."
     ),
     receive_maximum: int = typer.Option(
-        100, min=1, max=65535, help="MQTT v5 Receive Maximum: unacknowledged messages in flight."
+        256, min=1, max=65535, help="MQTT v5 Receive Maximum: unacknowledged messages in flight."
     ),
     mqtt_username: str | None = typer.Option(
         None, help="Broker account of the ingest (read-only; `safewatch broker init`)."

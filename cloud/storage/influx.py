@@ -182,7 +182,12 @@ class _QueuedWriter:
     """Bounded line queue, batching and the flush loop shared by both writers."""
 
     def __init__(
-        self, *, batch_lines: int, flush_interval_s: float, max_pending_lines: int
+        self,
+        *,
+        batch_lines: int,
+        flush_interval_s: float,
+        max_pending_lines: int,
+        max_requests: int = 3,
     ) -> None:
         if batch_lines < 1 or max_pending_lines < batch_lines or flush_interval_s <= 0:
             raise ValueError(
@@ -195,6 +200,8 @@ class _QueuedWriter:
         self._counters: collections.Counter[str] = collections.Counter()
         self._wakeup = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        # Requests in flight from write(): InfluxDB answers fastest with a few, not many.
+        self._requests = asyncio.Semaphore(max_requests)
         self._reachable = False
         self._last_contact = 0.0
 
@@ -267,7 +274,8 @@ class _QueuedWriter:
 
     async def _write_chunk(self, chunk: list[str]) -> WriteResult:
         try:
-            await self._send(chunk)
+            async with self._requests:
+                await self._send(chunk)
         except InfluxRejected as exc:
             log.error("influx refused %d of %d lines: %s", exc.rejected, len(chunk), exc)
             return WriteResult(len(chunk) - exc.rejected, exc.rejected, str(exc))
