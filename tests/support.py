@@ -91,8 +91,11 @@ class Broker:
                 self.process.wait()
 
 
-def start_mosquitto(workdir: Path, port: int | None = None) -> Broker:
-    """Start a private Mosquitto on a free (or given) port; wait until it accepts."""
+def start_mosquitto(workdir: Path, port: int | None = None, *, extra: str = "") -> Broker:
+    """Start a private Mosquitto on a free (or given) port; wait until it accepts.
+
+    ``extra`` is appended to its config (e.g. the shipped broker limits).
+    """
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     port = port or free_port()
     conf = workdir / f"mosquitto-{port}.conf"
@@ -104,7 +107,7 @@ def start_mosquitto(workdir: Path, port: int | None = None) -> Broker:
     user = "user root\n" if os.geteuid() == 0 else ""
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\n{user}"
-        f"persistence true\npersistence_location {store}/\n",
+        f"persistence true\npersistence_location {store}/\n{extra}",
         encoding="utf-8",
     )
     proc = subprocess.Popen(
@@ -126,3 +129,64 @@ def mosquitto(workdir: Path) -> Iterator[Broker]:
         yield broker
     finally:
         broker.stop()
+
+
+@dataclass
+class InfluxServer:
+    """A private ``influxd`` (1.x) on free ports with its own data directory.
+
+    Fault tests stop and start it; the shared InfluxDB on 8086 is never touched.
+    ``stop()`` then ``start()`` keeps the data (same directory, same port).
+    """
+
+    workdir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = shutil.which("influxd") or "/usr/bin/influxd"
+        root = self.workdir / f"influxd-{self.port}"
+        conf = root / "influxdb.conf"
+        if not conf.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            conf.write_text(
+                f'reporting-enabled = false\nbind-address = "127.0.0.1:{free_port()}"\n'
+                f'[meta]\n  dir = "{root}/meta"\n'
+                f'[data]\n  dir = "{root}/data"\n  wal-dir = "{root}/wal"\n'
+                "  query-log-enabled = false\n"
+                f'[http]\n  bind-address = "127.0.0.1:{self.port}"\n  log-enabled = false\n'
+                "[monitor]\n  store-enabled = false\n"
+                '[logging]\n  level = "warn"\n'
+                "[continuous_queries]\n  enabled = false\n"
+                "[retention]\n  enabled = false\n",
+                encoding="utf-8",
+            )
+        log = (root / "influxd.log").open("ab")
+        self.process = subprocess.Popen([exe, "-config", str(conf)], stdout=log, stderr=log)
+        log.close()
+        wait_until(lambda: port_open("127.0.0.1", self.port), 20, f"influxd on port {self.port}")
+
+    def stop(self) -> None:
+        proc = self.process
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.process = None
+
+
+@contextmanager
+def private_influxd(workdir: Path) -> Iterator[InfluxServer]:
+    server = InfluxServer(workdir, free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -52,11 +52,13 @@ TS_NS_MIN: Final = 0
 TS_NS_MAX: Final = 2**63 - 2
 """InfluxDB's largest valid timestamp (1.x ``models.MaxNanoTime``); before 1970 is refused too."""
 FLOAT_MAX: Final = 1.7976931348623157e308
-MAX_POINTS: Final = 10_000
-"""Points in one telemetry batch (the gateway's batcher sends at most 500 by default)."""
+MAX_POINTS: Final = 5_000
+"""Points in one telemetry batch (the gateway's batcher sends at most 500 by default; 5,000
+points are about 750 kB, within the broker's packet limit)."""
 MAX_ACTUATORS: Final = 64
-MAX_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
-"""Bigger payloads are refused before parsing."""
+MAX_PAYLOAD_BYTES: Final = 1024 * 1024
+"""Bigger payloads are refused before parsing: the shipped broker's ``max_packet_size``
+(ansible/roles/cloud/files/mosquitto-limits.conf) refuses them before that."""
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LEN, pattern=ID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=NAME_MAX_LEN, pattern=NAME_PATTERN)]

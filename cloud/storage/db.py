@@ -17,6 +17,7 @@ broker redelivers it).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -126,9 +127,17 @@ class SeenSeqRow(Base):
 
 
 class DeadLetterRow(Base):
-    """A message the ingest could not use, kept with its payload and the reason."""
+    """A message the ingest could not use, kept with its payload and the reason.
+
+    Unique on ``digest`` (SHA-256 of topic and payload): a redelivery of the same
+    message (after a crash, or a broker that sends it twice) adds to ``copies``.
+    """
 
     __tablename__ = "dead_letters"
+    __table_args__ = (
+        sa.UniqueConstraint("digest", name="uq_dead_letters_digest"),
+        {"sqlite_autoincrement": True},  # ids never come back: a replay stops at today's newest
+    )
 
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
@@ -138,6 +147,8 @@ class DeadLetterRow(Base):
     payload: Mapped[bytes] = mapped_column(sa.LargeBinary)
     reason: Mapped[str] = mapped_column(sa.String(64))
     detail: Mapped[str] = mapped_column(sa.Text)
+    digest: Mapped[str] = mapped_column(sa.String(64))
+    copies: Mapped[int] = mapped_column(sa.Integer, default=1)
 
 
 class SpoolRow(Base):
@@ -229,6 +240,7 @@ class DeadLetterRecord:
     payload: bytes
     reason: str
     detail: str
+    copies: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +328,10 @@ class Store:
         self._since_prune = 0
         self._advance_seq = _advance_seq_statement()
         self._latest_upsert = self._latest_upsert_statement()
+        dead = self._insert(_DEAD)
+        self._dead_letter_upsert = dead.on_conflict_do_update(
+            index_elements=["digest"], set_={"copies": _DEAD.c.copies + 1}
+        )
 
     def _latest_upsert_statement(self) -> Any:
         """One upsert, run as executemany: newer values replace older ones, never the reverse."""
@@ -594,16 +610,11 @@ class Store:
                                 _SEEN.c.gateway == gateway, _SEEN.c.seq < newest - SEEN_SEQ_WINDOW
                             )
                         )
-            new_alarms = [self._record_alarm(conn, ev, now) for ev in commit.alarms]
-            for gap in commit.gaps:
-                self._record_gap(conn, gap, now)
-            for status in commit.statuses:
-                self._record_status(conn, status, now)
-            if commit.latest:
-                conn.execute(self._latest_upsert, commit.latest)
+            if commit.replaced:  # before the new dead letters: a replay may fail again
+                conn.execute(_DEAD.delete().where(_DEAD.c.id.in_(commit.replaced)))
             if commit.dead_letters:
                 conn.execute(
-                    _DEAD.insert(),
+                    self._dead_letter_upsert,
                     [
                         {
                             "received_at": now,
@@ -611,10 +622,19 @@ class Store:
                             "payload": d.payload,
                             "reason": d.reason,
                             "detail": d.detail,
+                            "digest": _digest(d.topic, d.payload),
+                            "copies": 1,
                         }
                         for d in commit.dead_letters
                     ],
                 )
+            new_alarms = [self._record_alarm(conn, ev, now) for ev in commit.alarms]
+            for gap in commit.gaps:
+                self._record_gap(conn, gap, now)
+            for status in commit.statuses:
+                self._record_status(conn, status, now)
+            if commit.latest:
+                conn.execute(self._latest_upsert, commit.latest)
             if commit.spool:
                 lines = commit.spool
                 conn.execute(
@@ -628,8 +648,6 @@ class Store:
                         for i in range(0, len(lines), SPOOL_CHUNK_LINES)
                     ],
                 )
-            if commit.replaced:
-                conn.execute(_DEAD.delete().where(_DEAD.c.id.in_(commit.replaced)))
         return new_alarms
 
     def spool_take(self, max_points: int) -> list[SpoolChunk]:
@@ -691,6 +709,7 @@ class Store:
                 payload=bytes(r.payload),
                 reason=r.reason,
                 detail=r.detail,
+                copies=r.copies,
             )
             for r in rows
         ]
@@ -803,6 +822,10 @@ class Store:
         with self._begin() as conn:
             found = conn.execute(sa.select(lv.c.site).union(sa.select(gw.c.site))).scalars()
             return set(found)
+
+
+def _digest(topic: str, payload: bytes) -> str:
+    return hashlib.sha256(topic.encode("utf-8", "surrogateescape") + b"\0" + payload).hexdigest()
 
 
 def _advance_seq_statement() -> sa.Update:
