@@ -258,6 +258,9 @@ _REASON_TEXT = {
     "changing": "reading changes again",
     "drift": "reading disagrees with its neighbour sensor (maintenance)",
     "agrees": "reading agrees with its neighbour again",
+    "forecast_over": "model pre-alarm: the forecast crossed its threshold (advisory, no actuator)",
+    "forecast_clear": "model pre-alarm ended: the forecast is back past its clear value",
+    "forecast_stale": "model pre-alarm unknown: the model has had no input for too long",
 }
 
 

@@ -139,6 +139,15 @@ class SafetyEngine:
             if known.known:
                 self.interlock.observe(known.id, known.trips, start)
 
+    def add_rule(self, rule: Rule) -> None:
+        """Own a rule built outside the site's rule list (model pre-alarms, edge.inference):
+        routed by its inputs, ticked and reported like the others."""
+        if rule.id in self.rules:
+            raise ValueError(f"duplicate rule id {rule.id!r}")
+        self.rules[rule.id] = rule
+        for tag_name in rule.inputs:
+            self._by_tag.setdefault(tag_name, []).append(rule)
+
     # -- building ------------------------------------------------------------------
 
     def _stale_s(self, tag: str) -> float:

@@ -24,9 +24,10 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wire
+from device_drivers import Sample
 from edge.actuation import ActuatorCommand, Interlock
 from edge.alarms import AlarmManager, AlarmOutbox
 from edge.commands import EngineerCommands
@@ -42,6 +43,9 @@ from edge.rules import Level
 from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
+
+if TYPE_CHECKING:
+    from edge.inference import InferenceRunner
 
 __all__ = ["DriverFactory", "Gateway", "MqttAccess", "command_listener", "mqtt_access"]
 
@@ -160,8 +164,16 @@ class Gateway:
             site, self.interlock, self.alarms, self.samples, latches=self.latches
         )
         self.commands = EngineerCommands(site, self.engine, self.state_path)
+        # models (advisory pre-alarms) see a sample only after the safety decision on it
+        self.inference: InferenceRunner | None = None
+        if cfg.inference.assign:
+            from edge.inference import InferenceRunner  # numpy/onnxruntime only when used
+
+            self.inference = InferenceRunner(site)
+            self.inference.attach(self.engine)  # the engine owns the pre-alarm conditions
+        on_sample = self.engine.handle if self.inference is None else self._decide_then_infer
         self.pollers = [
-            BusPoller(site, bus.id, driver_factory(bus), self.engine.handle, self.interlock)
+            BusPoller(site, bus.id, driver_factory(bus), on_sample, self.interlock)
             for bus in cfg.buses
         ]
         self.buffer: StoreAndForwardBuffer | None = None
@@ -190,6 +202,8 @@ class Gateway:
             "latch_saves": self.latches.saves,
             "latch_errors": self.latches.errors,
         }
+        if self.inference is not None:
+            out.update(self.inference.counters())
         if self.publisher is not None:
             out["published"] = self.publisher.published
             out["publish_failed"] = self.publisher.failed
@@ -242,6 +256,9 @@ class Gateway:
             for action in ENGINEER_ACTIONS:  # the same commands as `safewatch edge ...`
                 self.remote_commands.handlers[action] = self._engineer_command
         self.batcher = TelemetryBatcher(self.site, buffer, self.samples, on_stored=publisher.notify)
+        if self.inference is not None:
+            for out in self.inference.outputs.values():
+                self.batcher.describe(out.tag, "forecast", out.unit, out.area, out.position)
         self.alarm_writer = AlarmWriter(buffer, self.outbox, on_stored=publisher.notify)
         clean = False
         log.info(
@@ -282,6 +299,10 @@ class Gateway:
                         name="telemetry-batcher",
                     ),
                 ]
+                if self.inference is not None:
+                    writers.append(
+                        tg.create_task(self._supervised("inference", self._infer), name="inference")
+                    )
                 uplink = tg.create_task(
                     self._supervised("mqtt-publisher", publisher.run, until_return=True),
                     name="mqtt-publisher",
@@ -350,6 +371,18 @@ class Gateway:
         body: dict[str, Any] = {**command.args, "action": command.action}
         body["by"] = f"cloud:{command.issuer}"
         self.commands.execute(body, f"mqtt:{command.id}")
+
+    def _decide_then_infer(self, sample: Sample) -> object:
+        transition = self.engine.handle(sample)
+        assert self.inference is not None
+        self.inference.offer(sample)
+        return transition
+
+    async def _infer(self) -> None:
+        runner = self.inference
+        assert runner is not None
+        # outputs go through the engine: pre-alarm rules, alarms, uplink (kind forecast)
+        await runner.run(self.engine.handle)
 
     async def _tick_rules(self) -> None:
         self.commands.report_overdue()

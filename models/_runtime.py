@@ -9,7 +9,7 @@ an output the card reads is missing.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from models._card import CardError, ModelCard, read_card
+from models._card import CardError, ModelCard, OutputSpec, read_card
 from models.features import PIPELINE_VERSION, trend_features, vibration_features
 
 __all__ = ["LoadedModel", "ModelRefused", "compute_features", "load_model", "reduce_outputs"]
@@ -39,25 +39,52 @@ def compute_features(card: ModelCard, windows: NDArray[np.floating]) -> NDArray[
     return vibration_features(windows, sample_rate_hz=spec.sample_rate_hz)
 
 
+Reducer = Callable[[dict[str, NDArray[np.generic]]], NDArray[np.float64]]
+
+
+def _reducer(spec: OutputSpec) -> Reducer:
+    """One output's reduction, decided once per card (the runner calls it every tick)."""
+    source = spec.source
+    cols = spec.columns
+    pick: Callable[[NDArray[np.generic]], NDArray[np.generic]]
+    if spec.reduce == "value":
+
+        def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
+            return arr[:, 0] if arr.ndim == 2 else arr
+
+    elif spec.reduce == "argmax":
+
+        def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
+            return np.asarray(np.argmax(arr, axis=1))
+
+    elif len(cols) == 1:
+        col = cols[0]
+
+        def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
+            return arr[:, col]
+
+    elif cols == tuple(range(cols[0], cols[-1] + 1)):
+        lo, hi = cols[0], cols[-1] + 1  # a contiguous run: a slice, not a fancy index
+
+        def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
+            return np.asarray(arr[:, lo:hi].sum(axis=1))
+
+    else:
+        index = list(cols)
+
+        def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
+            return np.asarray(arr[:, index].sum(axis=1))
+
+    if spec.transform == "expm1":
+        return lambda raw: np.expm1(pick(raw[source]).astype(np.float64))
+    return lambda raw: pick(raw[source]).astype(np.float64)
+
+
 def reduce_outputs(
     card: ModelCard, raw: dict[str, NDArray[np.generic]]
 ) -> dict[str, NDArray[np.float64]]:
     """Turn the session's raw outputs into the card's named outputs, one value per row."""
-    out: dict[str, NDArray[np.float64]] = {}
-    for spec in card.outputs:
-        arr = np.asarray(raw[spec.source], dtype=np.float64)
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        if spec.reduce == "value":
-            value = arr[:, 0]
-        elif spec.reduce == "column_sum":
-            value = arr[:, list(spec.columns)].sum(axis=1)
-        else:
-            value = np.argmax(arr, axis=1).astype(np.float64)
-        if spec.transform == "expm1":
-            value = np.expm1(value)
-        out[spec.name] = value
-    return out
+    return {spec.name: _reducer(spec)(raw) for spec in card.outputs}
 
 
 @dataclass
@@ -70,10 +97,14 @@ class LoadedModel:
     input_name: str
     output_names: list[str]
 
+    def __post_init__(self) -> None:
+        self._reducers = [(spec.name, _reducer(spec)) for spec in self.card.outputs]
+
     def run(self, features: NDArray[np.float32]) -> dict[str, NDArray[np.float64]]:
         """Score ``(batch, n_features)`` rows; the card's outputs, one value per row."""
         raw = self.session.run(self.output_names, {self.input_name: features})
-        return reduce_outputs(self.card, dict(zip(self.output_names, raw, strict=True)))
+        named = dict(zip(self.output_names, raw, strict=True))
+        return {name: reduce(named) for name, reduce in self._reducers}
 
     def score(self, windows: NDArray[np.floating]) -> dict[str, NDArray[np.float64]]:
         return self.run(compute_features(self.card, windows))

@@ -21,12 +21,12 @@ float32 out, no Python loop over sensors.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import signal
 
 __all__ = [
     "PIPELINE_VERSION",
@@ -67,9 +67,34 @@ def _as_batch(windows: NDArray[np.floating] | Sequence[Sequence[float]], need: i
         arr = arr[None, :]
     if arr.ndim != 2 or arr.shape[1] < need:
         raise FeatureError(f"windows of shape {arr.shape}; need (batch, >= {need})")
-    if not np.all(np.isfinite(arr)):
+    if not math.isfinite(float(arr.sum())):  # any NaN/inf (or an absurd magnitude) shows here
         raise FeatureError("windows contain NaN or infinite values")
     return arr
+
+
+@lru_cache(maxsize=64)
+def _trend_matrix(
+    window: int, spans: tuple[int, ...], period_s: float, rate_unit_s: float
+) -> Floats:
+    """Every linear trend feature as one column: last, mean, last - mean, slopes, accels."""
+    m = np.zeros((window, 3 + 2 * len(spans)), dtype=np.float64)
+    m[-1, 0] = 1.0
+    m[:, 1] = 1.0 / window
+    m[:, 2] = m[:, 0] - m[:, 1]
+    scale = rate_unit_s / period_s
+    for i, k in enumerate(spans):
+        slope = np.zeros(window)
+        slope[window - k :] = _slope_weights(k) * scale
+        before = np.zeros(window)
+        if window >= 2 * k:
+            before[window - 2 * k : window - k] = _slope_weights(k) * scale
+        else:
+            half = max(2, k // 2)
+            before[window - k : window - k + half] = _slope_weights(half) * scale
+        m[:, 3 + i] = slope
+        m[:, 3 + len(spans) + i] = slope - before
+    m.flags.writeable = False
+    return m
 
 
 def trend_features(
@@ -79,29 +104,24 @@ def trend_features(
     spans: Sequence[int],
     rate_unit_s: float,
 ) -> NDArray[np.float32]:
-    """Level and slope features of ``(batch, window)`` evenly spaced samples."""
+    """Level and slope features of ``(batch, window)`` evenly spaced samples.
+
+    All linear features come from one matrix product; std, min and max are the
+    only other passes over the data (the runner calls this on every tick).
+    """
     longest = max(spans)
     w = _as_batch(windows, longest)
-    batch = w.shape[0]
-    out = np.empty((batch, 6 + 2 * len(spans)), dtype=np.float64)
-    out[:, 0] = w[:, -1]
-    out[:, 1] = w.mean(axis=1)
-    out[:, 2] = w.std(axis=1)
+    n = w.shape[1]
+    linear = w @ _trend_matrix(n, tuple(spans), float(period_s), float(rate_unit_s))
+    out = np.empty((w.shape[0], 6 + 2 * len(spans)), dtype=np.float32)
+    out[:, 0] = linear[:, 0]
+    out[:, 1] = linear[:, 1]
+    mean_sq = np.einsum("ij,ij->i", w, w) / n
+    out[:, 2] = np.sqrt(np.maximum(mean_sq - linear[:, 1] ** 2, 0.0))
     out[:, 3] = w.min(axis=1)
     out[:, 4] = w.max(axis=1)
-    out[:, 5] = out[:, 0] - out[:, 1]
-    scale = rate_unit_s / period_s
-    for i, k in enumerate(spans):
-        weights = _slope_weights(k)
-        slope = w[:, -k:] @ weights * scale
-        out[:, 6 + i] = slope
-        if w.shape[1] >= 2 * k:
-            before = w[:, -2 * k : -k] @ weights * scale
-        else:
-            half = max(2, k // 2)
-            before = w[:, -k : -k + half] @ _slope_weights(half) * scale
-        out[:, 6 + len(spans) + i] = slope - before
-    return out.astype(np.float32)
+    out[:, 5:] = linear[:, 2:]
+    return out
 
 
 VIBRATION_BANDS: tuple[tuple[float, float | None], ...] = (
@@ -139,6 +159,8 @@ def vibration_features(
     safe_rms = np.maximum(accel_rms, 1e-12)
     kurtosis = np.mean(a**4, axis=1) / safe_rms**4
     crest = np.max(np.abs(a), axis=1) / safe_rms
+    from scipy import signal  # a heavy import: only gateways with a vibration model pay it
+
     f_w, pxx = signal.welch(a, fs=fs, nperseg=min(256, n), axis=1)
     df = float(f_w[1] - f_w[0])
     energies = []

@@ -167,3 +167,17 @@ def ingest(
         f"{workers} ingest process(es), InfluxDB {influx_url}"
     )
     emit(run(points=points, batch=batch, gateways=gateways, workers=workers, influx_url=influx_url))
+
+
+@app.command("inference")
+def inference(
+    seconds: Annotated[
+        float, typer.Option("--seconds", min=0.5, help="Batch-64 timing per model.")
+    ] = 3.0,
+) -> None:
+    """Edge inference runner vs bare InferenceSession.run (overhead, windows/s, p99)."""
+    from bench._harness import emit
+    from bench.inference import run
+
+    typer.echo(f"inference: shipped models, batch 1 and batch 64, {seconds:g} s per model")
+    emit(run(seconds=seconds))

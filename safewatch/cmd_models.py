@@ -1,4 +1,4 @@
-"""``safewatch models train|eval|list``: train the catalog's models, score them held out."""
+"""``safewatch models train|eval|list|install``: train, score held out, deploy to a gateway."""
 
 from __future__ import annotations
 
@@ -122,3 +122,21 @@ def evaluate(
     for name, metrics in results.items():
         typer.echo(f"{name}: " + ", ".join(f"{k}={v:g}" for k, v in sorted(metrics.items())))
     typer.echo(json.dumps(results, sort_keys=True))
+
+
+@app.command("install")
+def install(
+    card: Annotated[Path, typer.Argument(help="The new model's card (<name>.card.yaml).")],
+    models_dir: Annotated[Path, typer.Option("--dir", help="The gateway's models directory.")],
+) -> None:
+    """Verify a card and its ONNX file, then copy them into a running gateway's models
+    directory (ONNX first, card last, each by atomic rename); the gateway swaps it in."""
+    from edge.inference import install as install_model
+    from models import ModelRefused
+
+    try:
+        path = install_model(card, models_dir)
+    except ModelRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"installed {path}; a running gateway swaps it in within about 10 s")

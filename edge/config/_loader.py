@@ -408,6 +408,14 @@ def _cross_check(
                 if actuator not in actuators:
                     yield doc.issue((*at, "actuators", ai), f"unknown actuator {actuator!r}")
 
+    for mi, assignment in enumerate(config.inference.assign):
+        for ti, tag_name in enumerate(assignment.tags):
+            if tag_name not in tag_names:
+                yield doc.issue(
+                    ("inference", "assign", mi, "tags", ti),
+                    f"model {assignment.model!r}: unknown tag {tag_name!r}",
+                )
+
     coils: dict[tuple[str, int], str] = {}
     for ai, act in enumerate(config.actuators):
         if act.device not in devices:

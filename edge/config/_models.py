@@ -369,6 +369,28 @@ class BufferSettings(_Frozen):
     drain_points_per_s: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
+class ModelAssignment(_Frozen):
+    """Run model ``model`` (a card name in the models directory) on each of ``tags``."""
+
+    model: Identifier
+    tags: tuple[Identifier, ...] = Field(min_length=1)
+
+
+class InferenceSettings(_Frozen):
+    """ONNX models on the gateway: advisory pre-alarms and forecasts, never a cut.
+
+    ``models_dir`` defaults to the models shipped with SafeWatch. Each tick
+    scores every sensor with a fresh full window, ``max_batch`` per model at
+    most, on one onnxruntime session per model with ``intra_op_threads``.
+    """
+
+    models_dir: str | None = None
+    tick_ms: int = Field(default=1000, ge=50, le=60_000)
+    intra_op_threads: int = Field(default=1, ge=1, le=64)
+    max_batch: int = Field(default=256, ge=1, le=65_536)
+    assign: tuple[ModelAssignment, ...] = ()
+
+
 class SiteConfig(_Frozen):
     site: SiteInfo
     gateway: GatewaySettings
@@ -382,6 +404,7 @@ class SiteConfig(_Frozen):
     interlocks: tuple[InterlockRow, ...] = ()
     state: StateSettings = StateSettings()
     lockout_tests: LockoutTestSettings = LockoutTestSettings()
+    inference: InferenceSettings = InferenceSettings()
 
     @model_validator(mode="before")
     @classmethod

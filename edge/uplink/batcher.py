@@ -103,6 +103,10 @@ class TelemetryBatcher:
         self.batches = 0
         self.points_lost = 0  # could not be stored (disk/SQLite failure), each marked by a gap
 
+    def describe(self, tag: str, kind: str, unit: str, area: str, position: str) -> None:
+        """Metadata for a tag that is not a site tag (model outputs, kind ``forecast``)."""
+        self._meta[tag] = (kind, unit, area, position)
+
     def point_of(self, sample: Sample) -> wire.Point:
         kind, unit, area, position = self._meta.get(sample.tag, _NO_META)
         return wire.Point(

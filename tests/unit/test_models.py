@@ -174,3 +174,22 @@ def test_training_is_reproducible(tmp_path: Path, name: str) -> None:
     # skl2onnx writes the same bytes for the same trees: the file hash is reproducible too
     assert a.sha256 == b.sha256
     load_model(tmp_path / "a" / f"{name}.card.yaml")
+
+
+def test_models_install_refuses_a_bad_pair_and_installs_a_good_one(tmp_path: Path) -> None:
+    runner = CliRunner()
+    target = tmp_path / "gateway-models"
+    good = MODELS_DIR / "vibration-wear.card.yaml"
+    result = runner.invoke(app, ["models", "install", str(good), "--dir", str(target)])
+    assert result.exit_code == 0, result.output
+    assert file_sha256(target / "vibration-wear.onnx") == read_card(good).sha256
+    load_model(target / "vibration-wear.card.yaml")
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(good, bad / good.name)
+    (bad / "vibration-wear.onnx").write_bytes(b"junk")
+    result = runner.invoke(app, ["models", "install", str(bad / good.name), "--dir", str(target)])
+    assert result.exit_code == 1
+    assert "sha256" in result.output
+    assert file_sha256(target / "vibration-wear.onnx") == read_card(good).sha256  # untouched
