@@ -7,6 +7,7 @@
     engineer-commands    latch resets, calibrations, lockout tests from the CLI
     alarm-writer         alarm outbox -> durable buffer
     telemetry-batcher    sample queue -> telemetry batches in the buffer
+    health-reporter      device, bus and uplink health -> telemetry (edge/health_report.py)
     mqtt-publisher       buffer -> broker
 
 The safety path (poll -> rules -> interlock -> coil write) runs inside the
@@ -36,6 +37,7 @@ from edge.config._models import MqttSettings
 from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
 from edge.health import HealthServer
+from edge.health_report import HealthReporter, HealthSnapshot
 from edge.latches import LatchStore, read_commands, state_path_for
 from edge.polling import BusPoller
 from edge.remote_commands import CommandListener, CommandVerifier, load_public_keys
@@ -130,6 +132,7 @@ class Gateway:
         state_path: str | Path | None = None,
         command_check_s: float = 0.5,
         health_port: int | None = None,
+        health_interval_s: float = 10.0,
     ) -> None:
         cfg = site.config
         self.site = site
@@ -148,6 +151,7 @@ class Gateway:
         self.command_check_s = command_check_s
         self.state_path = Path(state_path or state_path_for(self.buffer_path, cfg.state.path))
         self.latches = LatchStore(self.state_path)
+        self.health_interval_s = health_interval_s
         self._driver_factory = driver_factory
         self._stop = asyncio.Event()
         self.task_failures = 0
@@ -181,12 +185,36 @@ class Gateway:
         self.remote_commands: CommandListener | None = None
         self.batcher: TelemetryBatcher | None = None
         self.alarm_writer: AlarmWriter | None = None
+        self.health_reporter: HealthReporter | None = None
         self.ready = asyncio.Event()
 
     # -- status ------------------------------------------------------------------
 
     def levels(self) -> dict[str, Level]:
         return self.engine.levels()
+
+    def health_snapshot(self) -> HealthSnapshot:
+        """Device and bus health for the walls (see ``edge/health_report.py``)."""
+        devices: dict[str, dict[str, float]] = {}
+        buses: dict[str, dict[str, float]] = {}
+        for p in self.pollers:
+            bus = p.health
+            buses[p.bus_id] = {
+                "bus_reads": bus.reads_ok,
+                "bus_read_errors": bus.reads_failed,
+                "bus_skipped_polls": bus.skipped,
+                "bus_lag_ms": round(bus.lag_s * 1000, 3),
+            }
+            for dev in p.devices():
+                metrics: dict[str, float] = {
+                    "breaker_open": 0.0 if dev.breaker == "closed" else 1.0,
+                    "read_errors": sum(dev.errors.values()),
+                    "skipped_polls": dev.skipped,
+                }
+                if dev.latency_s is not None:
+                    metrics["poll_latency_ms"] = round(dev.latency_s * 1000, 3)
+                devices[dev.device] = metrics
+        return HealthSnapshot(devices, buses)
 
     def counters(self) -> dict[str, int]:
         out = {
@@ -260,6 +288,13 @@ class Gateway:
             for out in self.inference.outputs.values():
                 self.batcher.describe(out.tag, "forecast", out.unit, out.area, out.position)
         self.alarm_writer = AlarmWriter(buffer, self.outbox, on_stored=publisher.notify)
+        self.health_reporter = HealthReporter(
+            cfg.gateway.id,
+            buffer,
+            self.health_snapshot,
+            interval_s=self.health_interval_s,
+            on_stored=publisher.notify,
+        )
         clean = False
         log.info(
             "gateway %s (site %s): %d bus(es), %d tag(s); buffer %s; mqtt %s:%d",
@@ -297,6 +332,10 @@ class Gateway:
                     tg.create_task(
                         self._supervised("telemetry-batcher", self.batcher.run),
                         name="telemetry-batcher",
+                    ),
+                    tg.create_task(
+                        self._supervised("health-reporter", self.health_reporter.run),
+                        name="health-reporter",
                     ),
                 ]
                 if self.inference is not None:

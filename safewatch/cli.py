@@ -1,4 +1,4 @@
-"""The one ``safewatch`` command: edge, cloud, sim, config, bench, demo."""
+"""The one ``safewatch`` command: edge, cloud, sim, config, models, dashboards, bench, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from safewatch.cmd_bench import app as bench_app
 from safewatch.cmd_broker import app as broker_app
 from safewatch.cmd_cloud import app as cloud_app
 from safewatch.cmd_config import app as config_app
+from safewatch.cmd_dashboards import app as dashboards_app
 from safewatch.cmd_demo import demo
 from safewatch.cmd_edge import app as edge_app
 from safewatch.cmd_models import app as models_app
@@ -26,6 +27,7 @@ app.add_typer(cloud_app, name="cloud", help="Run the cloud ingest and API.")
 app.add_typer(sim_app, name="sim", help="Simulate a site's devices.")
 app.add_typer(config_app, name="config", help="Validate and show configuration.")
 app.add_typer(models_app, name="models", help="Train and evaluate the ONNX models.")
+app.add_typer(dashboards_app, name="dashboards", help="Grafana walls: export or push.")
 app.add_typer(bench_app, name="bench", help="Run a benchmark; the last output line is JSON.")
 app.add_typer(users_app, name="users", help="API users: add, list, disable, passwd, role.")
 app.add_typer(tokens_app, name="tokens", help="API tokens for machines: create, list, revoke.")

@@ -100,7 +100,15 @@ async def test_gateway_shutdown_with_unstorable_alarms_is_not_silent(tmp_path: P
     gateway.alarm_flush_s = 0.2
     await asyncio.wait_for(gateway.ready.wait(), 5)
     assert gateway.buffer is not None
-    await asyncio.to_thread(gateway.buffer._db.execute, "DROP TABLE messages")
+    buffer = gateway.buffer
+
+    def drop_table() -> None:
+        # under the buffer's lock: outside it, the DROP could land inside another
+        # writer's transaction (batcher, health reporter) and be rolled back with it
+        with buffer._lock:
+            buffer._db.execute("DROP TABLE messages")
+
+    await asyncio.to_thread(drop_table)
     gateway.outbox.put(alarm(tag="CH4_A", alarm_id="late"))
     gateway.stop()
     await asyncio.wait_for(task, 10)
