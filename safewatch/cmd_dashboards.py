@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from cloud.dashboards import (
-    GrafanaTarget,
-    PushError,
-    TagSpec,
-    ThresholdSpec,
-    WallSpec,
-    build_dashboards,
-    export,
-    push,
-    validate_dashboard,
-)
 from edge.config import ConfigError, LoadedSite, load_profiles, load_site
+
+if TYPE_CHECKING:
+    from cloud.dashboards import WallSpec
+
+# cloud.dashboards (the Grafana SDK, jsonschema, grafana-client) is imported in the
+# commands, not here: every `safewatch` start (edge run included) imports this module.
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -49,6 +44,8 @@ InfluxUserOpt = Annotated[
 
 def wall_spec(site: LoadedSite) -> WallSpec:
     """The wall's view of a validated site: tags, places, effective thresholds."""
+    from cloud.dashboards import TagSpec, ThresholdSpec, WallSpec
+
     tags: list[TagSpec] = []
     for device, tag in site.tags():
         t = site.thresholds_of(tag)
@@ -82,6 +79,8 @@ def wall_spec(site: LoadedSite) -> WallSpec:
 
 def build_all(configs: list[Path], profiles: Path | None) -> dict[str, dict[str, Any]]:
     """Dashboards of every site, validated against the shipped schema."""
+    from cloud.dashboards import build_dashboards, validate_dashboard
+
     profile_set = load_profiles(profiles) if profiles is not None else None
     boards: dict[str, dict[str, Any]] = {}
     for path in configs:
@@ -123,6 +122,8 @@ def export_cmd(
     ] = "/var/lib/grafana/dashboards/safewatch",
 ) -> None:
     """Write dashboards/*.json and provisioning/{datasources,dashboards}/safewatch.yaml."""
+    from cloud.dashboards import GrafanaTarget, export
+
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     boards = _load(config, profiles, err)
@@ -154,6 +155,8 @@ def push_cmd(
     influx_user: InfluxUserOpt = "",
 ) -> None:
     """Upload the folder, the InfluxDB data source and every dashboard to Grafana."""
+    from cloud.dashboards import GrafanaTarget, PushError, push
+
     out = Console(soft_wrap=True, highlight=False)
     err = Console(stderr=True, soft_wrap=True, highlight=False)
     token = os.environ.get(token_env, "")
