@@ -24,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import wire
 from cloud.audit import AuditLog
 from cloud.auth import ALL_ROLES, Authenticator, Guards, auth_router, error_responses
+from cloud.commands import CommandSender
+from cloud.commands_api import commands_router
 from cloud.storage import Store, StoreError
 
 __all__ = [
@@ -165,6 +167,7 @@ def create_app(
     *,
     authenticator: Authenticator,
     audit: AuditLog,
+    commands: CommandSender | None = None,
 ) -> FastAPI:
     """The API over ``store``; ``health()`` returns db/influx/mqtt booleans and counters."""
     app = FastAPI(title="SafeWatch cloud", version="1")
@@ -243,4 +246,5 @@ def create_app(
         return [GatewayOut.model_validate(g) for g in records]
 
     app.include_router(auth_router(authenticator, audit, guards))
+    app.include_router(commands_router(commands, guards))
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import ssl
@@ -15,8 +16,22 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import wire
+from cloud.audit import AuditAction, AuditLog
 
-__all__ = ["CommandSigner", "generate_command_key", "send_command"]
+__all__ = ["AUDIT_OF", "CommandSender", "CommandSigner", "generate_command_key", "send_command"]
+
+# The audit action recorded for each command sent to a gateway.
+AUDIT_OF: dict[str, str] = {
+    "ping": "command_sent",
+    "reset": AuditAction.OVERRIDE,
+    "calibrate": AuditAction.CALIBRATION,
+    "end_calibration": AuditAction.CALIBRATION,
+    "lockout_test": AuditAction.LOCKOUT_TEST,
+    "acknowledge": AuditAction.ALARM_ACKNOWLEDGED,
+    "shelve": AuditAction.ALARM_SHELVED,
+    "unshelve": AuditAction.ALARM_SHELVED,
+    "config_push": AuditAction.CONFIG_CHANGED,
+}
 
 
 def _raw_public(key: Ed25519PrivateKey) -> bytes:
@@ -113,3 +128,59 @@ async def send_command(
             qos=1,
             timeout=timeout_s,
         )
+
+
+class CommandSender:
+    """Signs, publishes (as the commander account) and audits commands for the API."""
+
+    def __init__(
+        self,
+        signer: CommandSigner,
+        audit: AuditLog,
+        *,
+        host: str,
+        port: int,
+        username: str | None,
+        password: str | None,
+        tls_context: ssl.SSLContext | None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.signer = signer
+        self.audit = audit
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.tls_context = tls_context
+        self.timeout_s = timeout_s
+
+    async def send(
+        self,
+        site: str,
+        gateway: str,
+        action: wire.CommandAction,
+        issuer: str,
+        args: Mapping[str, str | int | float | bool | None],
+        ttl_s: float,
+    ) -> wire.Command:
+        """Publish one command; raises ``aiomqtt.MqttError``/``TimeoutError`` on broker
+        trouble and ``StoreError`` if the audit row cannot be written (after sending)."""
+        command = self.signer.command(site, gateway, action, issuer, args, ttl_s)
+        await send_command(
+            self.signer,
+            command,
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            tls_context=self.tls_context,
+            timeout_s=self.timeout_s,
+        )
+        await asyncio.to_thread(
+            self.audit.record,
+            issuer,
+            AUDIT_OF.get(action, "command_sent"),
+            f"{site}/{gateway}",
+            {"command": command.id, "action": action, "args": dict(command.args)},
+        )
+        return command

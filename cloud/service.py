@@ -22,6 +22,7 @@ import wire
 from cloud.api import create_app
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore
+from cloud.commands import CommandSender, CommandSigner
 from cloud.ingest import IngestService, TimeWindow
 from cloud.storage import (
     InfluxError,
@@ -69,6 +70,11 @@ class CloudSettings:
     mqtt_cert_file: str | None = None  # client certificate, when the broker asks for one
     mqtt_key_file: str | None = None
     mqtt_tls: bool = False  # TLS with the system CAs when no mqtt_ca_file is given
+    # Commands to gateways (POST /api/v1/gateways/{site}/{gateway}/commands): the Ed25519
+    # signing key and the commander account; no key file: the route answers 503.
+    command_key_file: str | None = None
+    commander_username: str | None = "safewatch-commander"
+    commander_password: str | None = None
 
 
 class _QuietServer(uvicorn.Server):
@@ -112,7 +118,26 @@ class CloudService:
         self.auth = Authenticator(
             AuthStore(self.store.engine), self.audit, access_ttl_s=settings.access_token_ttl_s
         )
-        self.app = create_app(self.store, self.health, authenticator=self.auth, audit=self.audit)
+        self.commands = (
+            None
+            if settings.command_key_file is None
+            else CommandSender(
+                CommandSigner(settings.command_key_file),
+                self.audit,
+                host=settings.mqtt_host,
+                port=settings.mqtt_port,
+                username=settings.commander_username,
+                password=settings.commander_password,
+                tls_context=_tls_context(settings),
+            )
+        )
+        self.app = create_app(
+            self.store,
+            self.health,
+            authenticator=self.auth,
+            audit=self.audit,
+            commands=self.commands,
+        )
         self._server = _QuietServer(
             uvicorn.Config(
                 self.app,

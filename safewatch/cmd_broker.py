@@ -11,7 +11,6 @@ import aiomqtt
 import typer
 
 import wire
-from cloud.audit import AuditAction
 from cloud.broker import (
     COMMANDER,
     INGEST,
@@ -21,19 +20,8 @@ from cloud.broker import (
     ensure_cloud_accounts,
     render_conf,
 )
-from cloud.commands import CommandSigner, generate_command_key, send_command
+from cloud.commands import AUDIT_OF, CommandSigner, generate_command_key, send_command
 from safewatch.cmd_users import actor, open_auth
-
-AUDIT_OF: dict[str, str] = {
-    "reset": AuditAction.OVERRIDE,
-    "calibrate": AuditAction.CALIBRATION,
-    "end_calibration": AuditAction.CALIBRATION,
-    "lockout_test": AuditAction.LOCKOUT_TEST,
-    "acknowledge": AuditAction.ALARM_ACKNOWLEDGED,
-    "shelve": AuditAction.ALARM_SHELVED,
-    "unshelve": AuditAction.ALARM_SHELVED,
-    "config_push": AuditAction.CONFIG_CHANGED,
-}
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 import wire
 from cloud import CloudService, CloudSettings, IngestService
+from cloud.commands import CommandSigner
 from cloud.ingest import TimeWindow
 from cloud.storage import InfluxV1Writer, Store, StoreError
 
@@ -88,6 +89,20 @@ def run(
     ),
     mqtt_cert_file: str | None = typer.Option(None, help="Client certificate (implies TLS)."),
     mqtt_key_file: str | None = typer.Option(None, help="Client certificate's key."),
+    command_key_file: str | None = typer.Option(
+        None,
+        help="Ed25519 key signing commands to gateways (`safewatch broker command-key`); "
+        "without it the API's command route answers 503.",
+    ),
+    commander_username: str = typer.Option(
+        "safewatch-commander", help="Broker account that sends commands."
+    ),
+    commander_password_file: str | None = typer.Option(
+        None, help="File holding the commander account's password."
+    ),
+    commander_password_env: str = typer.Option(
+        "SAFEWATCH_COMMANDER_PASSWORD", help="Variable holding it (if no file)."
+    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run MQTT ingest, the InfluxDB writer and the HTTP API until SIGINT/SIGTERM."""
@@ -100,6 +115,9 @@ def run(
         mqtt_password = wire.read_secret(
             mqtt_password_file,
             os.environ.get(mqtt_password_env),
+        )
+        commander_password = wire.read_secret(
+            commander_password_file, os.environ.get(commander_password_env)
         )
     except wire.TransportError as secret_error:
         typer.echo(f"error: {secret_error}", err=True)
@@ -127,6 +145,9 @@ def run(
         mqtt_ca_file=mqtt_ca_file,
         mqtt_cert_file=mqtt_cert_file,
         mqtt_key_file=mqtt_key_file,
+        command_key_file=command_key_file,
+        commander_username=commander_username,
+        commander_password=commander_password,
     )
 
     def ready(service: CloudService) -> None:
@@ -135,12 +156,14 @@ def run(
         scheme = "mqtts" if service.ingest.tls_context is not None else "mqtt"
         typer.echo(f"  ingest from {scheme}://{mqtt_host}:{mqtt_port}, InfluxDB {influx_url}")
 
-    if mqtt_tls or mqtt_ca_file or mqtt_cert_file:
-        try:  # unreadable TLS files: say which, before anything starts
+    try:  # unreadable TLS or key files: say which, before anything starts
+        if mqtt_tls or mqtt_ca_file or mqtt_cert_file:
             wire.client_tls_context(mqtt_ca_file, mqtt_cert_file, mqtt_key_file)
-        except wire.TransportError as tls_error:
-            typer.echo(f"error: {tls_error}", err=True)
-            raise typer.Exit(2) from tls_error
+        if command_key_file is not None:
+            CommandSigner(command_key_file)
+    except wire.TransportError as tls_error:
+        typer.echo(f"error: {tls_error}", err=True)
+        raise typer.Exit(2) from tls_error
 
     async def main() -> None:
         service = CloudService(settings)

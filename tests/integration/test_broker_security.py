@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 import wire
 from cloud import CloudService, CloudSettings
+from cloud.auth import Role
 from cloud.broker import COMMANDER, INGEST
 from cloud.commands import CommandSigner, generate_command_key, send_command
 from edge.remote_commands import CommandListener, CommandVerifier, load_public_keys
@@ -367,3 +369,72 @@ async def test_gateway_takes_only_signed_commands_from_the_commander(
         await asyncio.gather(task, return_exceptions=True)
     # B's command never reached A (ACL), the forged one was refused, the signed one taken
     assert dict(listener.counts) == {"accepted": 1, "refused_unknown_key": 1}
+
+
+async def test_api_command_reaches_the_gateway_signed_and_audited(
+    secure_broker: SecureBroker, tmp_path: Path, influx_db: tuple[str, str]
+) -> None:
+    b = secure_broker
+    generate_command_key(tmp_path / "cmd.key", tmp_path / "cmd.pub")
+    account_a = wire.gateway_account(SITE, GW_A)
+    listener = CommandListener(
+        CommandVerifier(SITE, GW_A, load_public_keys([str(tmp_path / "cmd.pub")])),
+        host="127.0.0.1",
+        port=b.port,
+        client_id="gw-a-commands",
+        username=account_a,
+        password=b.passwords[account_a],
+        tls_context=b.tls(),
+    )
+    listening = asyncio.create_task(listener.run(), name="commands-a")
+    settings = CloudSettings(
+        mqtt_host="127.0.0.1",
+        mqtt_port=b.port,
+        mqtt_username=INGEST,
+        mqtt_password=b.passwords[INGEST],
+        mqtt_ca_file=str(b.pki.ca),
+        command_key_file=str(tmp_path / "cmd.key"),
+        commander_password=b.passwords[COMMANDER],
+        influx_url=influx_db[0],
+        influx_db=influx_db[1],
+        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        port=0,
+    )
+    service = CloudService(settings)
+    running = asyncio.create_task(service.run(), name="cloud")
+    try:
+        async with asyncio.timeout(10):
+            await listener.subscribed.wait()
+        await async_wait_until(lambda: service.health()["db"], 15, "the cloud's schema")
+        engineer = await asyncio.to_thread(
+            service.auth.add_user, "eng", "long enough password", Role.SAFETY_ENGINEER, "test"
+        )
+        viewer = await asyncio.to_thread(
+            service.auth.add_user, "view", "long enough password", Role.VIEWER, "test"
+        )
+        url = f"/api/v1/gateways/{SITE}/{GW_A}/commands"
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=service.app), base_url="http://api"
+        ) as api:
+            as_viewer = await api.post(
+                url,
+                json={"action": "ping"},
+                headers={"Authorization": f"Bearer {service.auth.issue(viewer).access_token}"},
+            )
+            assert as_viewer.status_code == 403
+            sent = await api.post(
+                url,
+                json={"action": "ping", "ttl_s": 30},
+                headers={"Authorization": f"Bearer {service.auth.issue(engineer).access_token}"},
+            )
+        assert sent.status_code == 202, sent.text
+        await async_wait_until(lambda: listener.counts["accepted"] == 1, 10, "the API's ping")
+        (row,) = service.audit.entries(action="command_sent")
+        assert (row.actor, row.target) == ("eng", f"{SITE}/{GW_A}")
+        assert row.details_dict()["command"] == sent.json()["id"]
+    finally:
+        service.request_stop()
+        listening.cancel()
+        await asyncio.gather(listening, return_exceptions=True)
+        async with asyncio.timeout(20):
+            await running

@@ -47,8 +47,14 @@ EXPECTED_ROLES: dict[tuple[str, str], frozenset[Role]] = {
     ("DELETE", "/api/v1/tokens/{token_id}"): frozenset({A}),
     ("GET", "/api/v1/audit"): frozenset({A, RV, SE}),
     ("GET", "/api/v1/audit/verify"): frozenset({A, RV}),
+    ("POST", "/api/v1/gateways/{site}/{gateway}/commands"): frozenset({A, SE}),
 }
-PATH_VALUES = {"username": "nobody", "token_id": "0123456789abcdef"}
+PATH_VALUES = {
+    "username": "nobody",
+    "token_id": "0123456789abcdef",
+    "site": "mine-a",
+    "gateway": "gw-1",
+}
 
 
 @pytest.fixture

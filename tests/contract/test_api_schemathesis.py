@@ -4,7 +4,8 @@ Every operation gets a bounded number of generated requests (hypothesis, derando
 so the run is repeatable); none may end in a server error, and every answer must
 conform to the spec (schemathesis' default checks: status codes, content types,
 response schemas). The operations are driven from one test (schemathesis' pytest
-loader does not work with pytest 9's nodes).
+loader does not work with pytest 9's nodes). Commands are signed and really published
+to a private Mosquitto, so that route is exercised too.
 """
 
 from __future__ import annotations
@@ -12,27 +13,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 
 from cloud import create_app
 from cloud.auth import Role
+from cloud.commands import CommandSender, CommandSigner, generate_command_key
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
 from tests.factories import alarm, point, telemetry
+from tests.support import Broker
+
+pytestmark = pytest.mark.contract
 
 EXAMPLES_PER_OPERATION = 10
 
 
-def test_no_operation_answers_a_server_error(tmp_path: Path) -> None:
+def test_no_operation_answers_a_server_error(tmp_path: Path, broker: Broker) -> None:
     store = Store(f"sqlite:///{tmp_path / 'fuzz.db'}")
     store.create_all()
     store.record_alarm(alarm(1))
     store.upsert_latest(telemetry(2, point("CH4-1", 0.4, 1_700_000_000_000_000_000)))
     auth = make_authenticator(store.engine)
     health = {"db": True, "influx": True, "mqtt": True, "counters": {}}
-    app = create_app(store, lambda: health, authenticator=auth, audit=auth.audit)
+    generate_command_key(tmp_path / "cmd.key", tmp_path / "cmd.pub")
+    sender = CommandSender(
+        CommandSigner(tmp_path / "cmd.key"),
+        auth.audit,
+        host=broker.host,
+        port=broker.port,
+        username=None,
+        password=None,
+        tls_context=None,
+    )
+    app = create_app(store, lambda: health, authenticator=auth, audit=auth.audit, commands=sender)
     admin = headers_for(auth, Role.ADMIN)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     tested: list[str] = []
@@ -56,4 +72,5 @@ def test_no_operation_answers_a_server_error(tmp_path: Path) -> None:
             tested.append(operation.label)
     finally:
         store.close()
-    assert len(tested) >= 12, tested
+    assert len(tested) >= 15, tested
+    assert auth.audit.verify().ok
