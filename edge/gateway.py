@@ -413,8 +413,10 @@ class Gateway:
 
     def _decide_then_infer(self, sample: Sample) -> object:
         transition = self.engine.handle(sample)
-        assert self.inference is not None
-        self.inference.offer(sample)
+        # calibration gas is not real data (SAFETY_REFERENCE.md): keep it out of the windows
+        if sample.tag not in self.engine.calibrations:
+            assert self.inference is not None
+            self.inference.offer(sample)
         return transition
 
     async def _infer(self) -> None:

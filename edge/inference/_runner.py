@@ -266,8 +266,13 @@ class InferenceRunner:
                 name, tag, device, card.name, out.name, out.unit, area, position
             )
         decided = f"{tag}.{card.decision.output}"
-        period = card.features.period_s or self.settings.tick_ms / 1000
-        stale = max(STALE_PERIODS * period, 3 * self.settings.tick_ms / 1000)
+        period = card.features.period_s
+        # waveform blocks come when the sensor sends them (minutes to hours): no staleness
+        stale = (
+            math.inf
+            if period is None
+            else max(STALE_PERIODS * period, 3 * self.settings.tick_ms / 1000)
+        )
         rule = ForecastRule(
             card.name, tag, decided, card.decision, stale_after_s=stale, started_at=started
         )

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from ruamel.yaml import YAML
 
 import wire
+from device_drivers import Quality, Sample
 from edge.config import InferenceSettings, LoadedSite, ModelAssignment
+from edge.gateway import Gateway
 from edge.inference import InferenceRunner
 from edge.uplink.buffer import StoreAndForwardBuffer
 from models import MODELS_DIR
@@ -122,3 +125,28 @@ async def test_a_crashing_model_neither_delays_nor_lifts_a_cut(
     finally:
         gateway.stop()
         await asyncio.wait_for(task, 10)
+
+
+def test_calibration_readings_stay_out_of_the_model_windows(tmp_path: Path) -> None:
+    site = site_with_model(fast_models(tmp_path / "models"))
+    gateway, _ = start_without_running(site, tmp_path)
+    runner = gateway.inference
+    assert runner is not None
+    good = Sample("CH4_A", "ch4-a", 0.4, Quality.GOOD, time.time_ns())
+    gateway._decide_then_infer(good)
+    assert runner.samples_offered == 1
+    gateway.engine.calibrate("CH4_A", time.time_ns() + 60 * 10**9, by="test")
+    gateway._decide_then_infer(Sample("CH4_A", "ch4-a", 2.0, Quality.GOOD, time.time_ns()))
+    assert runner.samples_offered == 1  # test gas is not fed to the forecaster
+
+
+def start_without_running(site: LoadedSite, tmp_path: Path) -> tuple[Gateway, FakeBus]:
+    bus = FakeBus()
+    gateway = Gateway(
+        site,
+        buffer_path=tmp_path / "buf.db",
+        mqtt_host="127.0.0.1",
+        mqtt_port=1,
+        driver_factory=lambda _: bus,
+    )
+    return gateway, bus

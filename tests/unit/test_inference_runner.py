@@ -194,6 +194,8 @@ def test_vibration_blocks_give_anomaly_and_stage_and_worn_bearings_pre_alarm() -
     assert out["VIB_1.anomaly"] is not None and out["VIB_1.anomaly"] >= 0.5
     assert out["VIB_1.wear_stage"] == 3.0
     assert [t.level for _, t in changes] == [Level.ALARM]
+    clock.now += 3600.0  # the next block comes in an hour: that is not a stale model
+    assert runner.tick_rules() == []
     with pytest.raises(ValueError, match="VIB_1"):
         runner.offer_block("VIB_1", np.zeros(100), clock.now)
 
