@@ -351,12 +351,16 @@ def _print_urls(
     site_id = site.config.site.id
     console.print(f"[bold green]SafeWatch demo running[/] - site {site_id}")
     console.print(f"  API docs:        {api}/docs  (Authorize: user and password below)")
-    console.print(f"  API admin:       {creds.admin} / {creds.password}", markup=False)
-    console.print(f"  API token:       {creds.token}  (viewer)", markup=False)
+    # soft_wrap: long secrets stay on one line, whole, for copying
+    console.print(
+        f"  API admin:       {creds.admin} / {creds.password}", markup=False, soft_wrap=True
+    )
+    console.print(f"  API token:       {creds.token}  (viewer)", markup=False, soft_wrap=True)
     console.print(
         f"  try:             curl -H 'Authorization: Bearer {creds.token}' "
         f"'{api}/api/v1/latest?site={site_id}'",
         markup=False,
+        soft_wrap=True,
     )
     console.print(f"  latest values:   {api}/api/v1/latest?site={site_id}")
     console.print(f"  alarms:          {api}/api/v1/alarms?site={site_id}")

@@ -221,6 +221,8 @@ def test_demo_polls_the_api_and_stops_children_on_sigterm(
     api_calls = [line for line in requests.read_text().splitlines() if "/api/v1/" in line]
     assert api_calls and all(" Bearer swt." in line for line in api_calls), api_calls[:3]
     assert "API admin:       admin / " in out
+    token_line = next(line for line in out.splitlines() if "API token:" in line)
+    assert token_line.split()[2].startswith("swt.") and token_line.endswith("(viewer)")
 
 
 def test_demo_exits_nonzero_with_the_dead_childs_output(
