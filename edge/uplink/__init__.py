@@ -1,10 +1,11 @@
 """Uplink: durable store-and-forward buffer, batching writers and the MQTT publisher."""
 
-from edge.uplink.batcher import AlarmWriter, TelemetryBatcher
+from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import (
     BufferStats,
     BufferStorageError,
     PendingMessage,
+    ReadCursor,
     StoreAndForwardBuffer,
 )
 from edge.uplink.publisher import MqttPublisher
@@ -15,6 +16,8 @@ __all__ = [
     "BufferStorageError",
     "MqttPublisher",
     "PendingMessage",
+    "ReadCursor",
+    "SampleQueue",
     "StoreAndForwardBuffer",
     "TelemetryBatcher",
 ]
