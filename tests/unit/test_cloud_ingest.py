@@ -301,3 +301,18 @@ async def test_a_message_the_database_refuses_is_a_dead_letter_and_the_rest_is_s
     assert sorted(a.seq for a in store.alarms()) == [1, 3]
     (dead,) = store.dead_letters()
     assert dead.reason == "store_rejected"
+
+
+async def test_extreme_sequence_numbers_keep_the_gap_arithmetic_in_integers(
+    ingest: IngestService, store: Store
+) -> None:
+    await deliver(ingest, telemetry(0, point()))
+    await deliver(ingest, telemetry(wire.SEQ_MAX, point()))
+    await deliver(ingest, telemetry(5, point()))  # a late arrival fills one gap back in
+    (gw,) = store.gateways()
+    assert (gw.last_seq, gw.gaps) == (wire.SEQ_MAX, wire.SEQ_MAX - 2)
+    assert isinstance(gw.gaps, int) and isinstance(gw.last_seq, int)
+    # One past the limit never reaches the store: it is a dead letter.
+    too_far = wire.encode(telemetry(1, point())).replace(b'"seq":1', b'"seq":9223372036854775808')
+    await ingest.handle(wire.topic_of(telemetry(1)), too_far)
+    assert ingest.counters()["dead_malformed"] == 1
