@@ -102,7 +102,7 @@ class Cloud:
             assert self.proc is not None and self.proc.poll() is None, log.read_text("utf-8")
             return match.group(1) if match else ""
 
-        self.api = wait_until(ready, 30, "cloud ready")
+        self.api = wait_until(ready, 90, "cloud ready")  # imports are slow on a busy machine
 
     def kill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "the cloud exited on its own"
@@ -292,7 +292,7 @@ async def test_nothing_accepted_is_lost_or_duplicated_and_the_cloud_keeps_servin
 
             async def progress(more: int, what: str) -> None:
                 before = await stored()
-                await async_wait_until(lambda: _more(stored, before + more), 30, what)
+                await async_wait_until(lambda: _more(stored, before + more), 90, what)
                 print(f"{time.monotonic() - began:6.1f} s  {what}")
 
             junk = garbage_payloads(GARBAGE)
@@ -311,12 +311,12 @@ async def test_nothing_accepted_is_lost_or_duplicated_and_the_cloud_keeps_servin
 
                 influx.stop()  # InfluxDB away: batches go to the spool, and are acked
                 spooled = await async_wait_until(
-                    lambda: _counter(cloud, "ingest_spooled"), 30, "points spooled"
+                    lambda: _counter(cloud, "ingest_spooled"), 90, "points spooled"
                 )
                 await asyncio.to_thread(influx.start)
                 await async_wait_until(
                     lambda: _counter(cloud, "ingest_unspooled", at_least=spooled),
-                    30,
+                    90,
                     "the spool drained",
                 )
 
@@ -330,10 +330,10 @@ async def test_nothing_accepted_is_lost_or_duplicated_and_the_cloud_keeps_servin
 
             expected = {g: len(gateways.telemetry[g]) + len(gateways.alarms[g]) for g in GATEWAYS}
             await async_wait_until(
-                lambda: _caught_up(cloud, tmp_path, expected), 60, "the cloud caught up"
+                lambda: _caught_up(cloud, tmp_path, expected), 180, "the cloud caught up"
             )
             await async_wait_until(
-                lambda: _counter(cloud, "ingest_dead_letters", at_least=1), 30, "dead letters"
+                lambda: _counter(cloud, "ingest_dead_letters", at_least=1), 90, "dead letters"
             )
             print(f"{time.monotonic() - began:6.1f} s  caught up; {gateways.resends} resends")
             assert cloud.alive(), "the cloud exited"
