@@ -193,3 +193,43 @@ def test_models_install_refuses_a_bad_pair_and_installs_a_good_one(tmp_path: Pat
     assert result.exit_code == 1
     assert "sha256" in result.output
     assert file_sha256(target / "vibration-wear.onnx") == read_card(good).sha256  # untouched
+
+
+def test_a_site_history_from_csv_trains_the_forecaster(tmp_path: Path) -> None:
+    """A site's own records (irregular timestamps, 5 s polls) resampled to the model's 10 s."""
+    from safewatch.modelwork import HeldOut
+    from simulators.synthetic import load_csv, methane
+
+    paths = []
+    for i in range(6):
+        h = methane(7_000 + i, buildup=i % 2 == 0)
+        path = tmp_path / f"CH4_{i}.csv"
+        t = 1_767_225_600 + np.arange(2 * len(h.values)) * 5.0  # a 5 s poll
+        v = np.repeat(h.values, 2)
+        path.write_text(
+            "time,value\n" + "".join(f"{a},{b}\n" for a, b in zip(t, v, strict=True)),
+            encoding="utf-8",
+        )
+        paths.append(path)
+    histories = [load_csv(p, tag=p.stem, kind="ch4") for p in paths]
+    card = train(
+        "methane-forecast",
+        tmp_path / "site-models",
+        seed=1,
+        size=TrainSize(params={"methane-forecast": {"n_estimators": 10}}),
+        histories=histories,
+        source="csv: test",
+        heldout=HeldOut(methane_histories=4),
+    )
+    assert card.training.histories == 6 and card.training.data.startswith("csv")
+    assert card.training.windows > 100
+    load_model(tmp_path / "site-models" / "methane-forecast.card.yaml")
+
+
+def test_models_train_names_a_bad_csv_and_an_unknown_model(tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = tmp_path / "nope.csv"
+    result = runner.invoke(app, ["models", "train", "methane-forecast", "--csv", str(missing)])
+    assert result.exit_code == 1 and "nope.csv: cannot read" in result.output
+    result = runner.invoke(app, ["models", "train", "gas-trend"])
+    assert result.exit_code == 2 and "unknown model 'gas-trend'" in result.output
