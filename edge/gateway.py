@@ -177,7 +177,14 @@ class Gateway:
             self.inference.attach(self.engine)  # the engine owns the pre-alarm conditions
         on_sample = self.engine.handle if self.inference is None else self._decide_then_infer
         self.pollers = [
-            BusPoller(site, bus.id, driver_factory(bus), on_sample, self.interlock)
+            BusPoller(
+                site,
+                bus.id,
+                driver_factory(bus),
+                on_sample,
+                self.interlock,
+                backpressure=self._uplink_fill,
+            )
             for bus in cfg.buses
         ]
         self.buffer: StoreAndForwardBuffer | None = None
@@ -377,6 +384,10 @@ class Gateway:
             await asyncio.to_thread(self.latches.close)
             log.info("gateway stopped: %s", self.counters())
 
+    def _uplink_fill(self) -> float:
+        """How full the safety path's hand-off to the uplink is (0..1)."""
+        return self.samples.qsize() / self.samples.maxsize
+
     def health(self) -> dict[str, Any]:
         """Per bus and device: latency, counts by error kind, last good read, breaker,
         skipped polls; plus the gateway's counters. What ``/status`` serves."""
@@ -456,9 +467,10 @@ class Gateway:
                 log.exception("task %s crashed; restarting in %.1f s", name, RESTART_DELAY_S)
                 await asyncio.sleep(RESTART_DELAY_S)
                 continue
-            if until_return:
-                return
+            if until_return or self._stop.is_set():
+                return  # a poller told to stop returns; that is no crash
             log.error("task %s returned unexpectedly; restarting", name)
+            await asyncio.sleep(0)  # never a busy loop, whatever the body does
 
     # -- interlock callbacks -----------------------------------------------------
 

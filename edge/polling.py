@@ -71,7 +71,8 @@ class DeviceHealth:
     polls: int = 0
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0  # periods that passed without a poll (the poller was late)
+    skipped: int = 0  # periods that passed without a poll (late, or held back)
+    held_back: int = 0  # periods skipped because the uplink was behind (background only)
     consecutive_failures: int = 0
     last_error: str | None = None
     last_attempt_at: float | None = None  # when the last read finished, good or not
@@ -106,6 +107,7 @@ class DeviceHealth:
             "ok": self.ok,
             "errors": dict(self.errors),
             "skipped": self.skipped,
+            "held_back": self.held_back,
             "consecutive_failures": self.consecutive_failures,
             "last_error": self.last_error,
             "last_good_ns": self.last_good_ns,
@@ -125,6 +127,7 @@ class BusHealth:
     reads_ok: int = 0
     reads_failed: int = 0
     skipped: int = 0
+    held_back: int = 0
     writes_ok: int = 0
     writes_failed: int = 0
     latency_avg_s: float | None = None
@@ -145,6 +148,7 @@ class BusHealth:
             "reads_ok": self.reads_ok,
             "reads_failed": self.reads_failed,
             "skipped": self.skipped,
+            "held_back": self.held_back,
             "writes_ok": self.writes_ok,
             "writes_failed": self.writes_failed,
             "latency_avg_ms": _ms(self.latency_avg_s),
@@ -200,6 +204,8 @@ class BusPoller:
         breaker_retry_s: float = 5.0,
         probe_timeout_s: float | None = None,
         call_timeout_s: float | None = None,
+        backpressure: Callable[[], float] | None = None,
+        backpressure_limit: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus_id = bus_id
@@ -215,6 +221,9 @@ class BusPoller:
         # the driver applies the bus timeout itself; this is a backstop against a hung driver
         self.call_timeout_s = call_timeout_s or self.timeout_s + 1.0
         self._clock = clock
+        # how full the uplink hand-off is (0..1); above the limit background devices wait
+        self._backpressure = backpressure
+        self.backpressure_limit = backpressure_limit
         self._stopping = False
         self.health = BusHealth(bus_id)
         self._schedules: dict[str, _Schedule] = {}
@@ -296,12 +305,28 @@ class BusPoller:
                 for sched in due:
                     if self._stopping:
                         return
+                    if sched.priority != SAFETY and self._pressed():
+                        self._hold_back(sched)
+                        continue
                     await self.execute_commands()  # actuators first, always
                     await self._poll(sched)
                 await self._probe_one()
                 await self._sleep_until_due(wake)
         finally:
             await self._close()
+
+    def _pressed(self) -> bool:
+        return self._backpressure is not None and self._backpressure() > self.backpressure_limit
+
+    def _hold_back(self, sched: _Schedule) -> None:
+        """The uplink is behind: a background device skips this period (counted); the
+        safety class is never held back."""
+        sched.health.skipped += 1
+        sched.health.held_back += 1
+        self.health.skipped += 1
+        self.health.held_back += 1
+        sched.next_due += sched.period_s
+        sched.started_at = None
 
     def _next_healthy_due(self) -> float:
         return min((s.next_due for s in self._schedules.values() if not s.dead), default=math.inf)

@@ -339,3 +339,69 @@ async def test_health_reports_latency_errors_and_breaker() -> None:
     report = poller.health.as_dict()
     assert report["reads_failed"] == 2 and report["reads_ok"] >= 3
     assert dead.as_dict()["errors"] == {"timeout": 2}
+
+
+def _with_background_device(site: LoadedSite) -> LoadedSite:
+    """The test site plus a temperature profile of the background class on unit 2's tags."""
+    temp = PROFILES["co"].model_copy(update={"id": "temp", "priority": "normal"})
+    devices = []
+    for device in site.config.devices:
+        if device.id == "env":
+            tags = tuple(t.model_copy(update={"profile": "temp"}) for t in device.tags)
+            device = device.model_copy(update={"tags": tags})
+        devices.append(device)
+    config = site.config.model_copy(update={"devices": tuple(devices)})
+    return site.model_copy(update={"config": config, "profiles": {**PROFILES, "temp": temp}})
+
+
+async def test_uplink_backpressure_holds_back_background_devices_never_safety() -> None:
+    site = _with_background_device(make_site(poll_ms=50))
+    bus = FakeBus()
+    pressure = [1.0]  # the uplink hand-off is full
+    async with polling(site, bus, lambda s: None, backpressure=lambda: pressure[0]) as poller:
+        await async_wait_until(lambda: poller.device_health("ch4-a").ok >= 5, 5, "safety polls")
+        assert poller.device_health("env").ok == 0
+        assert poller.device_health("env").held_back >= 3
+        pressure[0] = 0.1  # the uplink caught up
+        await async_wait_until(lambda: poller.device_health("env").ok >= 2, 5, "background again")
+    assert poller.device_health("ch4-a").safety is not False
+    assert poller.health.held_back == poller.device_health("env").held_back
+
+
+class SwallowingBus(FakeBus):
+    """A read that swallows the first cancel, as pymodbus's wait_for does on Python 3.11."""
+
+    swallowed = 0
+
+    async def read_registers(self, *args: Any, **kw: Any) -> list[int]:
+        if not self.swallowed:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                type(self).swallowed += 1  # and carry on as if the answer had come
+        return await super().read_registers(*args, **kw)
+
+
+async def test_stop_completes_even_when_a_driver_swallows_the_cancel(tmp_path: Any) -> None:
+    from edge.gateway import Gateway
+
+    site = make_site(poll_ms=50)
+    bus = SwallowingBus()
+    gateway = Gateway(
+        site,
+        buffer_path=tmp_path / "buf.db",
+        mqtt_host="127.0.0.1",
+        mqtt_port=1,
+        driver_factory=lambda _: bus,
+        drain_s=0.2,
+    )
+    task = asyncio.create_task(gateway.run())
+    await async_wait_until(lambda: gateway.ready.is_set(), 10, "gateway running")
+    # the first read blocks in the swallowing call: nothing was read yet
+    await async_wait_until(lambda: ("connect",) in bus.ops, 5, "the poller started")
+    assert not [op for op in bus.ops if op[0] == "read"]
+    started = time.monotonic()
+    gateway.stop()
+    await asyncio.wait_for(task, 10)
+    assert SwallowingBus.swallowed == 1
+    assert time.monotonic() - started < 5
