@@ -64,12 +64,14 @@ def modbus(
         f"modbus: {devices} devices x {tags} float tags every {poll_ms} ms "
         f"(simulator and gateway as child processes, gateway CPU from /proc)"
     )
+    from bench.gateway import decode_baseline
+
     result = run_gateway(devices=devices, tags=tags, poll_ms=poll_ms, duration_s=duration)
-    emit({k: result[k] for k in (
+    emit({**{k: result[k] for k in (
         "tags_per_s", "cpu_cores_used", "tags_per_cpu_s", "period_jitter_p99_ms",
         "offered_per_s", "devices", "tags", "poll_ms", "duration_s", "skipped_polls",
         "sim_cpu_cores_used", "rss_mb",
-    )})  # fmt: skip
+    )}, **decode_baseline()})  # fmt: skip
 
 
 @app.command("overload")
