@@ -14,8 +14,10 @@ process, and reports the share of the line's capacity the driver keeps busy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -110,10 +112,14 @@ def _ports_of(site: Path) -> list[int]:
     ]
 
 
-def _wait_ports(ports: list[int], deadline_s: float) -> None:
+def _wait_ports(
+    ports: list[int], deadline_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + deadline_s
     for port in ports:
         while True:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError("simulator exited")
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
@@ -159,54 +165,66 @@ def run_gateway(
     rss_every_s: float | None = None,
 ) -> dict[str, Any]:
     """Simulator + gateway children; measure the gateway over ``duration_s`` after warm-up."""
-    with workdir() as work, private_mosquitto(work) as mqtt_port:
+    with (
+        workdir() as work,
+        private_mosquitto(work) as mqtt_port,
+        contextlib.ExitStack() as stack,
+        httpx.Client() as client,
+    ):
         profiles = write_profiles(work)
-        site = write_site(
-            work,
-            devices=devices,
-            tags=tags,
-            poll_ms=poll_ms,
-            safety_devices=safety_devices,
-            safety_poll_ms=safety_poll_ms,
-            mqtt_port=mqtt_port or 1,
-        )
+        for attempt in range(3):  # a port picked free may be taken by another process meanwhile
+            site = write_site(
+                work,
+                devices=devices,
+                tags=tags,
+                poll_ms=poll_ms,
+                safety_devices=safety_devices,
+                safety_poll_ms=safety_poll_ms,
+                mqtt_port=mqtt_port or 1,
+            )
+            sim_args = ["sim", "run", "--config", str(site), "--profiles", str(profiles)]
+            attempt_stack = contextlib.ExitStack()
+            sim = attempt_stack.enter_context(child(sim_args, work / "sim.log"))
+            try:
+                _wait_ports(_ports_of(site), 180, sim)
+                time.sleep(1.0)
+                if sim.poll() is not None:
+                    raise RuntimeError("simulator exited")
+            except RuntimeError as exc:
+                attempt_stack.close()
+                if attempt == 2:
+                    log = (work / "sim.log").read_text(errors="replace")[-1500:]
+                    raise RuntimeError(f"{exc}: {log}") from None
+                continue
+            stack.enter_context(attempt_stack)
+            break
         health = free_port()
         url = f"http://127.0.0.1:{health}/status"
-        sim_args = ["sim", "run", "--config", str(site), "--profiles", str(profiles)]
         gw_args = ["edge", "run", "--config", str(site), "--profiles", str(profiles)]
         gw_args += ["--health-port", str(health)]
-        with (
-            child(sim_args, work / "sim.log") as sim,
-            httpx.Client() as client,
-        ):
-            _wait_ports(_ports_of(site), 180)
-            time.sleep(1.0)
-            if sim.poll() is not None:  # e.g. one of its ports was taken meanwhile
-                log = (work / "sim.log").read_text(errors="replace")[-1500:]
-                raise RuntimeError(f"simulator exited: {log}")
-            with child(gw_args, work / "edge.log") as gw:
-                deadline = time.monotonic() + 180  # a loaded machine loads a big site slowly
-                while True:
-                    try:
-                        _status(client, url)
-                        break
-                    except (httpx.HTTPError, ValueError):
-                        if time.monotonic() > deadline or gw.poll() is not None:
-                            log = (work / "edge.log").read_text(errors="replace")[-2000:]
-                            raise RuntimeError(f"gateway did not serve {url}: {log}") from None
-                        time.sleep(0.2)
-                time.sleep(warmup_s)
-                first = _status(client, url)
-                cpu0, sim_cpu0, t0 = cpu_s(gw.pid), cpu_s(sim.pid), time.monotonic()
-                rss0 = rss_mb(gw.pid)
-                rss_series = [rss0]
-                end = t0 + duration_s
-                while time.monotonic() < end:
-                    time.sleep(min(rss_every_s or duration_s, max(0.0, end - time.monotonic())))
-                    rss_series.append(rss_mb(gw.pid))
-                last = _status(client, url)
-                cpu1, sim_cpu1, t1 = cpu_s(gw.pid), cpu_s(sim.pid), time.monotonic()
-                rss1 = rss_mb(gw.pid)
+        with child(gw_args, work / "edge.log") as gw:
+            deadline = time.monotonic() + 180  # a loaded machine loads a big site slowly
+            while True:
+                try:
+                    _status(client, url)
+                    break
+                except (httpx.HTTPError, ValueError):
+                    if time.monotonic() > deadline or gw.poll() is not None:
+                        log = (work / "edge.log").read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"gateway did not serve {url}: {log}") from None
+                    time.sleep(0.2)
+            time.sleep(warmup_s)
+            first = _status(client, url)
+            cpu0, sim_cpu0, t0 = cpu_s(gw.pid), cpu_s(sim.pid), time.monotonic()
+            rss0 = rss_mb(gw.pid)
+            rss_series = [rss0]
+            end = t0 + duration_s
+            while time.monotonic() < end:
+                time.sleep(min(rss_every_s or duration_s, max(0.0, end - time.monotonic())))
+                rss_series.append(rss_mb(gw.pid))
+            last = _status(client, url)
+            cpu1, sim_cpu1, t1 = cpu_s(gw.pid), cpu_s(sim.pid), time.monotonic()
+            rss1 = rss_mb(gw.pid)
     elapsed = t1 - t0
     values = last["counters"]["samples"] - first["counters"]["samples"]
     gw_cpu = cpu1 - cpu0

@@ -86,8 +86,12 @@ class SafetyEngine:
         *,
         clock: Callable[[], float] = time.monotonic,
         latches: LatchStore | None = None,
+        gateway_late: Callable[[str, float], bool] | None = None,
     ) -> None:
         self.site = site
+        # (device, stale window) -> True when the poller has not even tried the device within
+        # the window: the gateway is late, the sensor is not stale (poller-side facts)
+        self.gateway_late = gateway_late
         self.interlock = interlock
         self.alarms = alarms
         self.uplink = uplink
@@ -275,7 +279,13 @@ class SafetyEngine:
         now = self._clock() if now is None else now
         found: list[Transition] = []
         changed = False
+        late = self.gateway_late
         for rule in self.rules.values():
+            if late is not None:
+                window = getattr(rule, "stale_after_s", None)
+                device = self._devices.get(getattr(rule, "tag", ""))
+                if window is not None and device is not None and late(device, window):
+                    continue  # judged once the poller has had its chance
             transition = rule.tick(now)
             if transition is None:
                 continue

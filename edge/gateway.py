@@ -165,7 +165,12 @@ class Gateway:
         )
         self.samples: SampleQueue = SampleQueue(maxsize=UPLINK_QUEUE_SIZE)
         self.engine = SafetyEngine(
-            site, self.interlock, self.alarms, self.samples, latches=self.latches
+            site,
+            self.interlock,
+            self.alarms,
+            self.samples,
+            latches=self.latches,
+            gateway_late=self._gateway_late,
         )
         self.commands = EngineerCommands(site, self.engine, self.state_path)
         # models (advisory pre-alarms) see a sample only after the safety decision on it
@@ -187,6 +192,8 @@ class Gateway:
             )
             for bus in cfg.buses
         ]
+        self._device_health = {d.device: d for p in self.pollers for d in p.devices()}
+        self._started_at = self.engine._clock()
         self.buffer: StoreAndForwardBuffer | None = None
         self.publisher: MqttPublisher | None = None
         self.remote_commands: CommandListener | None = None
@@ -313,6 +320,7 @@ class Gateway:
             self.mqtt_host,
             self.mqtt_port,
         )
+        self._started_at = self.engine._clock()  # polling starts now, not at construction
         try:
             async with asyncio.TaskGroup() as tg:
                 safety = [
@@ -383,6 +391,17 @@ class Gateway:
             await asyncio.to_thread(buffer.close, clean=clean)
             await asyncio.to_thread(self.latches.close)
             log.info("gateway stopped: %s", self.counters())
+
+    def _gateway_late(self, device: str, window_s: float) -> bool:
+        """The poller has not attempted ``device`` within ``window_s``: its tags' silence is the
+        gateway's lag, not a sensor fault. Bounded: silent past 10 windows (30 s at least), a
+        hung poller is itself a fault and staleness is judged as usual."""
+        health = self._device_health.get(device)
+        if health is None:
+            return False
+        last = health.last_attempt_at
+        silent = self.engine._clock() - (self._started_at if last is None else last)
+        return window_s <= silent < max(10 * window_s, 30.0)
 
     def _uplink_fill(self) -> float:
         """How full the safety path's hand-off to the uplink is (0..1)."""

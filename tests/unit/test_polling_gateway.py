@@ -82,3 +82,31 @@ async def test_cut_and_fault_lockout_without_a_broker_alarms_kept(tmp_path: Path
     assert any(p.tag == "CH4_A" and p.quality == "bad" and p.reason == "comms_lost" for p in points)
     seqs = [m.seq for m in messages if not isinstance(m, wire.GatewayStatus)]
     assert len(set(seqs)) == len(seqs)
+
+
+async def test_the_gateways_own_lag_is_not_a_stale_sensor(tmp_path: Path) -> None:
+    """Polling starts late (a slow connect): tags are not faulted as stale meanwhile; once the
+    poller tries and the device stays silent, staleness and faults follow as usual."""
+    site = make_site(poll_ms=50)  # stale after 150 ms
+
+    class SlowStart(FakeBus):
+        async def open(self) -> None:
+            await asyncio.sleep(1.0)  # the gateway, not the sensors, is late
+            await super().open()
+
+    bus = SlowStart()
+    bus.set(1, "holding", 0, f32(0.3))
+    bus.set(2, "holding", 0, [30])
+    bus.set(2, "input", 1, [2090])
+    gateway, task = start(site, bus, tmp_path)
+    try:
+        await asyncio.sleep(0.8)
+        stale = [t for t, level in gateway.levels().items() if level is Level.FAULT]
+        assert stale == [], stale
+        # fail-safe start: the first reading is judged as cut, then restored after the hold
+        await async_wait_until(lambda: gateway.levels()["CH4_A"] is Level.NORMAL, 5, "normal")
+        bus.dead.add(1)  # now the sensor really goes quiet: attempted, no answer
+        await async_wait_until(lambda: gateway.levels()["CH4_A"] is Level.FAULT, 5, "fault")
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, 10)
