@@ -399,9 +399,12 @@ class Gateway:
         health = self._device_health.get(device)
         if health is None:
             return False
+        now = self.engine._clock()
+        cap = max(10 * window_s, 30.0)
         last = health.last_attempt_at
-        silent = self.engine._clock() - (self._started_at if last is None else last)
-        return window_s <= silent < max(10 * window_s, 30.0)
+        if last is None:  # not tried yet since polling started
+            return now - self._started_at < cap
+        return window_s <= now - last < cap
 
     def _uplink_fill(self) -> float:
         """How full the safety path's hand-off to the uplink is (0..1)."""

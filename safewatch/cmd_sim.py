@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -84,6 +85,7 @@ async def _serve(
     for actuator in site.config.actuators:
         coils[actuator.id] = sim.coil(actuator.id)
     await sim.start()
+    gc.freeze()  # the register maps live as long as the process: keep them out of every GC pass
     try:
         where = ", ".join(
             [
