@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from edge.config import LoadedSite
+from edge.config import LoadedSite, ModbusActuator
 
 __all__ = ["ActuatorCommand", "Interlock", "WriteRecord"]
 
@@ -114,7 +114,7 @@ class Interlock:
                 bus=device.bus,
                 device=device.id,
                 unit=device.unit_id,
-                coil=act.coil,
+                coil=act.coil if isinstance(act, ModbusActuator) else -1,  # -1: not a coil
                 active_value=act.active_value,
                 tags=tuple(users[act.id]),
             )

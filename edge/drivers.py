@@ -6,6 +6,7 @@ The only place in the gateway that knows which driver serves which bus
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from device_drivers import DeviceDriver, DeviceSpec, OutputSpec, PointSpec
@@ -18,6 +19,7 @@ from edge.config import (
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
+    OpcUaBus,
 )
 
 __all__ = ["DriverFactory", "device_spec", "make_driver", "output_spec"]
@@ -42,6 +44,8 @@ def make_driver(bus: AnyBus) -> DeviceDriver:
             inter_frame_s=None if bus.inter_frame_ms is None else bus.inter_frame_ms / 1000,
         )
         return ModbusDriver(bus.id, link, timeout_s)
+    if isinstance(bus, OpcUaBus):
+        return _opcua_driver(bus, timeout_s)
     raise TypeError(f"no driver for bus type {type(bus).__name__}")  # pragma: no cover
 
 
@@ -56,3 +60,24 @@ def device_spec(site: LoadedSite, device: Device) -> DeviceSpec:
 
 def output_spec(actuator: AnyActuator) -> OutputSpec:
     return OutputSpec(actuator.id, actuator.output(), verify=actuator.verify)
+
+
+def _opcua_driver(bus: OpcUaBus, timeout_s: float) -> DeviceDriver:
+    """The OPC UA driver; secrets (user name, password) come from the environment."""
+    from device_drivers.opcua import OpcUaDriver, OpcUaEndpoint, OpcUaSecurity
+
+    security = OpcUaSecurity(
+        mode=bus.security,
+        certificate=bus.certificate,
+        private_key=bus.private_key,
+        server_certificate=bus.server_certificate,
+        username=os.environ.get(bus.username_env) if bus.username_env else None,
+        password=os.environ.get(bus.password_env) if bus.password_env else None,
+    )
+    endpoint = OpcUaEndpoint(
+        bus.endpoint,
+        namespace=bus.namespace,
+        security=security,
+        publishing_ms=bus.publishing_ms,
+    )
+    return OpcUaDriver(bus.id, endpoint, timeout_s)

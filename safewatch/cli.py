@@ -7,6 +7,7 @@ import typer
 from safewatch.cmd_audit import app as audit_app
 from safewatch.cmd_bench import app as bench_app
 from safewatch.cmd_broker import app as broker_app
+from safewatch.cmd_certs import app as certs_app
 from safewatch.cmd_cloud import app as cloud_app
 from safewatch.cmd_config import app as config_app
 from safewatch.cmd_dashboards import app as dashboards_app
@@ -28,6 +29,7 @@ app.add_typer(sim_app, name="sim", help="Simulate a site's devices.")
 app.add_typer(config_app, name="config", help="Validate and show configuration.")
 app.add_typer(models_app, name="models", help="Train and evaluate the ONNX models.")
 app.add_typer(dashboards_app, name="dashboards", help="Grafana walls: export or push.")
+app.add_typer(certs_app, name="certs", help="Make certificates (OPC UA security).")
 app.add_typer(bench_app, name="bench", help="Run a benchmark; the last output line is JSON.")
 app.add_typer(users_app, name="users", help="API users: add, list, disable, passwd, role.")
 app.add_typer(tokens_app, name="tokens", help="API tokens for machines: create, list, revoke.")

@@ -39,7 +39,9 @@ from edge.config import (
     PACKAGED_PROFILES,
     ConfigError,
     LoadedSite,
-    ModbusRtuBus,
+    ModbusRtuOverTcpBus,
+    ModbusTcpBus,
+    Thresholds,
     load_site,
 )
 
@@ -453,7 +455,7 @@ def _run(
 ) -> None:
     if _port_open("127.0.0.1", api_port):
         raise DemoError(f"port {api_port} is already in use; pass --api-port")
-    tcp_buses = [b for b in site.config.buses if not isinstance(b, ModbusRtuBus)]
+    tcp_buses = [b for b in site.config.buses if isinstance(b, ModbusTcpBus | ModbusRtuOverTcpBus)]
     for bus in tcp_buses:
         if _port_open(bus.host, bus.port):
             raise DemoError(f"{bus.host}:{bus.port} (bus {bus.id}) is already in use")

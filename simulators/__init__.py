@@ -1,12 +1,16 @@
 """Site simulators: serve a site's Modbus devices, play scenarios, inject faults."""
 
+from simulators._opcua import OpcUaSimulator, OutputWriteHook, ServerSecurity
 from simulators._scenario import Scenario, ScenarioPlayer, load_scenario
 from simulators._site import CoilWriteHook, SimulatorError, SiteSimulator
 
 __all__ = [
     "CoilWriteHook",
+    "OpcUaSimulator",
+    "OutputWriteHook",
     "Scenario",
     "ScenarioPlayer",
+    "ServerSecurity",
     "SimulatorError",
     "SiteSimulator",
     "load_scenario",

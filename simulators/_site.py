@@ -28,12 +28,13 @@ from pymodbus.simulator import SimData, SimDevice
 
 from device_drivers.modbus import decode, encode, from_engineering, to_engineering
 from edge.config import (
-    AnyActuator,
-    AnyTag,
     Device,
     LoadedSite,
+    ModbusActuator,
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
+    ModbusTag,
+    OpcUaBus,
 )
 from simulators._pty import NullModem
 
@@ -62,7 +63,7 @@ class _Unit:
     holding: list[int]
     input: list[int]
     coils: list[bool]
-    actuators: dict[int, AnyActuator]  # coil address -> actuator
+    actuators: dict[int, ModbusActuator]  # coil address -> actuator
     offline: bool = False
     failing: bool = False
 
@@ -194,23 +195,30 @@ class SiteSimulator:
         self.coil_log: deque[tuple[int, str, bool]] = deque(maxlen=_LOG_LENGTH)
         self._buses: dict[str, _Bus] = {}
         self._units_by_device: dict[str, _Unit] = {}
-        self._tags: dict[str, tuple[_Unit, AnyTag]] = {}
-        self._actuators: dict[str, tuple[_Unit, AnyActuator]] = {}
+        self._tags: dict[str, tuple[_Unit, ModbusTag]] = {}
+        self._actuators: dict[str, tuple[_Unit, ModbusActuator]] = {}
         cfg = site.config
         for bus in cfg.buses:
+            if isinstance(bus, OpcUaBus):
+                continue  # served by simulators.OpcUaSimulator
             if isinstance(bus, ModbusRtuBus):
                 self._buses[bus.id] = _Bus(bus.id, "", 0, rtu_framing=True, serial=bus)
                 continue
             rtu = isinstance(bus, ModbusRtuOverTcpBus)
             self._buses[bus.id] = _Bus(bus.id, bus.host, bus.port, rtu_framing=rtu)
         for device in cfg.devices:
-            acts = {a.coil: a for a in cfg.actuators if a.device == device.id}
+            if device.bus not in self._buses:
+                continue  # a device of another protocol's bus
+            acts = {
+                a.coil: a
+                for a in cfg.actuators
+                if a.device == device.id and isinstance(a, ModbusActuator)
+            }
+            tags = [t for t in device.tags if isinstance(t, ModbusTag)]
             unit = _Unit(
                 device=device,
-                holding=[0]
-                * _size([r for t in device.tags if t.table == "holding" for r in t.registers]),
-                input=[0]
-                * _size([r for t in device.tags if t.table == "input" for r in t.registers]),
+                holding=[0] * _size([r for t in tags if t.table == "holding" for r in t.registers]),
+                input=[0] * _size([r for t in tags if t.table == "input" for r in t.registers]),
                 coils=[False] * _size(list(acts)),
                 actuators=acts,
             )
@@ -219,7 +227,7 @@ class SiteSimulator:
                 self._actuators[act.id] = (unit, act)
             self._buses[device.bus].units[device.unit_id] = unit
             self._units_by_device[device.id] = unit
-            for tag in device.tags:
+            for tag in tags:
                 self._tags[tag.name] = (unit, tag)
                 self._write(unit, tag, site.profile_of(tag).nominal)
 
@@ -334,13 +342,13 @@ class SiteSimulator:
 
     # -- values ------------------------------------------------------------------------
 
-    def _tag(self, name: str) -> tuple[_Unit, AnyTag]:
+    def _tag(self, name: str) -> tuple[_Unit, ModbusTag]:
         try:
             return self._tags[name]
         except KeyError:
             raise KeyError(f"unknown tag {name!r}") from None
 
-    def _write(self, unit: _Unit, tag: AnyTag, value: float) -> None:
+    def _write(self, unit: _Unit, tag: ModbusTag, value: float) -> None:
         raw = from_engineering(value, scale=tag.scale, offset=tag.offset)
         registers = encode(raw, tag.type, word_order=tag.word_order, byte_order=tag.byte_order)
         table = unit.holding if tag.table == "holding" else unit.input
@@ -368,7 +376,7 @@ class SiteSimulator:
         unit, act = self._actuator(actuator_id)
         return unit.coils[act.coil]
 
-    def _actuator(self, actuator_id: str) -> tuple[_Unit, AnyActuator]:
+    def _actuator(self, actuator_id: str) -> tuple[_Unit, ModbusActuator]:
         try:
             return self._actuators[actuator_id]
         except KeyError:

@@ -24,7 +24,10 @@ from edge.config._models import (
     PROTOCOL_OF_BUS,
     Device,
     LoadedSite,
+    ModbusActuator,
     ModbusRtuBus,
+    ModbusTag,
+    OpcUaBus,
     SensorProfile,
     SiteConfig,
 )
@@ -348,10 +351,13 @@ def _cross_check(
         yield doc.issue(("buffer", "path"), problem)
     owners: dict[str, str] = {}
     for bi, bus in enumerate(config.buses):
-        where = bus.port if isinstance(bus, ModbusRtuBus) else f"{bus.host}:{bus.port}"
+        if isinstance(bus, OpcUaBus):
+            where = bus.endpoint
+        else:
+            where = bus.port if isinstance(bus, ModbusRtuBus) else f"{bus.host}:{bus.port}"
         if where in owners:
             yield doc.issue(
-                ("buses", bi, "port"),
+                ("buses", bi, "endpoint" if isinstance(bus, OpcUaBus) else "port"),
                 f"{where} is already bus {owners[where]!r} (one bus owns one port or endpoint)",
             )
         owners.setdefault(where, bus.id)
@@ -363,7 +369,9 @@ def _cross_check(
         else:
             yield from _timing(doc, di, device, known_bus.timeout_ms, profiles)
         key = (device.bus, device.unit_id)
-        if key in endpoints:
+        if isinstance(known_bus, OpcUaBus):
+            pass  # OPC UA devices are told apart by their nodes, not by a unit
+        elif key in endpoints:
             yield doc.issue(
                 ("devices", di, "unit_id"),
                 f"unit {device.unit_id} on bus {device.bus!r} is already device {endpoints[key]!r}",
@@ -394,16 +402,17 @@ def _cross_check(
                     f"{tag.location.position!r}; known: {', '.join(sorted(profile.thresholds))}"
                     " (or give the tag its own 'thresholds')",
                 )
-            for reg in tag.registers:
-                other = used.get((tag.table, reg))
-                if other is not None:
-                    yield doc.issue(
-                        (*at, "address"),
-                        f"{tag.table} register {reg} overlaps tag {other!r}",
-                    )
-                    break
-            for reg in tag.registers:
-                used[(tag.table, reg)] = tag.name
+            if isinstance(tag, ModbusTag):
+                for reg in tag.registers:
+                    other = used.get((tag.table, reg))
+                    if other is not None:
+                        yield doc.issue(
+                            (*at, "address"),
+                            f"{tag.table} register {reg} overlaps tag {other!r}",
+                        )
+                        break
+                for reg in tag.registers:
+                    used[(tag.table, reg)] = tag.name
             for ai, actuator in enumerate(tag.actuators):
                 if actuator not in actuators:
                     yield doc.issue((*at, "actuators", ai), f"unknown actuator {actuator!r}")
@@ -420,6 +429,8 @@ def _cross_check(
     for ai, act in enumerate(config.actuators):
         if act.device not in devices:
             yield doc.issue(("actuators", ai, "device"), f"unknown device {act.device!r}")
+        if not isinstance(act, ModbusActuator):
+            continue
         if (act.device, act.coil) in coils:
             yield doc.issue(
                 ("actuators", ai, "coil"),

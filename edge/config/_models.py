@@ -18,6 +18,7 @@ from edge.config._rules import (
     RuleConfig,
     StateSettings,
 )
+from device_drivers.opcua import OpcUaPoint, check_browse_path, check_node_id
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
@@ -191,15 +192,63 @@ class ModbusTag(Tag):
         return ModbusPoint(self.table, self.address, self.type, self.word_order, self.byte_order)
 
 
+class _OpcUaAddress(_Frozen):
+    """``node`` (a node id string) or ``browse_path`` (from the Objects folder), not both."""
+
+    node: str | None = None  # ns=2;s=Panel12.CH4_T1, i=2258
+    browse_path: str | None = None  # Panel12/CH4_T1, 2:Panel12/2:CH4_T1
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, node: str | None) -> str | None:
+        return None if node is None else check_node_id(node)
+
+    @field_validator("browse_path")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        return None if path is None else check_browse_path(path)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> _OpcUaAddress:
+        if (self.node is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of 'node' and 'browse_path'")
+        return self
+
+
+class OpcUaTag(Tag, _OpcUaAddress):
+    """A tag on an OPC UA server: its node, and whether it is subscribed or read each poll.
+
+    ``mode: subscribe`` (default) makes it a monitored item: the server samples
+    it every ``sampling_ms`` (default: the bus's publishing interval) and
+    reports changes larger than ``deadband`` (absolute, raw units; 0 = every
+    change). ``mode: read`` reads it in the device's one Read request per poll.
+    """
+
+    protocol: Literal["opcua"] = "opcua"
+    mode: Literal["subscribe", "read"] = "subscribe"
+    sampling_ms: float | None = Field(default=None, ge=0, le=60_000)
+    deadband: float = Field(default=0.0, ge=0)
+
+    def point(self) -> OpcUaPoint:
+        return OpcUaPoint(
+            node=self.node,
+            browse_path=self.browse_path,
+            subscribe=self.mode == "subscribe",
+            sampling_ms=self.sampling_ms,
+            deadband=self.deadband,
+        )
+
+
 # The tag shape follows the bus's protocol; SiteConfig fills `protocol` in from the bus.
-TagSpec = Annotated[ModbusTag, Field(discriminator="protocol")]
-AnyTag = ModbusTag  # grows into a union with the next protocol
+TagSpec = Annotated[ModbusTag | OpcUaTag, Field(discriminator="protocol")]
+AnyTag = ModbusTag | OpcUaTag
 
 # bus type -> the protocol of its tags and outputs
 PROTOCOL_OF_BUS: dict[str, str] = {
     "modbus_tcp": "modbus",
     "modbus_rtu": "modbus",
     "modbus_rtu_over_tcp": "modbus",
+    "opcua": "opcua",
 }
 
 
@@ -254,8 +303,45 @@ class ModbusRtuBus(_BusBase):
         return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
 
 
-Bus = Annotated[ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus, Field(discriminator="type")]
-AnyBus = ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus
+class OpcUaBus(_BusBase):
+    """An OPC UA server (a PLC, a SCADA, a gas-monitoring system).
+
+    ``security``: ``none``, or Basic256Sha256 with ``sign`` or ``sign_encrypt``
+    (then ``certificate`` and ``private_key`` are ours, made by ``safewatch
+    certs opcua``; ``server_certificate`` pins the server's). A user name and
+    password come from the environment variables ``username_env`` and
+    ``password_env``, never from the file. ``namespace``: the namespace URI of
+    browse-path segments that give no index. ``publishing_ms``: how often the
+    server sends the subscription's changes.
+    """
+
+    type: Literal["opcua"]
+    endpoint: str = Field(pattern=r"^opc\.tcp://[^\s/:]+(:\d{1,5})?(/\S*)?$")
+    namespace: str | None = Field(default=None, min_length=1)
+    security: Literal["none", "sign", "sign_encrypt"] = "none"
+    certificate: str | None = None
+    private_key: str | None = None
+    server_certificate: str | None = None
+    username_env: str | None = None
+    password_env: str | None = None
+    publishing_ms: int = Field(default=200, ge=10, le=60_000)
+
+    @model_validator(mode="after")
+    def _security(self) -> OpcUaBus:
+        if self.security != "none" and (self.certificate is None or self.private_key is None):
+            raise ValueError(
+                f"security {self.security!r} needs 'certificate' and 'private_key' "
+                "(make them with: safewatch certs opcua)"
+            )
+        if (self.username_env is None) != (self.password_env is None):
+            raise ValueError("give both 'username_env' and 'password_env', or neither")
+        return self
+
+
+Bus = Annotated[
+    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | OpcUaBus, Field(discriminator="type")
+]
+AnyBus = ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | OpcUaBus
 
 
 class Device(_Frozen):
@@ -314,8 +400,17 @@ class ModbusActuator(Actuator):
         return ModbusCoil(self.coil)
 
 
-ActuatorSpec = Annotated[ModbusActuator, Field(discriminator="protocol")]
-AnyActuator = ModbusActuator  # grows into a union with the next protocol
+class OpcUaActuator(Actuator, _OpcUaAddress):
+    """An output on an OPC UA server: a Boolean variable the gateway writes."""
+
+    protocol: Literal["opcua"] = "opcua"
+
+    def output(self) -> OpcUaPoint:
+        return OpcUaPoint(node=self.node, browse_path=self.browse_path, subscribe=False)
+
+
+ActuatorSpec = Annotated[ModbusActuator | OpcUaActuator, Field(discriminator="protocol")]
+AnyActuator = ModbusActuator | OpcUaActuator
 
 
 class GatewaySettings(_Frozen):

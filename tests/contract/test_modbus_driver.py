@@ -17,7 +17,7 @@ import pytest
 
 from device_drivers import DeviceException, DeviceTimeout, DeviceUnavailable
 from device_drivers.modbus import DataType, ModbusTcpDriver, Order, decode, to_engineering
-from edge.config import LoadedSite, ModbusTcpBus, load_site
+from edge.config import LoadedSite, ModbusTag, ModbusTcpBus, load_site
 from simulators import SimulatorError, SiteSimulator
 from tests.support import async_wait_until, free_port
 
@@ -121,6 +121,7 @@ async def test_reads_every_type_and_order_back(tmp_path: Path) -> None:
             for i, (_, _, _, _, value) in enumerate(_TYPED):
                 sim.set_value(f"T{i}", value)
             for (_, tag), (t, w, b, scale, value) in zip(site.tags(), _TYPED, strict=True):
+                assert isinstance(tag, ModbusTag)
                 regs = await drv.read_registers(7, tag.table, tag.address, len(tag.registers))
                 raw = decode(regs, t, word_order=w, byte_order=b)
                 got = to_engineering(raw, scale=scale)
