@@ -41,7 +41,6 @@ from edge.config import (
     LoadedSite,
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
-    Thresholds,
     load_site,
 )
 

@@ -12,13 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from device_drivers.modbus import DataType, ModbusCoil, ModbusPoint, Order, register_count
+from device_drivers.opcua import OpcUaPoint, check_browse_path, check_node_id
 from edge.config._rules import (
     InterlockRow,
     LockoutTestSettings,
     RuleConfig,
     StateSettings,
 )
-from device_drivers.opcua import OpcUaPoint, check_browse_path, check_node_id
 
 Identifier = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 
