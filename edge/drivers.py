@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from device_drivers import DeviceDriver, DeviceSpec, OutputSpec, PointSpec
 from device_drivers.modbus import ModbusDriver, ModbusSerialLink, ModbusTcpLink
+from device_drivers.serial import SerialLineDriver, SerialLink
 from edge.config import (
     AnyActuator,
     AnyBus,
@@ -20,6 +21,7 @@ from edge.config import (
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
     OpcUaBus,
+    SerialLineBus,
 )
 
 __all__ = ["DriverFactory", "device_spec", "make_driver", "output_spec"]
@@ -46,6 +48,9 @@ def make_driver(bus: AnyBus) -> DeviceDriver:
         return ModbusDriver(bus.id, link, timeout_s)
     if isinstance(bus, OpcUaBus):
         return _opcua_driver(bus, timeout_s)
+    if isinstance(bus, SerialLineBus):
+        serial_link = SerialLink(bus.port, bus.baudrate, bus.parity, bus.stopbits, bus.bytesize)
+        return SerialLineDriver(bus.id, serial_link, bus.format, bus.max_age_ms / 1000)
     raise TypeError(f"no driver for bus type {type(bus).__name__}")  # pragma: no cover
 
 

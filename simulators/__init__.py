@@ -2,6 +2,7 @@
 
 from simulators._opcua import OpcUaSimulator, OutputWriteHook, ServerSecurity
 from simulators._scenario import Scenario, ScenarioPlayer, load_scenario
+from simulators._serial import SerialLineSimulator
 from simulators._site import CoilWriteHook, SimulatorError, SiteSimulator
 
 __all__ = [
@@ -10,6 +11,7 @@ __all__ = [
     "OutputWriteHook",
     "Scenario",
     "ScenarioPlayer",
+    "SerialLineSimulator",
     "ServerSecurity",
     "SimulatorError",
     "SiteSimulator",

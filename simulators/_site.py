@@ -35,6 +35,7 @@ from edge.config import (
     ModbusRtuOverTcpBus,
     ModbusTag,
     OpcUaBus,
+    SerialLineBus,
 )
 from simulators._pty import NullModem
 
@@ -199,8 +200,8 @@ class SiteSimulator:
         self._actuators: dict[str, tuple[_Unit, ModbusActuator]] = {}
         cfg = site.config
         for bus in cfg.buses:
-            if isinstance(bus, OpcUaBus):
-                continue  # served by simulators.OpcUaSimulator
+            if isinstance(bus, OpcUaBus | SerialLineBus):
+                continue  # served by OpcUaSimulator / SerialLineSimulator
             if isinstance(bus, ModbusRtuBus):
                 self._buses[bus.id] = _Bus(bus.id, "", 0, rtu_framing=True, serial=bus)
                 continue

@@ -29,6 +29,7 @@ from edge.config._models import (
     ModbusTag,
     OpcUaBus,
     SensorProfile,
+    SerialLineBus,
     SiteConfig,
 )
 from edge.config._rules import RULE_TYPES
@@ -354,7 +355,11 @@ def _cross_check(
         if isinstance(bus, OpcUaBus):
             where = bus.endpoint
         else:
-            where = bus.port if isinstance(bus, ModbusRtuBus) else f"{bus.host}:{bus.port}"
+            where = (
+                bus.port
+                if isinstance(bus, ModbusRtuBus | SerialLineBus)
+                else f"{bus.host}:{bus.port}"
+            )
         if where in owners:
             yield doc.issue(
                 ("buses", bi, "endpoint" if isinstance(bus, OpcUaBus) else "port"),
@@ -369,8 +374,8 @@ def _cross_check(
         else:
             yield from _timing(doc, di, device, known_bus.timeout_ms, profiles)
         key = (device.bus, device.unit_id)
-        if isinstance(known_bus, OpcUaBus):
-            pass  # OPC UA devices are told apart by their nodes, not by a unit
+        if isinstance(known_bus, OpcUaBus | SerialLineBus):
+            pass  # told apart by their nodes or keys, not by a unit
         elif key in endpoints:
             yield doc.issue(
                 ("devices", di, "unit_id"),

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from device_drivers.modbus import DataType, ModbusCoil, ModbusPoint, Order, register_count
 from device_drivers.opcua import OpcUaPoint, check_browse_path, check_node_id
+from device_drivers.serial import LineFormat, SerialPoint
 from edge.config._rules import (
     InterlockRow,
     LockoutTestSettings,
@@ -239,9 +240,20 @@ class OpcUaTag(Tag, _OpcUaAddress):
         )
 
 
+class SerialTag(Tag):
+    """A value in a serial detector's text line: its ``key`` (``CH4`` in ``CH4=0.85%``),
+    or its column (``0``, ``1``...) for the ``csv`` format."""
+
+    protocol: Literal["serial"] = "serial"
+    key: str = Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.\-]+$")
+
+    def point(self) -> SerialPoint:
+        return SerialPoint(self.key)
+
+
 # The tag shape follows the bus's protocol; SiteConfig fills `protocol` in from the bus.
-TagSpec = Annotated[ModbusTag | OpcUaTag, Field(discriminator="protocol")]
-AnyTag = ModbusTag | OpcUaTag
+TagSpec = Annotated[ModbusTag | OpcUaTag | SerialTag, Field(discriminator="protocol")]
+AnyTag = ModbusTag | OpcUaTag | SerialTag
 
 # bus type -> the protocol of its tags and outputs
 PROTOCOL_OF_BUS: dict[str, str] = {
@@ -249,6 +261,7 @@ PROTOCOL_OF_BUS: dict[str, str] = {
     "modbus_rtu": "modbus",
     "modbus_rtu_over_tcp": "modbus",
     "opcua": "opcua",
+    "serial": "serial",
 }
 
 
@@ -338,10 +351,36 @@ class OpcUaBus(_BusBase):
         return self
 
 
+class SerialLineBus(_BusBase):
+    """A serial port with one detector that streams text lines (``CH4=0.85%``).
+
+    ``format``: ``kv`` (KEY=VALUE pairs), ``kv_xor`` (``$...*XX``, NMEA XOR
+    checksum) or ``csv`` (columns). A key not heard for ``max_age_ms`` reads BAD
+    (``timeout``, or ``crc``/``decode`` when the lines arrived damaged).
+    """
+
+    type: Literal["serial"]
+    port: str = Field(min_length=1)
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    format: LineFormat = LineFormat.KV
+    max_age_ms: int = Field(default=3000, ge=100, le=600_000)
+
+    @field_validator("baudrate")
+    @classmethod
+    def _baud(cls, baudrate: int) -> int:
+        if baudrate not in BAUD_RATES:
+            raise ValueError(f"baudrate {baudrate} is not one of {', '.join(map(str, BAUD_RATES))}")
+        return baudrate
+
+
 Bus = Annotated[
-    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | OpcUaBus, Field(discriminator="type")
+    ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | OpcUaBus | SerialLineBus,
+    Field(discriminator="type"),
 ]
-AnyBus = ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | OpcUaBus
+AnyBus = ModbusTcpBus | ModbusRtuBus | ModbusRtuOverTcpBus | OpcUaBus | SerialLineBus
 
 
 class Device(_Frozen):
