@@ -183,3 +183,22 @@ def inference(
 
     typer.echo(f"inference: shipped models, batch 1 and batch 64, {seconds:g} s per model")
     emit(run(seconds=seconds))
+
+
+@app.command("opcua")
+def opcua(
+    nodes: Annotated[int, typer.Option("--nodes", min=10, help="Variables on the server.")] = 2000,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="Length of each phase.")] = 10,
+    churn_hz: Annotated[
+        float, typer.Option("--churn-hz", min=0.1, help="Server value changes/s per variable.")
+    ] = 5,
+) -> None:
+    """OPC UA driver: batched-read values/s (asyncua baseline) and subscription notifications/s."""
+    from bench._harness import emit
+    from bench.opcua import run
+
+    typer.echo(
+        f"opcua: {nodes} nodes; {seconds} s batched reads (driver, then asyncua read_values), "
+        f"{seconds} s subscription with every value changing {churn_hz}/s (server in a child)"
+    )
+    emit(run(nodes=nodes, seconds=seconds, churn_hz=churn_hz))
