@@ -8,6 +8,7 @@
 #   make clean     remove caches and demo state (keeps .venv)
 
 VENV := .venv
+SITE ?= firmware_configs/sites/demo-mine.yaml
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint services venv clean
@@ -20,7 +21,7 @@ services:
 
 demo: venv
 	scripts/services.sh
-	$(BIN)/safewatch demo
+	$(BIN)/safewatch demo --site $(SITE)
 
 lint: venv
 	$(BIN)/ruff check .

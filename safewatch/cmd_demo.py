@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import IO, Annotated, Any
+from urllib.parse import urlparse
 
 import httpx
 import typer
@@ -39,8 +40,11 @@ from edge.config import (
     PACKAGED_PROFILES,
     ConfigError,
     LoadedSite,
+    ModbusRtuBus,
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
+    OpcUaBus,
+    SerialLineBus,
     load_site,
 )
 
@@ -442,6 +446,19 @@ def demo(
             signal.signal(sig, handler)
 
 
+def _other_endpoints(site: LoadedSite) -> list[tuple[str, int | None, str]]:
+    """OPC UA servers (host, port) and serial/RTU ports (path, None) the simulator serves."""
+    out: list[tuple[str, int | None, str]] = []
+    for bus in site.config.buses:
+        if isinstance(bus, OpcUaBus):
+            url = urlparse(bus.endpoint)
+            port = url.port or 4840
+            out.append((url.hostname or "127.0.0.1", port, f"OPC UA server {bus.endpoint}"))
+        elif isinstance(bus, SerialLineBus | ModbusRtuBus):
+            out.append((bus.port, None, f"simulated serial port {bus.port} (bus {bus.id})"))
+    return out
+
+
 def _run(
     console: Console,
     site: LoadedSite,
@@ -470,6 +487,11 @@ def _run(
             f"simulator bus {bus.id} on {bus.host}:{bus.port}",
             partial(_port_open, bus.host, bus.port),
         )
+    for host, port, what in _other_endpoints(site):
+        if port is None:  # a serial port: the simulator links its pty there
+            supervisor.wait_for(what, partial(os.path.exists, host))
+        else:
+            supervisor.wait_for(what, partial(_port_open, host, port))
     supervisor.wait_for(f"cloud API {api}/health", lambda: _health_ok(client, api))
     # The gateway starts last: a methane sensor it cannot reach is a fault and
     # would trip the power-cut lockout before the simulator serves.

@@ -12,7 +12,13 @@ import typer
 from rich.console import Console
 
 from edge.config import ConfigError, LoadedSite, load_profiles, load_site
-from simulators import Scenario, ScenarioPlayer, SimulatorError, SiteSimulator, load_scenario
+from simulators import (
+    Scenario,
+    ScenarioPlayer,
+    SimulatorError,
+    WholeSiteSimulator,
+    load_scenario,
+)
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -81,21 +87,23 @@ async def _serve(
         state = "ACTIVE" if active else "inactive"
         out.print(f"coil {actuator_id} <- {value} ({state})", style=style, markup=False)
 
-    sim = SiteSimulator(site, on_coil_write=show_coil)
+    sim = WholeSiteSimulator(site, on_output_write=show_coil)
     for actuator in site.config.actuators:
-        coils[actuator.id] = sim.coil(actuator.id)
+        coils[actuator.id] = sim.output(actuator.id)
     await sim.start()
     gc.freeze()  # the register maps live as long as the process: keep them out of every GC pass
     try:
         where = ", ".join(
             [
                 f"{host}:{port} ({bus}: units {', '.join(map(str, units))})"
-                for bus, host, port, units in sim.endpoints
+                for bus, host, port, units in sim.modbus.endpoints
             ]
             + [
                 f"{port} (RTU line {bus} on a pty: units {', '.join(map(str, units))})"
-                for bus, port, _, units in sim.lines()
+                for bus, port, _, units in sim.modbus.lines()
             ]
+            + [f"{url} ({bus}: OPC UA)" for bus, url in sim.opcua.endpoints]
+            + [f"{port} ({bus}: serial line on a pty)" for bus, port in sim.serial.ports]
         )
         out.print(f"simulator ready on {where}", markup=False)
         async with asyncio.TaskGroup() as tasks:

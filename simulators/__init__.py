@@ -4,6 +4,7 @@ from simulators._opcua import OpcUaSimulator, OutputWriteHook, ServerSecurity
 from simulators._scenario import Scenario, ScenarioPlayer, load_scenario
 from simulators._serial import SerialLineSimulator
 from simulators._site import CoilWriteHook, SimulatorError, SiteSimulator
+from simulators._whole import WholeSiteSimulator
 
 __all__ = [
     "CoilWriteHook",
@@ -15,5 +16,6 @@ __all__ = [
     "ServerSecurity",
     "SimulatorError",
     "SiteSimulator",
+    "WholeSiteSimulator",
     "load_scenario",
 ]

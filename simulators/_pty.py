@@ -55,6 +55,7 @@ class NullModem:
                 self.link_a.unlink()
             if self.link_a.exists():
                 raise FileExistsError(f"{self.link_a} exists and is not a symlink; not replaced")
+            self.link_a.parent.mkdir(parents=True, exist_ok=True)  # var/sim/... in example sites
             self.link_a.symlink_to(self.a)
         self._tasks = [
             asyncio.create_task(self._pump(ma, mb), name="null-modem a->b"),

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 import math
+import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -28,7 +29,18 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from edge.config import ConfigError, ConfigIssue, LoadedSite, load_model
-from simulators._site import SiteSimulator
+
+
+class ScenarioTarget(Protocol):
+    """What a scenario plays into: a simulator's site, tags and values."""
+
+    @property
+    def site(self) -> LoadedSite: ...
+
+    def tags(self) -> list[str]: ...
+
+    def set_value(self, tag: str, value: float) -> None: ...
+
 
 __all__ = ["Scenario", "ScenarioPlayer", "load_scenario"]
 
@@ -37,14 +49,68 @@ def _issue(loc: tuple[str | int, ...], message: str, value: Any) -> InitErrorDet
     return InitErrorDetails(type=PydanticCustomError("scenario", message), loc=loc, input=value)
 
 
+FaultKind = Literal[
+    "dead", "slow", "garbled", "stuck", "drift", "noise", "spike", "opcua_restart", "cable_pulled"
+]
+_FAULT_TARGET: dict[str, str] = {
+    "dead": "device",
+    "slow": "device",
+    "garbled": "bus",
+    "opcua_restart": "bus",
+    "cable_pulled": "bus",
+    "stuck": "tag",
+    "drift": "tag",
+    "noise": "tag",
+    "spike": "tag",
+}
+
+
+class Fault(BaseModel):
+    """One injected fault from ``at_s`` until ``until_s`` (default: the end).
+
+    ``dead`` / ``slow`` a ``device`` (``delay_s``); ``garbled`` (every ``every``-th
+    line), ``cable_pulled`` and ``opcua_restart`` (down ``down_s``) a ``bus``;
+    ``stuck``, ``drift`` (``rate_per_s``), ``noise`` (``amplitude``, Gaussian sigma)
+    and ``spike`` (``magnitude``) a ``tag``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: FaultKind
+    at_s: float = Field(ge=0)
+    until_s: float | None = None
+    device: str | None = None
+    bus: str | None = None
+    tag: str | None = None
+    delay_s: float = Field(default=2.0, ge=0, le=60)
+    every: int = Field(default=2, ge=1)
+    rate_per_s: float = 0.0
+    amplitude: float = Field(default=0.0, ge=0)
+    magnitude: float = 0.0
+    down_s: float = Field(default=2.0, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _target(self) -> Fault:
+        need = _FAULT_TARGET[self.kind]
+        if getattr(self, need) is None:
+            raise ValueError(f"fault {self.kind!r} needs a {need!r}")
+        if self.until_s is not None and self.until_s <= self.at_s:
+            raise ValueError(f"until_s {self.until_s} must be after at_s {self.at_s}")
+        return self
+
+    def active(self, t: float) -> bool:
+        return self.at_s <= t and (self.until_s is None or t < self.until_s)
+
+
 class Scenario(BaseModel):
-    """Tag value paths over time; validated once when loaded."""
+    """Tag value paths over time, and faults; validated once when loaded."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
     duration_s: float = Field(gt=0)
     tags: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
+    faults: list[Fault] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _paths(self) -> Scenario:
@@ -102,7 +168,8 @@ class Scenario(BaseModel):
         return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
 
     def unknown_tags(self, known: set[str]) -> list[str]:
-        return [tag for tag in self.tags if tag not in known]
+        named = list(self.tags) + [f.tag for f in self.faults if f.tag is not None]
+        return [tag for tag in dict.fromkeys(named) if tag not in known]
 
 
 def _tag_lines(path: Path) -> dict[str, int]:
@@ -152,7 +219,7 @@ class ScenarioPlayer:
 
     def __init__(
         self,
-        sim: SiteSimulator,
+        sim: ScenarioTarget,
         scenario: Scenario,
         speed: float = 1.0,
         tick_s: float = 0.05,
@@ -173,7 +240,63 @@ class ScenarioPlayer:
         self.tick_s = tick_s
         self.loop = loop
         self.scenario_time = 0.0  # seconds into the scenario, as last played
+        self.faults_applied: list[tuple[float, str, bool]] = []  # (t, kind, active)
+        self._active: set[int] = set()
+        self._rng = random.Random(0)
         self.rounds = 0  # completed passes through the scenario
+
+    def _played_tags(self) -> list[str]:
+        faulted = [f.tag for f in self.scenario.faults if f.tag is not None]
+        return list(dict.fromkeys([*self.scenario.tags, *faulted]))
+
+    def _value(self, tag: str, t: float) -> float | None:
+        value = self.scenario.value_at(tag, t)
+        if value is None:
+            site = self.sim.site
+            spec = next((tg for _, tg in site.tags() if tg.name == tag), None)
+            value = site.profile_of(spec).nominal if spec is not None else None
+        if value is None:
+            return None
+        for fault in self.scenario.faults:
+            if fault.tag != tag or not fault.active(t):
+                continue
+            if fault.kind == "drift":
+                value += fault.rate_per_s * (t - fault.at_s)
+            elif fault.kind == "noise":
+                value += self._rng.gauss(0.0, fault.amplitude)
+            elif fault.kind == "spike":
+                value += fault.magnitude
+        return value
+
+    async def _faults(self, t: float) -> None:
+        """Switch device and bus faults (and stuck values) on and off as ``t`` passes."""
+        for i, fault in enumerate(self.scenario.faults):
+            if fault.kind in ("drift", "noise", "spike"):
+                continue
+            active = fault.active(t)
+            if active == (i in self._active):
+                continue
+            if active:
+                self._active.add(i)
+            else:
+                self._active.discard(i)
+            self.faults_applied.append((t, fault.kind, active))
+            await self._apply(fault, active)
+
+    async def _apply(self, fault: Fault, active: bool) -> None:
+        sim: Any = self.sim  # device and bus faults need a simulator that has them
+        if fault.kind == "stuck":
+            sim.hold(fault.tag, active)
+        elif fault.kind == "dead":
+            await sim.set_dead(fault.device, active)
+        elif fault.kind == "slow":
+            sim.set_slow(fault.device, fault.delay_s if active else 0.0)
+        elif fault.kind == "garbled":
+            sim.set_garbled(fault.bus, fault.every if active else 0)
+        elif fault.kind == "cable_pulled":
+            sim.set_cable(fault.bus, not active)
+        elif fault.kind == "opcua_restart" and active:
+            await sim.restart_opcua(fault.bus, fault.down_s)
 
     def _hold_nominal(self) -> None:
         site = self.sim.site
@@ -195,8 +318,9 @@ class ScenarioPlayer:
             else:
                 t = min(elapsed, duration)
             self.scenario_time = t
-            for tag in self.scenario.tags:
-                value = self.scenario.value_at(tag, t)
+            await self._faults(t)
+            for tag in self._played_tags():
+                value = self._value(tag, t)
                 if value is not None and last.get(tag) != value:
                     self.sim.set_value(tag, value)
                     last[tag] = value

@@ -13,6 +13,7 @@ Fault injection: :meth:`SiteSimulator.set_offline` makes one unit stay silent
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -67,6 +68,7 @@ class _Unit:
     actuators: dict[int, ModbusActuator]  # coil address -> actuator
     offline: bool = False
     failing: bool = False
+    slow_s: float = 0.0  # answer this much later (a slow device)
 
 
 def _size(addresses: Sequence[int]) -> int:
@@ -104,6 +106,8 @@ def _sim_device(
         registers: list[int],
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
+        if unit.slow_s > 0:
+            await asyncio.sleep(unit.slow_s)
         if unit.offline:
             raise NoSuchIdException(f"unit {unit_id} does not answer")  # stays silent
         if unit.failing:
@@ -406,6 +410,10 @@ class SiteSimulator:
     def set_offline(self, device_id: str, offline: bool) -> None:
         """An offline unit does not answer at all; its bus-mates keep answering."""
         self._unit_of(device_id).offline = offline
+
+    def set_slow(self, device_id: str, delay_s: float) -> None:
+        """Answer every request of this unit ``delay_s`` late (0: on time)."""
+        self._unit_of(device_id).slow_s = max(0.0, delay_s)
 
     def set_failing(self, device_id: str, failing: bool) -> None:
         """A failing unit answers every request with exception 4 (server device failure)."""
