@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,24 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def quiet_port() -> int:
+    """A free port below Linux's ephemeral range (32768-60999).
+
+    ``free_port`` hands out an ephemeral port, which any outgoing connection on
+    the machine may take before a slow server (asyncua builds its address space
+    for seconds) binds it; ports below that range are only taken by listeners.
+    """
+    for _ in range(200):
+        port = random.randint(20_000, 32_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def port_open(host: str, port: int) -> bool:

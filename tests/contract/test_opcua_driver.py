@@ -21,7 +21,7 @@ from edge.config import AnyTag, LoadedSite, OpcUaBus, load_site
 from edge.drivers import device_spec, make_driver, output_spec
 from edge.polling import BusPoller
 from simulators import OpcUaSimulator
-from tests.support import async_wait_until, free_port
+from tests.support import async_wait_until, free_port, quiet_port
 
 pytestmark = [pytest.mark.contract, pytest.mark.asyncio(loop_scope="module")]
 
@@ -63,7 +63,7 @@ actuators:
 def site(tmp_path_factory: pytest.TempPathFactory) -> LoadedSite:
     folder = tmp_path_factory.mktemp("opcua")
     path = folder / "site.yaml"
-    path.write_text(SITE.format(port=free_port(), buffer=folder / "buffer.db"))
+    path.write_text(SITE.format(port=quiet_port(), buffer=folder / "buffer.db"))
     return load_site(path)
 
 

@@ -20,7 +20,7 @@ from edge.config import LoadedSite, OpcUaBus, load_site
 from edge.drivers import device_spec, make_driver
 from safewatch.cli import app
 from simulators import OpcUaSimulator, ServerSecurity
-from tests.support import free_port
+from tests.support import quiet_port
 
 pytestmark = [pytest.mark.contract, pytest.mark.asyncio(loop_scope="module")]
 
@@ -68,7 +68,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def port() -> int:
-    return free_port()
+    return quiet_port()
 
 
 def _site(pki: Path, port: int, client: str, tmp: Path) -> LoadedSite:

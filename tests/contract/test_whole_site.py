@@ -12,7 +12,7 @@ from device_drivers import DeviceDriver, DeviceUnavailable, DriverError, Quality
 from edge.config import LoadedSite, SerialLineBus, load_site
 from edge.drivers import device_spec, make_driver
 from simulators import Scenario, ScenarioPlayer, WholeSiteSimulator
-from tests.support import async_wait_until, free_port
+from tests.support import async_wait_until, quiet_port
 
 pytestmark = pytest.mark.contract
 
@@ -22,7 +22,7 @@ LONGWALL = Path(__file__).resolve().parents[2] / "firmware_configs/sites/longwal
 def _site(tmp: Path) -> LoadedSite:
     text = LONGWALL.read_text()
     for port in ("5031", "5032", "48431"):
-        text = text.replace(port, str(free_port()))
+        text = text.replace(port, str(quiet_port()))
     text = text.replace("var/sim/", f"{tmp}/").replace("var/gw-1302", f"{tmp}/gw")
     path = tmp / "longwall.yaml"
     path.write_text(text)

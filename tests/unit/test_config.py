@@ -60,7 +60,7 @@ def test_unknown_profile_names_line_device_and_field(tmp_path: Path) -> None:
     assert issue.line == _line_of(text, "profile: cox")
     assert issue.device == "env-1201"
     assert issue.field == "devices.2.tags.0.profile"
-    assert "unknown profile 'cox'" in issue.message and "ch4, ch4_ir, co" in issue.message
+    assert "unknown profile 'cox'" in issue.message and "ch4_ir, co, " in issue.message
 
 
 def test_wrong_type_names_its_line(tmp_path: Path) -> None:
