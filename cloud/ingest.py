@@ -199,6 +199,10 @@ class IngestService:
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
 
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a counter (for the transports that feed :meth:`process`)."""
+        self._counters[name] += n
+
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho is untyped here
         props.SessionExpiryInterval = self.session_expiry_s
@@ -217,7 +221,7 @@ class IngestService:
     async def run(self) -> None:
         """Serve MQTT and drain the spool, forever (until cancelled)."""
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._drain_spool_forever(), name="influx-spool-drainer")
+            tg.create_task(self.drain_spool_forever(), name="influx-spool-drainer")
             await self._serve_mqtt_forever()
 
     async def _serve_mqtt_forever(self) -> None:
@@ -300,10 +304,10 @@ class IngestService:
                 received = time.time_ns()
                 self._counters["received"] += len(batch)
                 items = [Incoming(str(m.topic), m.payload, received) for m in batch]
-                stored = tg.create_task(self._process_until_durable(items), name="ingest-batch")
+                stored = tg.create_task(self.process_until_durable(items), name="ingest-batch")
                 await in_flight.put((batch, stored))
 
-    async def _process_until_durable(self, items: list[Incoming]) -> None:
+    async def process_until_durable(self, items: Sequence[Incoming]) -> None:
         """Retry a batch with backoff while the store fails; nothing is acked meanwhile."""
         backoff = Backoff(initial=0.2, cap=min(self.backoff_cap_s, 5.0))
         while True:
@@ -538,7 +542,8 @@ class IngestService:
         self.spool_pending = max(0, self.spool_pending - len(lines))
         return len(lines)
 
-    async def _drain_spool_forever(self) -> None:
+    async def drain_spool_forever(self) -> None:
+        """Write the spool to InfluxDB whenever it holds lines; forever (run by :meth:`run`)."""
         backoff = Backoff(initial=0.5, cap=min(self.backoff_cap_s, 5.0))
         with contextlib.suppress(StoreError):
             self.spool_pending = await asyncio.to_thread(self.store.spool_points)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ import wire
 from cloud import CloudService, CloudSettings, IngestService
 from cloud.commands import CommandSigner
 from cloud.ingest import TimeWindow
-from cloud.storage import InfluxV1Writer, Store, StoreError
+from cloud.storage import InfluxError, InfluxV1Writer, Store, StoreError
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -183,6 +184,76 @@ def run(
             typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("cloud stopped")
+
+
+@app.command("jetstream-worker")
+def jetstream_worker(
+    nats_servers: Annotated[
+        list[str], typer.Option("--nats", help="NATS server URL (repeat for each cluster node).")
+    ],
+    influx_url: str = typer.Option("http://127.0.0.1:8086", help="InfluxDB base URL."),
+    influx_db: str = typer.Option("safewatch", help="InfluxDB database."),
+    db_url: str = typer.Option(
+        "sqlite:///var/safewatch-cloud.db", help="SQLAlchemy URL (sqlite or postgresql+psycopg)."
+    ),
+    durable: str = typer.Option("safewatch-ingest", help="Durable consumer the workers share."),
+    replicas: int = typer.Option(3, min=1, max=5, help="Replicas of the SAFEWATCH stream."),
+    ack_wait_s: float = typer.Option(
+        60.0, help="Seconds before a message a worker holds goes to another worker."
+    ),
+    accept_past_s: float = typer.Option(30 * 86_400.0, help="As for 'cloud run' (0: no limit)."),
+    accept_future_s: float = typer.Option(300.0, help="As for 'cloud run' (0: no limit)."),
+    log_level: str = typer.Option("INFO", help="Logging level."),
+) -> None:
+    """An ingest worker on a NATS JetStream cluster (gateways publish MQTT 3.1.1 to NATS).
+
+    Run several: they share one durable consumer. No HTTP API here; 'cloud run' serves it.
+    """
+    from cloud.jetstream import JetStreamIngest
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    sqlite_parent(db_url)
+    store = _open_store(db_url)
+    writer = InfluxV1Writer(
+        influx_url,
+        influx_db,
+        username=os.environ.get("SAFEWATCH_INFLUX_USERNAME") or None,
+        password=os.environ.get("SAFEWATCH_INFLUX_PASSWORD") or None,
+    )
+    ingest = IngestService(
+        "127.0.0.1",
+        1,
+        store,
+        writer,
+        ts_window=TimeWindow(accept_past_s or None, accept_future_s or None),
+    )
+    worker = JetStreamIngest(
+        nats_servers, ingest, durable=durable, replicas=replicas, ack_wait_s=ack_wait_s
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            try:
+                await writer.ensure_database()
+            except InfluxError as exc:  # the spool holds the points until it is there
+                logging.getLogger(__name__).warning("InfluxDB not ready: %s", exc)
+            typer.echo(f"jetstream worker: consumer {durable!r} on {', '.join(nats_servers)}")
+            await worker.run()
+        finally:
+            await writer.aclose()
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(main())
+    store.close()
+    typer.echo("jetstream worker stopped")
 
 
 dead_letters_app = typer.Typer(no_args_is_help=True)
