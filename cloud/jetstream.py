@@ -24,11 +24,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import nats
+import nats.errors
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from cloud.ingest import Incoming, IngestService
+from wire.backoff import Backoff
 
 __all__ = ["JetStreamIngest", "subject_to_topic", "topic_to_subject"]
 
@@ -86,7 +88,15 @@ class JetStreamIngest:
         """Connect (the client fails over between the servers), pull, process, ack; forever."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.ingest.drain_spool_forever(), name="influx-spool-drainer")
-            await self._pull_forever()
+            backoff = Backoff(initial=0.5, cap=5.0)
+            while True:
+                try:
+                    await self._pull_forever()
+                except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    # A node lost, no stream leader yet: what was not acked is redelivered.
+                    delay = backoff.next_delay()
+                    log.warning("jetstream: %r; reconnect in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
 
     async def _pull_forever(self) -> None:
         nc = await nats.connect(
