@@ -12,7 +12,9 @@ unbounded: details are clipped and validation errors carry no input values.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -26,6 +28,8 @@ from cloud.audit import AuditLog
 from cloud.auth import ALL_ROLES, Authenticator, Guards, auth_router, error_responses
 from cloud.commands import CommandSender
 from cloud.commands_api import commands_router
+from cloud.hazards import HazardService, hazards_router
+from cloud.risk import RiskService, risk_router
 from cloud.storage import Store, StoreError
 
 __all__ = [
@@ -168,8 +172,20 @@ def create_app(
     authenticator: Authenticator,
     audit: AuditLog,
     commands: CommandSender | None = None,
+    hazards: HazardService | None = None,
+    risk: RiskService | None = None,
 ) -> FastAPI:
-    """The API over ``store``; ``health()`` returns db/influx/mqtt booleans and counters."""
+    """The API over ``store``; ``health()`` returns db/influx/mqtt booleans and counters.
+
+    Without ``hazards`` the hazard service keeps its evidence in a fresh temporary
+    directory and its tables are created here (tests, demos); the cloud service passes
+    its own. Without ``risk`` the heatmap answers ``configured: false``.
+    """
+    if hazards is None:
+        hazards = HazardService(
+            store.engine, audit, Path(tempfile.mkdtemp(prefix="safewatch-evidence-"))
+        )
+        hazards.create_all()
     app = FastAPI(title="SafeWatch cloud", version="1")
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -247,4 +263,6 @@ def create_app(
 
     app.include_router(auth_router(authenticator, audit, guards))
     app.include_router(commands_router(commands, guards))
+    app.include_router(hazards_router(hazards, guards))
+    app.include_router(risk_router(risk, guards))
     return app

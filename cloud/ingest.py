@@ -191,6 +191,9 @@ class IngestService:
         self._influx_down = False
         self._spool_wakeup = asyncio.Event()
         self.spool_pending = 0
+        # Called (in a worker thread) with each batch's newly stored alarm events after
+        # the batch is durable: automatic hazards and the like. Failures are logged only.
+        self.alarm_handlers: list[Callable[[Sequence[wire.AlarmEvent]], object]] = []
 
     @property
     def connected(self) -> bool:
@@ -413,6 +416,13 @@ class IngestService:
         work.counts["alarms"] += len(new_alarms) - duplicates
         work.counts["duplicates"] += duplicates
         self._counters.update(work.counts)
+        stored = [a for a, new in zip(work.commit.alarms, new_alarms, strict=False) if new]
+        for handler in self.alarm_handlers if stored else ():
+            try:
+                await asyncio.to_thread(handler, stored)
+            except Exception:
+                self._counters["alarm_handler_errors"] += 1
+                log.exception("alarm handler %r failed", handler)
         if work.commit.spool:
             self.spool_pending += len(work.commit.spool)
             self._spool_wakeup.set()

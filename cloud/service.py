@@ -14,6 +14,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -23,7 +24,9 @@ from cloud.api import create_app
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore
 from cloud.commands import CommandSender, CommandSigner
+from cloud.hazards import AutoHazards, HazardService
 from cloud.ingest import IngestService, TimeWindow
+from cloud.risk import RiskService
 from cloud.storage import (
     InfluxError,
     InfluxV1Writer,
@@ -75,6 +78,10 @@ class CloudSettings:
     command_key_file: str | None = None
     commander_username: str | None = "safewatch-commander"
     commander_password: str | None = None
+    # Hazard rectification evidence (photos, documents), one file per SHA-256.
+    evidence_dir: str = "var/evidence"
+    # Risk units (areas, polygons, LEC / 5x5 assessments) for the heatmap; None: not configured.
+    risk_file: str | None = None
 
 
 class _QuietServer(uvicorn.Server):
@@ -131,12 +138,23 @@ class CloudService:
                 tls_context=_tls_context(settings),
             )
         )
+        self.hazards = HazardService(self.store.engine, self.audit, Path(settings.evidence_dir))
+        self.ingest.alarm_handlers.append(AutoHazards(self.hazards))
+        self.risk = (
+            None
+            if settings.risk_file is None
+            else RiskService.from_file(
+                self.store.engine, Path(settings.risk_file), store=self.store, hazards=self.hazards
+            )
+        )
         self.app = create_app(
             self.store,
             self.health,
             authenticator=self.auth,
             audit=self.audit,
             commands=self.commands,
+            hazards=self.hazards,
+            risk=self.risk,
         )
         self._server = _QuietServer(
             uvicorn.Config(
@@ -168,6 +186,9 @@ class CloudService:
         self.store.create_all()
         self.auth.store.create_all()
         self.audit.create_all()
+        self.hazards.create_all()
+        if self.risk is not None:
+            self.risk.create_all()
 
     @property
     def started(self) -> bool:

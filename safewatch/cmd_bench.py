@@ -22,6 +22,19 @@ def alarm_latency(
     emit(run(poll_ms=poll_ms, trips=trips))
 
 
+@app.command("heatmap")
+def heatmap(
+    units: Annotated[int, typer.Option("--units", min=10, help="Risk units.")] = 1000,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed recomputations.")] = 30,
+) -> None:
+    """Live heatmap recomputation (factors from the database, grading, history) for N units."""
+    from bench._harness import emit
+    from bench.heatmap import run
+
+    typer.echo(f"heatmap: {units} risk units, {rounds} recomputations (SQLite store)")
+    emit(run(units=units, rounds=rounds))
+
+
 @app.command("uplink")
 def uplink(
     points: Annotated[

@@ -18,6 +18,7 @@ import wire
 from cloud import CloudService, CloudSettings, IngestService
 from cloud.commands import CommandSigner
 from cloud.ingest import TimeWindow
+from cloud.risk import RiskFileError, load_risk_file
 from cloud.storage import InfluxError, InfluxV1Writer, Store, StoreError
 
 app = typer.Typer(no_args_is_help=True)
@@ -104,6 +105,12 @@ def run(
     commander_password_env: str = typer.Option(
         "SAFEWATCH_COMMANDER_PASSWORD", help="Variable holding it (if no file)."
     ),
+    evidence_dir: str = typer.Option(
+        "var/evidence", help="Directory of hazard evidence files (named by SHA-256)."
+    ),
+    risk_file: str | None = typer.Option(
+        None, help="Risk units (areas, LEC / 5x5 assessments) for the heatmap, e.g. site.risk.yaml."
+    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run MQTT ingest, the InfluxDB writer and the HTTP API until SIGINT/SIGTERM."""
@@ -149,6 +156,8 @@ def run(
         command_key_file=command_key_file,
         commander_username=commander_username,
         commander_password=commander_password,
+        evidence_dir=evidence_dir,
+        risk_file=risk_file,
     )
 
     def ready(service: CloudService) -> None:
@@ -162,7 +171,9 @@ def run(
             wire.client_tls_context(mqtt_ca_file, mqtt_cert_file, mqtt_key_file)
         if command_key_file is not None:
             CommandSigner(command_key_file)
-    except wire.TransportError as tls_error:
+        if risk_file is not None:
+            load_risk_file(Path(risk_file))
+    except (wire.TransportError, RiskFileError) as tls_error:
         typer.echo(f"error: {tls_error}", err=True)
         raise typer.Exit(2) from tls_error
 

@@ -48,12 +48,24 @@ EXPECTED_ROLES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/v1/audit"): frozenset({A, RV, SE}),
     ("GET", "/api/v1/audit/verify"): frozenset({A, RV}),
     ("POST", "/api/v1/gateways/{site}/{gateway}/commands"): frozenset({A, SE}),
+    ("POST", "/api/v1/hazards"): frozenset({A, SE, RE, RV}),
+    ("GET", "/api/v1/hazards"): ALL_ROLES,
+    ("GET", "/api/v1/hazards.csv"): ALL_ROLES,
+    ("GET", "/api/v1/hazards/kpis"): ALL_ROLES,
+    ("GET", "/api/v1/hazards/{hazard_id}"): ALL_ROLES,
+    # Admitted here; the event's own roles are checked inside (tests/unit/test_hazards.py).
+    ("POST", "/api/v1/hazards/{hazard_id}/transitions"): frozenset({A, SE, RE, RV}),
+    ("GET", "/api/v1/hazards/{hazard_id}/evidence"): ALL_ROLES,
+    ("POST", "/api/v1/hazards/{hazard_id}/evidence"): frozenset({A, RE}),
+    ("GET", "/api/v1/risk/heatmap"): ALL_ROLES,
+    ("GET", "/api/v1/risk/history"): ALL_ROLES,
 }
 PATH_VALUES = {
     "username": "nobody",
     "token_id": "0123456789abcdef",
     "site": "mine-a",
     "gateway": "gw-1",
+    "hazard_id": "1",
 }
 
 
