@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, UploadFile
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cloud.auth import ALL_ROLES, Guards, Principal, Role, error_responses
 from cloud.hazards._lifecycle import HazardEvent, HazardGrade, HazardStatus
@@ -32,6 +32,21 @@ _TEXT = 256
 _ID = Path(ge=1, le=2**62)
 
 
+def _utc_deadline(value: dt.datetime | None) -> dt.datetime | None:
+    """A deadline in UTC (naive means UTC; at the ends of the calendar, the offset is dropped)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        return value.replace(tzinfo=dt.UTC)
+
+
+Deadline = Annotated[dt.datetime | None, AfterValidator(_utc_deadline)]
+
+
 class HazardCreate(BaseModel):
     title: str = Field(min_length=1, max_length=_TEXT)
     area: str = Field(min_length=1, max_length=_TEXT)
@@ -39,7 +54,7 @@ class HazardCreate(BaseModel):
     description: str = Field(default="", max_length=4000)
     site: str = Field(default="", max_length=128)
     kind: str = Field(default="manual", min_length=1, max_length=64)
-    deadline: dt.datetime | None = None
+    deadline: Deadline = None
     plan: str | None = Field(default=None, max_length=4000)
     responsible: str | None = Field(default=None, max_length=128)
     supervisor: str | None = Field(default=None, max_length=128)
@@ -51,7 +66,7 @@ class TransitionIn(BaseModel):
     plan: str | None = Field(default=None, max_length=4000)
     responsible: str | None = Field(default=None, max_length=128)
     supervisor: str | None = Field(default=None, max_length=128)
-    deadline: dt.datetime | None = None
+    deadline: Deadline = None
     note: str | None = Field(default=None, max_length=4000)
 
 

@@ -69,6 +69,16 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value.replace(tzinfo=dt.UTC)
 
 
+def _utc(value: dt.datetime) -> dt.datetime:
+    """Stored as UTC (SQLite keeps no offset); naive means UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # year 1 or 9999 with an offset
+        return value.replace(tzinfo=dt.UTC)
+
+
 class HazardError(Exception):
     """A hazard request that cannot be done (the API maps subclasses to status codes)."""
 
@@ -298,8 +308,7 @@ class HazardService:
         now = self.now()
         found_at = now
         deadline = data.deadline or found_at + self.deadlines[data.grade]
-        if deadline.tzinfo is None:
-            deadline = deadline.replace(tzinfo=dt.UTC)
+        deadline = _utc(deadline)
         if dedup_key is not None:
             existing = self._open_by_key(dedup_key)
             if existing is not None:
@@ -517,9 +526,7 @@ class HazardService:
                 if value:
                     changes[name] = value
             if deadline is not None:
-                changes["deadline"] = (
-                    deadline if deadline.tzinfo else deadline.replace(tzinfo=dt.UTC)
-                )
+                changes["deadline"] = _utc(deadline)
             if before.grade == HazardGrade.MAJOR:
                 missing = [
                     name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 from collections.abc import Iterator
@@ -182,6 +183,9 @@ class RiskService:
         if area is not None:
             query = query.where(_HISTORY.c.area == area)
         if since is not None:
+            if since.tzinfo is not None:
+                with contextlib.suppress(OverflowError):  # year 1 / 9999 with an offset
+                    since = since.astimezone(dt.UTC)
             query = query.where(_HISTORY.c.at >= since)
         with self._begin() as conn:
             rows = conn.execute(query.order_by(_HISTORY.c.id).limit(limit)).all()

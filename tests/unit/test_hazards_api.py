@@ -124,11 +124,19 @@ async def test_list_filters_pages_csv_and_heatmap(
             "grade": "major" if i == 4 else "general",
         }
         assert (await client.post("/api/v1/hazards", json=body, headers=eng)).status_code == 201
+    offset = {
+        "title": "x",
+        "area": "a",
+        "grade": "general",
+        "deadline": "2026-12-01T08:00:00+08:00",
+    }
+    made = await client.post("/api/v1/hazards", json=offset, headers=eng)
+    assert made.json()["deadline"].startswith("2026-12-01T00:00:00")  # kept in UTC
     viewer = headers_for(auth, Role.VIEWER)
     page = (
         await client.get("/api/v1/hazards", params={"limit": 2, "offset": 1}, headers=viewer)
     ).json()
-    assert page["total"] == 5 and [i["title"] for i in page["items"]] == ["h3", "h2"]
+    assert page["total"] == 6 and [i["title"] for i in page["items"]] == ["h4", "h3"]
     face1 = (await client.get("/api/v1/hazards", params={"area": "face-1"}, headers=viewer)).json()
     assert {i["title"] for i in face1["items"]} == {"h1", "h3"}
     major = (await client.get("/api/v1/hazards", params={"grade": "major"}, headers=viewer)).json()
