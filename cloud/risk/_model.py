@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
@@ -139,6 +140,11 @@ class RiskModel(_Strict):
     def unit_count(self) -> int:
         return sum(len(a.units) for a in self.areas)
 
+    @cached_property
+    def static(self) -> dict[str, tuple[str, float, RiskGrade]]:
+        """Unit id -> (method, score, static grade), computed once (the model is frozen)."""
+        return {u.id: (u.method, u.score, u.static_grade) for a in self.areas for u in a.units}
+
 
 def load_risk_file(path: Path) -> RiskModel:
     try:
@@ -202,12 +208,11 @@ def compute(
         contributions = list(by_area.get(area.id, ()))
         points = sum(c.points for c in contributions)
         steps = math.floor(points)
-        units = [
-            UnitRisk(
-                u.id, u.name, u.method, u.score, (static := u.static_grade), static.raised(steps)
-            )
-            for u in area.units
-        ]
+        static = model.static
+        units = []
+        for u in area.units:
+            method, score, grade = static[u.id]
+            units.append(UnitRisk(u.id, u.name, method, score, grade, grade.raised(steps)))
         static_grade = max((u.static_grade for u in units), default=RiskGrade.BLUE)
         grade = max((u.grade for u in units), default=RiskGrade.BLUE.raised(steps))
         out.append(
