@@ -1,11 +1,23 @@
 """alarm-latency: simulator value change -> power-cut coil written, end to end.
 
-The simulator runs in this process and stamps both events on its own clock:
-when the methane value crosses the cut threshold (``value_log``) and when a
-client writes the power-cut coil (``coil_log``). The gateway is the real
-``safewatch edge run`` in a child process, with a private MQTT broker. Each
-trip starts at a random phase of the poll cycle, so the distribution covers
-the whole cycle (expected p50 ~ poll/2 + processing).
+The gateway is the real ``safewatch edge run`` in a child process; the
+simulator runs in this process and stamps, on one clock, when a methane value
+is set over the cut limit and when the gateway writes that lane's power-cut
+coil (``on_coil_write``). Each of ``lanes`` methane tags drives its own
+breaker coil, so lanes trip concurrently and 1,000 trips take seconds, not an
+hour; each trip starts at a random phase of the poll cycle (expected p50 about
+poll/2 + processing, max about one poll + read + react).
+
+- ``background_tags``: that many other tags (roof separation, thresholds and
+  all) on a second bus, polled every second, so their rule work and telemetry
+  compete with the safety path for the one event loop.
+- ``uplink="down"``: the MQTT port points at nothing; telemetry piles up in
+  the buffer. ``"up"``: a private Mosquitto.
+- ``react`` (from the gateway, ``--stats-out``): the rule engine seeing the
+  over-limit reading -> the coil write acknowledged, per trip.
+
+The restore hold is set to 0 for the bench lanes (``restore_hold_s: 0``) so a
+lane can trip again right away; the hold only delays releasing, never cutting.
 
 Baseline measured in the same run: the Modbus read round trip against the
 same simulator, so a slow, shared machine shows up in both numbers.
@@ -14,6 +26,7 @@ same simulator, so a slow, shared machine shows up in both numbers.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from pathlib import Path
@@ -21,44 +34,96 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from bench._harness import REPO_CONFIGS, child, free_port, percentile, private_mosquitto, workdir
+from bench._harness import child, free_port, percentile, private_mosquitto, workdir
 from device_drivers.modbus import ModbusTcpDriver
 from edge.config import load_site
 from simulators import SiteSimulator
 
-TAG = "CH4_1201_T1"
-ACTUATOR = "power-1201"
 HIGH, LOW = 1.6, 0.4
 TRIP_TIMEOUT_S = 10.0
+BACKGROUND_PER_DEVICE = 100
+BACKGROUND_POLL_MS = 1000
+MAX_LANES = 200  # Modbus unit ids 1..200; the breakers are unit 201
 
 
-def write_site(work: Path, *, sim_port: int, mqtt_port: int, poll_ms: int) -> Path:
-    yaml = YAML(typ="rt")
-    doc: Any = yaml.load((REPO_CONFIGS / "sites" / "demo-mine.yaml").read_text(encoding="utf-8"))
-    doc["buses"][0]["port"] = sim_port
-    doc["mqtt"]["port"] = mqtt_port
-    doc["buffer"]["path"] = str(work / "buffer.db")
-    for device in doc["devices"]:
-        if "poll_ms" in device:
-            device["poll_ms"] = poll_ms
-    path = work / "site.yaml"
-    with path.open("w", encoding="utf-8") as out:
-        yaml.dump(doc, out)
-    return path
-
-
-async def _coil_write_after(sim: SiteSimulator, t0_ns: int, value: bool) -> int:
-    """Time (ns) of the first client write of ``value`` to the actuator after ``t0_ns``."""
-    deadline = time.monotonic() + TRIP_TIMEOUT_S
-    while True:
-        for t_ns, actuator, written in reversed(sim.coil_log):
-            if t_ns < t0_ns:
-                break
-            if actuator == ACTUATOR and written == value:
-                return t_ns
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no coil write {value} to {ACTUATOR} within {TRIP_TIMEOUT_S}s")
-        await asyncio.sleep(0.002)
+def site_doc(
+    *,
+    sim_port: int,
+    bg_port: int,
+    mqtt_port: int,
+    buffer: Path,
+    poll_ms: int,
+    lanes: int,
+    background_tags: int,
+) -> dict[str, Any]:
+    safety_tags = [
+        {
+            "name": f"CH4_{i:03d}",
+            "profile": "ch4",
+            "address": 0,
+            "type": "uint16",
+            "scale": 0.01,
+            "location": {"area": f"lane {i}", "position": "face"},
+            "thresholds": {
+                "alarm": 1.0,
+                "cut": 1.5,
+                "restore": 1.0,
+                "deadband": 0.05,
+                "restore_hold_s": 0,
+                "source": "SAFETY_REFERENCE.md face; hold 0 for the benchmark",
+            },
+            "actuators": [f"power-{i:03d}"],
+        }
+        for i in range(lanes)
+    ]
+    # one sensor per lane, each its own Modbus unit (as KJ substations wire them), so the
+    # poller executes a lane's cut before it reads the next sensor
+    devices: list[dict[str, Any]] = [
+        {"id": f"ch4-{i:03d}", "bus": "safety-net", "unit_id": 1 + i, "poll_ms": poll_ms,
+         "tags": [tag]}
+        for i, tag in enumerate(safety_tags)
+    ]  # fmt: skip
+    devices.append({"id": "breakers", "bus": "safety-net", "unit_id": MAX_LANES + 1})
+    for d in range(0, background_tags, BACKGROUND_PER_DEVICE):
+        count = min(BACKGROUND_PER_DEVICE, background_tags - d)
+        devices.append(
+            {
+                "id": f"bg-{d // BACKGROUND_PER_DEVICE}",
+                "bus": "bg-net",
+                "unit_id": 1 + d // BACKGROUND_PER_DEVICE,
+                "poll_ms": BACKGROUND_POLL_MS,
+                "tags": [
+                    {
+                        "name": f"ROOF_{d + j:05d}",
+                        "profile": "roof_separation",
+                        "address": j,
+                        "type": "uint16",
+                        "scale": 0.1,
+                        "location": {"area": f"panel {d // 1000}", "position": "default"},
+                    }
+                    for j in range(count)
+                ],
+            }
+        )
+    buses = [{"id": "safety-net", "type": "modbus_tcp", "host": "127.0.0.1", "port": sim_port,
+              "timeout_ms": min(500, poll_ms)}]  # fmt: skip
+    if background_tags:
+        buses.append(
+            {"id": "bg-net", "type": "modbus_tcp", "host": "127.0.0.1", "port": bg_port,
+             "timeout_ms": 1000}
+        )  # fmt: skip
+    return {
+        "site": {"id": "bench"},
+        "gateway": {"id": "gw-bench"},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port},
+        "buffer": {"path": str(buffer), "max_mb": 512},
+        "buses": buses,
+        "devices": devices,
+        "actuators": [
+            {"id": f"power-{i:03d}", "kind": "power_cut", "device": "breakers", "coil": i}
+            for i in range(lanes)
+        ],
+    }
 
 
 async def _modbus_rtt_ms(port: int, samples: int = 200) -> list[float]:
@@ -68,59 +133,134 @@ async def _modbus_rtt_ms(port: int, samples: int = 200) -> list[float]:
     try:
         for _ in range(samples):
             t0 = time.perf_counter()
-            await driver.read_registers(1, "holding", 0, 2)
+            await driver.read_registers(1, "holding", 0, 1)
             out.append((time.perf_counter() - t0) * 1000)
     finally:
         await driver.close()
     return out
 
 
-async def measure(poll_ms: int, trips: int) -> dict[str, Any]:
-    with workdir() as work, private_mosquitto(work) as mqtt_port:
-        sim_port = free_port()
-        site_path = write_site(
-            work, sim_port=sim_port, mqtt_port=mqtt_port or free_port(), poll_ms=poll_ms
+class _Coils:
+    """Futures resolved by the simulator's coil-write hook (no log scanning)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[tuple[str, bool], asyncio.Future[int]] = {}
+        self.written_false: set[str] = set()
+
+    def hook(self, actuator: str, value: bool, t_ns: int) -> None:
+        if not value:
+            self.written_false.add(actuator)
+        fut = self.waiting.pop((actuator, value), None)
+        if fut is not None and not fut.done():
+            fut.set_result(t_ns)
+
+    def expect(self, actuator: str, value: bool) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.waiting[(actuator, value)] = fut
+        return fut
+
+
+async def _lane(
+    sim: SiteSimulator, coils: _Coils, lane: int, trips: int, poll_s: float, out: list[float]
+) -> None:
+    tag, actuator = f"CH4_{lane:03d}", f"power-{lane:03d}"
+    for _ in range(trips):
+        await asyncio.sleep(random.uniform(0, poll_s))  # random phase of the poll cycle
+        cut = coils.expect(actuator, True)
+        t0 = time.monotonic_ns()
+        sim.set_value(tag, HIGH)
+        t1 = await asyncio.wait_for(cut, TRIP_TIMEOUT_S)
+        out.append((t1 - t0) / 1e6)
+        released = coils.expect(actuator, False)
+        sim.set_value(tag, LOW)
+        await asyncio.wait_for(released, TRIP_TIMEOUT_S)
+
+
+async def measure(
+    poll_ms: int, trips: int, *, background_tags: int, uplink: str, lanes: int
+) -> dict[str, Any]:
+    lanes = max(1, min(lanes, trips, MAX_LANES))
+    with workdir() as work, private_mosquitto(work) as broker_port:
+        mqtt_port = broker_port if uplink == "up" and broker_port else free_port()
+        sim_port, bg_port = free_port(), free_port()
+        doc = site_doc(
+            sim_port=sim_port,
+            bg_port=bg_port,
+            mqtt_port=mqtt_port,
+            buffer=work / "buffer.db",
+            poll_ms=poll_ms,
+            lanes=lanes,
+            background_tags=background_tags,
         )
-        sim = SiteSimulator(load_site(site_path))
+        site_path = work / "site.yaml"
+        with site_path.open("w", encoding="utf-8") as f:
+            YAML().dump(doc, f)
+        coils = _Coils()
+        sim = SiteSimulator(load_site(site_path), on_coil_write=coils.hook)
+        for i in range(lanes):
+            sim.set_value(f"CH4_{i:03d}", LOW)
         await sim.start()
+        stats_path = work / "stats.json"
         try:
             rtt = await _modbus_rtt_ms(sim_port)
-            args = ["edge", "run", "--config", str(site_path), "--buffer", str(work / "buf.db")]
+            args = ["edge", "run", "--config", str(site_path), "--stats-out", str(stats_path)]
+            latencies: list[float] = []
             with child(args, work / "edge.log") as proc:
-                # warm-up trip: the gateway is up and polling once it cuts and restores
-                sim.set_value(TAG, HIGH)
-                await _coil_write_after(sim, 0, True)
-                t_low = time.monotonic_ns()
-                sim.set_value(TAG, LOW)
-                await _coil_write_after(sim, t_low, False)
-                latencies: list[float] = []
-                for _ in range(trips):
-                    await asyncio.sleep(random.uniform(0, poll_ms / 1000))  # random phase
-                    t0 = time.monotonic_ns()
-                    sim.set_value(TAG, HIGH)
-                    t1 = await _coil_write_after(sim, t0, True)
-                    latencies.append((t1 - t0) / 1e6)
-                    t_low = time.monotonic_ns()
-                    sim.set_value(TAG, LOW)
-                    await _coil_write_after(sim, t_low, False)
+                # up once every lane's breaker was written (released) after start
+                deadline = time.monotonic() + 300
+                while len(coils.written_false) < lanes:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        tail = (work / "edge.log").read_text(errors="replace")[-3000:]
+                        raise RuntimeError(f"gateway did not come up:\n{tail}")
+                    await asyncio.sleep(0.05)
+                per_lane = [trips // lanes + (1 if i < trips % lanes else 0) for i in range(lanes)]
+                started = time.monotonic()
+                async with asyncio.TaskGroup() as tg:
+                    for i, n in enumerate(per_lane):
+                        tg.create_task(_lane(sim, coils, i, n, poll_ms / 1000, latencies))
+                elapsed = time.monotonic() - started
                 if proc.poll() is not None:
                     raise RuntimeError("gateway exited during the benchmark")
+            stats = json.loads(stats_path.read_text(encoding="utf-8"))
         finally:
             await sim.stop()
+    react: list[float] = stats["react_ms"]
+    counters: dict[str, int] = stats["counters"]
     return {
         "benchmark": "alarm-latency",
         "poll_ms": poll_ms,
         "trips": len(latencies),
+        "lanes": lanes,
+        "background_tags": background_tags,
+        "uplink": uplink,
         "p50_ms": round(percentile(latencies, 50), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
         "max_ms": round(max(latencies), 2),
         "min_ms": round(min(latencies), 2),
+        "react_p50_ms": round(percentile(react, 50), 3),
+        "react_p99_ms": round(percentile(react, 99), 3),
+        "react_max_ms": round(max(react), 3),
+        "react_samples": len(react),
+        "goal_react_p99_ms": 3.0,
+        "goal_p99_ms": poll_ms + 5,
         "baseline_modbus_rtt_p50_ms": round(percentile(rtt, 50), 3),
         "baseline_modbus_rtt_p99_ms": round(percentile(rtt, 99), 3),
         "limit_ms": 2000,
-        "broker": "private mosquitto" if mqtt_port else "none (unreachable)",
+        "elapsed_s": round(elapsed, 1),
+        "gateway_samples": counters.get("samples", 0),
+        "gateway_uplink_dropped": counters.get("uplink_dropped", 0),
+        "gateway_published": counters.get("published", 0),
     }
 
 
-def run(poll_ms: int = 500, trips: int = 100) -> dict[str, Any]:
-    return asyncio.run(measure(poll_ms, trips))
+def run(
+    poll_ms: int = 500,
+    trips: int = 100,
+    *,
+    background_tags: int = 0,
+    uplink: str = "up",
+    lanes: int = 1,
+) -> dict[str, Any]:
+    return asyncio.run(
+        measure(poll_ms, trips, background_tags=background_tags, uplink=uplink, lanes=lanes)
+    )

@@ -116,7 +116,7 @@ class SafetyEngine:
                 tag=tag.name,
                 stale_after_s=device.stale_after_s,
                 started_at=start,
-                restore_hold_s=site.restore_hold_of(tag),
+                restore_hold_s=site.restore_hold_of(tag, device),
                 full_scale=profile.range.max if profile.full_scale_check else math.inf,
                 over_range_latch=profile.over_range_latch,
             )

@@ -310,6 +310,9 @@ class BusPoller:
                         continue
                     await self.execute_commands()  # actuators first, always
                     await self._poll(sched)
+                    # fast path: a cut this read decided goes out before the loop yields
+                    # to anything else (background buses, uplink, watchdogs)
+                    await self.execute_commands()
                 await self._probe_one()
                 await self._sleep_until_due(wake)
         finally:

@@ -13,13 +13,45 @@ app = typer.Typer(no_args_is_help=True)
 def alarm_latency(
     poll_ms: Annotated[int, typer.Option("--poll-ms", min=50, help="Sensor poll period.")] = 500,
     trips: Annotated[int, typer.Option("--trips", min=1, help="Number of cut trips.")] = 100,
+    background_tags: Annotated[
+        int,
+        typer.Option(
+            "--background-tags", min=0, help="Other tags polled every 1 s on a second bus."
+        ),
+    ] = 0,
+    uplink: Annotated[
+        str, typer.Option("--uplink", help="'up' (private Mosquitto) or 'down' (no broker).")
+    ] = "up",
+    lanes: Annotated[
+        int,
+        typer.Option(
+            "--lanes",
+            min=1,
+            help="Methane tags, each with its own breaker, tripping"
+            " concurrently (1,000 trips in seconds).",
+        ),
+    ] = 1,
 ) -> None:
-    """Simulator crossing 1.5 % CH4 -> power-cut coil written (p50/p99/max over trips)."""
+    """Simulator crossing 1.5 % CH4 -> power-cut coil written (p50/p99/max over trips), and
+    react time inside the gateway (over-limit reading -> coil write)."""
     from bench._harness import emit
     from bench.alarm_latency import run
 
-    typer.echo(f"alarm-latency: {trips} trips at poll {poll_ms} ms (gateway as a child process)")
-    emit(run(poll_ms=poll_ms, trips=trips))
+    if uplink not in ("up", "down"):
+        raise typer.BadParameter("--uplink must be 'up' or 'down'")
+    typer.echo(
+        f"alarm-latency: {trips} trips on {lanes} lane(s) at poll {poll_ms} ms, "
+        f"{background_tags} background tags, uplink {uplink} (gateway as a child process)"
+    )
+    emit(
+        run(
+            poll_ms=poll_ms,
+            trips=trips,
+            background_tags=background_tags,
+            uplink=uplink,
+            lanes=lanes,
+        )
+    )
 
 
 @app.command("heatmap")

@@ -60,6 +60,10 @@ def run(
     verbose: VerboseOpt = False,
     profiles: ProfilesOpt = None,
     health_port: HealthOpt = None,
+    stats_out: Annotated[
+        Path | None,
+        typer.Option("--stats-out", help="At exit, write counters and react times (JSON)."),
+    ] = None,
 ) -> None:
     """Poll the site's devices, trip interlocks, buffer and forward to MQTT."""
     err = Console(stderr=True)
@@ -94,6 +98,10 @@ def run(
         health_port=health_port,
     )
     asyncio.run(_serve(gateway))
+    if stats_out is not None:
+        # decision -> coil written, per actuator going active (benchmarks read this)
+        stats = {"counters": gateway.counters(), "react_ms": gateway.interlock.react_ms}
+        stats_out.write_text(json.dumps(stats), encoding="utf-8")
     if gateway.unsaved_alarms:
         # each one was logged at CRITICAL; a supervisor must see this run failed
         err.print(

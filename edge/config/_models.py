@@ -623,12 +623,13 @@ class LoadedSite(_Frozen):
         """The tag's thresholds; None for a state input whose profile has none."""
         return tag.thresholds or self.profiles[tag.profile].thresholds_for(tag.location.position)
 
-    def restore_hold_of(self, tag: Tag) -> float:
+    def restore_hold_of(self, tag: Tag, device: Device | None = None) -> float:
         """Seconds below restore before power may return (default: 4 poll periods)."""
         th = self.maybe_thresholds_of(tag)
         if th is not None and th.restore_hold_s is not None:
             return th.restore_hold_s
-        device = self._device_by_tag[tag.name]
+        if device is None:
+            device = self._device_by_tag[tag.name]
         return RESTORE_HOLD_POLLS * device.poll_ms / 1000
 
     @cached_property
