@@ -123,8 +123,10 @@ class Interlock:
                 self._by_tag.setdefault(tag_name, []).append(state)
         self.writes_ok = 0
         self.writes_failed = 0
-        # decision -> coil written (ms), for actuators going active; bounded
+        # decision -> coil written (ms), for actuators going active, and when (monotonic s,
+        # comparable across processes on one host); bounded
         self.react_ms: list[float] = []
+        self.react_at: list[float] = []
         self.keep_react = 100_000
 
     # -- rule side (synchronous, called for every sample) ---------------------
@@ -249,6 +251,7 @@ class Interlock:
         if first and command.active and act.decided_at is not None:
             if len(self.react_ms) < self.keep_react:
                 self.react_ms.append((now - act.decided_at) * 1000)
+                self.react_at.append(act.decided_at)
             act.decided_at = None
         if first or recovered:
             log.info(

@@ -100,7 +100,11 @@ def run(
     asyncio.run(_serve(gateway))
     if stats_out is not None:
         # decision -> coil written, per actuator going active (benchmarks read this)
-        stats = {"counters": gateway.counters(), "react_ms": gateway.interlock.react_ms}
+        stats = {
+            "counters": gateway.counters(),
+            "react_ms": gateway.interlock.react_ms,
+            "react_at": gateway.interlock.react_at,
+        }
         stats_out.write_text(json.dumps(stats), encoding="utf-8")
     if gateway.unsaved_alarms:
         # each one was logged at CRITICAL; a supervisor must see this run failed
