@@ -101,6 +101,13 @@ def add_gateway(
         Path | None,
         typer.Option(help="Write the password to this file (mode 600) instead of stdout."),
     ] = None,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Use the password in this file (e.g. from Ansible Vault) instead of making "
+            "one; nothing is rewritten when the account already has it (prints 'unchanged')."
+        ),
+    ] = None,
 ) -> None:
     """Create (or re-key) the account of one gateway, confined to its own topics.
 
@@ -109,12 +116,25 @@ def add_gateway(
     and the password through mqtt.password_file or mqtt.password_env.
     """
     accounts = BrokerAccounts(BrokerFiles(directory))
+    given: str | None = None
+    if password_file is not None:
+        try:
+            given = password_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read {password_file}: {exc}") from exc
+        if len(given) < 16:
+            raise typer.BadParameter(f"{password_file}: password shorter than 16 characters")
+        if accounts.check(wire.gateway_account(site, gateway), given):
+            typer.echo(f"account {wire.gateway_account(site, gateway)} unchanged")
+            return
     try:
-        account, password = accounts.add_gateway(site, gateway)
+        account, password = accounts.add_gateway(site, gateway, given)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"account {account} for gateway {gateway} of site {site}", err=True)
-    if password_out is not None:
+    if given is not None:
+        typer.echo(f"account {account} set from {password_file}")
+    elif password_out is not None:
         _write_secret(password_out, password)
         typer.echo(f"password in {password_out}", err=True)
     else:

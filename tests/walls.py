@@ -70,8 +70,8 @@ def scenario_lines(
 def forecast_lines(site: LoadedSite, *, end_ns: int | None = None) -> list[str]:
     """Model outputs as the inference work sends them: telemetry of kind ``forecast``.
 
-    Each forecast carries the area and unit of the tag it predicts (the walls
-    match on those).
+    The inference runner names an output ``<source tag>.<output>`` (the walls
+    match on that prefix); the unit is the output's own, not the sensor's.
     """
     end = time.time_ns() if end_ns is None else end_ns
     cfg = site.config
@@ -83,10 +83,10 @@ def forecast_lines(site: LoadedSite, *, end_ns: int | None = None) -> list[str]:
         for k in range(12):
             points.append(
                 wire.Point(
-                    tag=f"{tag.name}_forecast",
+                    tag=f"{tag.name}.hours_to_threshold",
                     device=device.id,
                     kind="forecast",
-                    unit=site.unit_of(tag),
+                    unit="h",
                     area=tag.location.area,
                     position=tag.location.position,
                     value=1.0 + k,

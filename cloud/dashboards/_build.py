@@ -8,8 +8,9 @@ One site gives up to five dashboards (uids ``sw-<site>-<wall>``):
 - ``gas``: per area and gas, trends with the alarm and cut thresholds drawn as
   lines (one panel per group of tags sharing thresholds);
 - ``ground``: the other sensor kinds (roof separation, vibration, ...) with the
-  model forecasts for the same area and unit drawn dashed (only when the site
-  has such tags);
+  model outputs of the same tags (kind ``forecast``, tag ``<source tag>.<output>``
+  as the gateway's inference runner publishes them) drawn dashed (only when the
+  site has such tags);
 - ``health``: device and bus health reported by the gateway (poll latency,
   failed reads, circuit-breaker state, poll lag, skipped polls) and bad
   values by device;
@@ -340,9 +341,8 @@ def _trend_walls(spec: WallSpec, tags: list[TagSpec], wall: str, title: str) -> 
                     InfluxQLQuery(
                         "B",
                         f"SELECT mean({ident('value')}) FROM {ident(FORECAST_MEASUREMENT)} "
-                        f"WHERE {_site(spec)} AND {ident('area')} = {literal(area)} "
-                        f"AND {ident('unit')} = {literal(group.unit)} AND $timeFilter "
-                        f"GROUP BY time($__interval), {ident('tag')} fill(none)",
+                        f"WHERE {_site(spec)} AND {_forecast_of([t.name for t in group.tags])} "
+                        f"AND $timeFilter GROUP BY time($__interval), {ident('tag')} fill(none)",
                         _DS,
                     ).alias("forecast $tag_tag")
                 ).override_by_regexp(
@@ -355,6 +355,12 @@ def _trend_walls(spec: WallSpec, tags: list[TagSpec], wall: str, title: str) -> 
                 )
             board = board.with_panel(panel)
     return board.build()
+
+
+def _forecast_of(tags: list[str]) -> str:
+    """Model outputs of these tags: the gateway publishes ``<source tag>.<output>``."""
+    alternatives = "|".join(re.escape(t).replace("/", r"\/") for t in tags)
+    return f"{ident('tag')} =~ /^({alternatives})\\./"
 
 
 def _health_query(spec: WallSpec, metric: str, *, select: str = "last") -> str:

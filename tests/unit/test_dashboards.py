@@ -150,7 +150,7 @@ def test_threshold_steps_for_alarm_only_profiles() -> None:
     assert threshold_steps(ThresholdSpec("low", 20.0)) == [(None, "orange"), (20.0, "green")]
 
 
-def test_ground_wall_overlays_forecasts_for_the_same_area_and_unit(
+def test_ground_wall_overlays_the_model_outputs_of_its_tags(
     boards: dict[str, dict[str, Any]],
 ) -> None:
     panels = _panels(boards["sw-walls-mine-ground"])
@@ -160,8 +160,7 @@ def test_ground_wall_overlays_forecasts_for_the_same_area_and_unit(
         assert 'FROM "forecast"' in forecast["query"]
         assert forecast["alias"].startswith("forecast ")
     roof = next(p for p in panels if "roof_separation" in p["title"])
-    assert "\"area\" = '1201 roadway'" in roof["targets"][1]["query"]
-    assert "\"unit\" = 'mm'" in roof["targets"][1]["query"]
+    assert '"tag" =~ /^(ROOF_1)\\./' in roof["targets"][1]["query"]
 
 
 def test_health_panels_query_the_metrics_the_gateway_reports(
