@@ -330,7 +330,7 @@ class SafetyEngine:
         if snapshot is not None and self._saved.get(rule.id) != snapshot:
             self._saved[rule.id] = snapshot
             if self.latches is not None:
-                self.latches.save(self._saved)
+                self.latches.record(rule.id, snapshot)
         if not rule.known:
             return transition is not None
         trips = rule.trips or rule.id in self.forced
@@ -372,7 +372,7 @@ class SafetyEngine:
         snapshot = rule.snapshot()
         self._saved[rule.id] = snapshot
         if self.latches is not None:
-            self.latches.save(self._saved)
+            self.latches.record(rule.id, snapshot)
         return True
 
     def force_trip(self, rule_id: str, on: bool) -> list[str]:

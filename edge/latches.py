@@ -1,12 +1,20 @@
 """Latched rule state on the gateway's disk, so that no restart releases a cut.
 
-One small JSON file, replaced atomically (write a temporary file, ``os.replace``)
-on every change of a latched condition, *before* the interlock hears of the
-change. The replace happens on the safety path (tens of microseconds: the data
-reaches the page cache, so SIGKILL or SIGTERM right after it loses nothing);
-a background thread then ``fsync``s the file and its directory so that a
-power loss keeps it too (ext4 also flushes a file replaced by rename before
-committing the rename). A missing or unreadable file means "no saved state":
+A base JSON file (the whole state, replaced atomically: temporary file, then
+``os.replace``) plus an append-only journal beside it (``<state>.journal``, one
+JSON line per change of one rule). Every change of a latched condition is
+appended to the journal *before* the interlock hears of the change: one short
+``write`` that reaches the page cache, so SIGKILL or SIGTERM right after it
+loses nothing, and whose cost does not grow with the number of rules (the
+first version rewrote the whole file per change: a 5,000-tag gateway's
+fail-safe start wrote 5,000 files of 5,000 entries on the event loop and
+stalled polling for tens of seconds). When the journal holds more lines than
+``compact_every`` or twice the number of rules, the state is written as a new
+base and the journal truncated; a crash between the two replays a journal that
+leads to the same state. A background thread ``fsync``s journal, base and
+directory so that a power loss keeps them too. Loading reads the base and
+replays the journal; a torn last line (power loss mid-write) is ignored. A
+missing state means "no saved state", an unreadable or corrupt one too (logged):
 fail-safe rules then judge their first sample as if they had been cut.
 
 The same directory holds engineer commands for the running gateway (reset an
@@ -25,7 +33,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["LatchStore", "command_dir", "read_commands", "state_path_for", "submit_command"]
 
@@ -45,24 +53,73 @@ def state_path_for(buffer_path: str | Path, configured: str | None = None) -> Pa
 class LatchStore:
     """Saved conditions of latching rules, keyed by rule id."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, compact_every: int = 4096) -> None:
+        if compact_every < 1:
+            raise ValueError("compact_every must be at least 1")
         self.path = Path(path)
+        self.journal_path = self.path.with_name(self.path.name + ".journal")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.compact_every = compact_every
         self.saves = 0
+        self.compactions = 0
         self.errors = 0
+        self._state: dict[str, dict[str, Any]] = {}
+        self._journal: TextIO | None = None
+        self._journal_lines = 0
+        self._io = threading.Lock()  # the fsync thread and the writers share the journal
         self._dirty = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
 
     def load(self) -> dict[str, dict[str, Any]] | None:
-        """The saved rule states, or None when there is no usable saved state."""
+        """The saved rule states (base plus journal), or None when there is no usable state."""
+        usable, base = self._load_base()
+        if not usable:
+            return None
+        try:
+            text = self.journal_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if base is None:
+                return None  # nothing was ever saved
+            text = ""
+        except OSError as exc:
+            log.error(
+                "latched state journal %s unreadable (%s): starting fail-safe",
+                self.journal_path,
+                exc,
+            )
+            return None
+        state = dict(base or {})
+        lines = text.split("\n")
+        lines.pop()  # "" after the last newline, or a torn line whose write never completed
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+                rule_id, snapshot = entry["id"], entry["s"]
+                if not isinstance(rule_id, str) or not isinstance(snapshot, dict):
+                    raise ValueError("entry is not {id: str, s: object}")
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error(
+                    "latched state journal %s line %d is corrupt (%s): starting fail-safe",
+                    self.journal_path,
+                    number,
+                    exc,
+                )
+                return None
+            state[rule_id] = snapshot
+        self._state = dict(state)
+        self._journal_lines = len(lines)
+        return state
+
+    def _load_base(self) -> tuple[bool, dict[str, dict[str, Any]] | None]:
+        """(usable, rules): (True, None) when there is no base file, (False, None) if corrupt."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
-            return None
+            return True, None
         except OSError as exc:
             log.error("latched state %s unreadable (%s): starting fail-safe", self.path, exc)
-            return None
+            return False, None
         try:
             doc = json.loads(text)
             rules = doc["rules"]
@@ -70,11 +127,33 @@ class LatchStore:
                 raise ValueError(f"unknown layout (version {doc.get('version')!r})")
         except (ValueError, KeyError, TypeError) as exc:
             log.error("latched state %s is corrupt (%s): starting fail-safe", self.path, exc)
-            return None
-        return {str(k): dict(v) for k, v in rules.items() if isinstance(v, dict)}
+            return False, None
+        return True, {str(k): dict(v) for k, v in rules.items() if isinstance(v, dict)}
+
+    def record(self, rule_id: str, snapshot: Mapping[str, Any]) -> None:
+        """Persist one rule's new state (a journal line); compact now and then."""
+        line = json.dumps({"id": rule_id, "s": snapshot}, sort_keys=True, separators=(",", ":"))
+        try:
+            with self._io:
+                if self._journal is None:
+                    self._journal = self.journal_path.open("a", encoding="utf-8")
+                self._journal.write(line + "\n")
+                self._journal.flush()
+        except OSError as exc:
+            # the interlock still acts; a restart without saved state starts fail-safe
+            self.errors += 1
+            log.error("could not save latched state to %s: %s", self.journal_path, exc)
+            return
+        self._state[rule_id] = dict(snapshot)
+        self._journal_lines += 1
+        self.saves += 1
+        if self._journal_lines >= max(self.compact_every, 2 * len(self._state)):
+            self.save(self._state)
+        self._ensure_thread()
+        self._dirty.set()
 
     def save(self, rules: Mapping[str, Mapping[str, Any]]) -> None:
-        """Replace the saved state atomically; fsync follows in the background."""
+        """Write ``rules`` as the whole state (a new base) and empty the journal."""
         data = json.dumps(
             {"version": STATE_VERSION, "saved_ns": time.time_ns(), "rules": rules},
             sort_keys=True,
@@ -84,30 +163,36 @@ class LatchStore:
             with tmp.open("w", encoding="utf-8") as out:
                 out.write(data)
             os.replace(tmp, self.path)
+            with self._io:
+                if self._journal is not None:
+                    self._journal.close()
+                # truncate only after the base holds everything the journal said
+                self._journal = self.journal_path.open("w", encoding="utf-8")
         except OSError as exc:
-            # the interlock still acts; a restart without saved state starts fail-safe
             self.errors += 1
             log.error("could not save latched state to %s: %s", self.path, exc)
             return
-        self.saves += 1
+        self._state = {str(k): dict(v) for k, v in rules.items()}
+        self._journal_lines = 0
+        self.compactions += 1
         self._ensure_thread()
         self._dirty.set()
 
     def sync(self) -> None:
-        """fsync the file and its directory now."""
+        """fsync the journal, the base file and their directory now."""
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except FileNotFoundError:
-            return
+            with self._io:
+                if self._journal is not None and not self._journal.closed:
+                    os.fsync(self._journal.fileno())
+            for target in (self.path, self.path.parent):
+                try:
+                    fd = os.open(target, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
         except OSError as exc:
             self.errors += 1
             log.error("could not fsync latched state %s: %s", self.path, exc)
@@ -118,7 +203,13 @@ class LatchStore:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._journal_lines:
+            self.save(self._state)  # leave a compact base behind
         self.sync()
+        with self._io:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
     def _ensure_thread(self) -> None:
         if self._thread is None:

@@ -4,7 +4,6 @@ a flapping value cannot chatter a breaker, full scale never reads as good."""
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 
 import msgspec
@@ -135,8 +134,9 @@ def test_state_file_written_before_the_interlock_acts(tmp_path: Path) -> None:
     observe = rig.lock.observe
 
     def spy(cause: str, trips: bool, now: float | None = None) -> list[str]:
-        doc = json.loads((tmp_path / "state.json").read_text(encoding="utf-8"))
-        seen.append(doc["rules"][cause]["condition"])
+        saved = LatchStore(tmp_path / "state.json").load()
+        assert saved is not None
+        seen.append(saved[cause]["condition"])
         return observe(cause, trips, now)
 
     rig.lock.observe = spy  # type: ignore[method-assign]
