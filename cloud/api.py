@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, computed_field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import wire
+from cloud.alarm_kpi_api import alarm_kpi_router
 from cloud.audit import AuditLog
 from cloud.auth import ALL_ROLES, Authenticator, Guards, auth_router, error_responses
 from cloud.commands import CommandSender
@@ -265,4 +266,5 @@ def create_app(
     app.include_router(commands_router(commands, guards))
     app.include_router(hazards_router(hazards, guards))
     app.include_router(risk_router(risk, guards))
+    app.include_router(alarm_kpi_router(store, guards))
     return app

@@ -13,11 +13,15 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import wire
 from edge.actuation import ActuatorCommand
 from edge.config import LoadedSite
 from edge.rules import Condition, Level, Transition
+
+if TYPE_CHECKING:
+    from edge.alarm_manager import AlarmStore
 
 __all__ = ["AlarmManager", "AlarmOutbox"]
 
@@ -72,6 +76,9 @@ class AlarmManager:
         self._tags = {tag.name: (device, tag) for device, tag in site.tags()}
         self._levels: dict[str, Level] = {}
         self.raised = 0
+        # ISA-18.2 alarm states (edge/alarm_manager.py): stable ids across a raise..clear
+        self.lifecycle: AlarmStore | None = None
+        self.lifecycle_errors = 0
 
     def levels(self) -> dict[str, Level]:
         """The last reported condition of every rule that reported one (by rule id)."""
@@ -110,11 +117,28 @@ class AlarmManager:
             message += " [calibration: not a real alarm; cuts still act]"
             reason = f"calibration:{reason}"
         event_kind = profile.kind if kind in ("threshold", "limits", "zones") else kind
+        alarm_id, state, priority = uuid.uuid4().hex, "", ""
+        if self.lifecycle is not None:
+            try:
+                alarm = self.lifecycle.on_condition(
+                    transition.rule_id,
+                    tag.name,
+                    transition.level.value,
+                    kind=event_kind,
+                    fail_safe=profile.fail_safe,
+                    reason=reason,
+                    ts_ns=transition.ts_ns,
+                )
+                alarm_id = alarm.alarm_id or alarm_id
+                state, priority = alarm.state, alarm.priority
+            except Exception:  # the alarm state must never stop the safety path
+                self.lifecycle_errors += 1
+                log.exception("alarm state of %s not recorded", transition.rule_id)
         event = wire.AlarmEvent(
             gateway=self._gateway,
             site=self._site_id,
             seq=0,  # assigned by the durable buffer
-            alarm_id=uuid.uuid4().hex,
+            alarm_id=alarm_id,
             tag=tag.name,
             device=device.id,
             kind=event_kind,
@@ -128,6 +152,8 @@ class AlarmManager:
             message=message,
             actuators=commanded,
             reason=reason,
+            state=state,
+            priority=priority,
         )
         self._emit(event, transition.level)
         return event

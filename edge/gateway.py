@@ -30,6 +30,13 @@ from typing import TYPE_CHECKING, Any
 import wire
 from device_drivers import Sample
 from edge.actuation import ActuatorCommand, Interlock
+from edge.alarm_manager import (
+    AlarmActionError,
+    AlarmForwarder,
+    AlarmStore,
+    ChatterPolicy,
+    alarm_db_path,
+)
 from edge.alarms import AlarmManager, AlarmOutbox
 from edge.commands import EngineerCommands
 from edge.config import LoadedSite
@@ -54,6 +61,7 @@ __all__ = ["DriverFactory", "Gateway", "MqttAccess", "command_listener", "mqtt_a
 # Cloud commands handed to EngineerCommands (verified and signed first, see
 # edge.remote_commands); acknowledge/shelve/config_push have no gateway handler yet.
 ENGINEER_ACTIONS = ("reset", "calibrate", "end_calibration", "lockout_test")
+ALARM_ACTIONS = ("acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service")
 
 
 class MqttAccess:
@@ -158,6 +166,10 @@ class Gateway:
 
         self.outbox = AlarmOutbox()
         self.alarms = AlarmManager(site, self.outbox.put)
+        # ISA-18.2 alarm states beside the conditions, in SQLite next to the state file
+        self.alarm_store = AlarmStore(alarm_db_path(self.state_path), chatter=ChatterPolicy())
+        self.alarms.lifecycle = self.alarm_store
+        self.alarm_forwarder = AlarmForwarder(site, self.alarm_store, self.outbox.put)
         self.interlock = Interlock(
             site,
             on_write_failed=self._actuator_failed,
@@ -243,6 +255,8 @@ class Gateway:
             "task_failures": self.task_failures,
             "latch_saves": self.latches.saves,
             "latch_errors": self.latches.errors,
+            "alarm_state_errors": self.alarms.lifecycle_errors,
+            "alarm_actions_forwarded": self.alarm_forwarder.forwarded,
         }
         if self.inference is not None:
             out.update(self.inference.counters())
@@ -297,6 +311,8 @@ class Gateway:
         if self.remote_commands is not None:
             for action in ENGINEER_ACTIONS:  # the same commands as `safewatch edge ...`
                 self.remote_commands.handlers[action] = self._engineer_command
+            for action in ALARM_ACTIONS:  # the same actions as `safewatch alarms ...`
+                self.remote_commands.handlers[action] = self._alarm_command
         self.batcher = TelemetryBatcher(self.site, buffer, self.samples, on_stored=publisher.notify)
         if self.inference is not None:
             for out in self.inference.outputs.values():
@@ -338,6 +354,12 @@ class Gateway:
                     tg.create_task(
                         self._supervised("engineer-commands", self._watch_commands),
                         name="engineer-commands",
+                    )
+                )
+                safety.append(
+                    tg.create_task(
+                        self._supervised("alarm-states", self._forward_alarm_states),
+                        name="alarm-states",
                     )
                 )
                 writers = [
@@ -390,6 +412,8 @@ class Gateway:
             # not clean (crash, unsaved alarms): the next start records a restart gap
             await asyncio.to_thread(buffer.close, clean=clean)
             await asyncio.to_thread(self.latches.close)
+            # actions not yet forwarded stay pending in the database for the next start
+            self.alarm_store.close()
             log.info("gateway stopped: %s", self.counters())
 
     def _gateway_late(self, device: str, window_s: float) -> bool:
@@ -443,6 +467,35 @@ class Gateway:
         body: dict[str, Any] = {**command.args, "action": command.action}
         body["by"] = f"cloud:{command.issuer}"
         self.commands.execute(body, f"mqtt:{command.id}")
+
+    def _alarm_command(self, command: wire.Command) -> None:
+        """A verified cloud alarm action (acknowledge, shelve...), applied to the local
+        alarm state and forwarded back at once as an alarm event."""
+        args = command.args
+        ref = args.get("alarm")
+        if not isinstance(ref, str) or not ref:
+            log.warning("alarm command %s without an 'alarm' argument", command.id)
+            return
+        why = args.get("why") or args.get("reason") or ""
+        duration = args.get("duration_s")
+        try:
+            self.alarm_store.act(
+                ref,
+                command.action,
+                actor=f"cloud:{command.issuer}",
+                why=str(why),
+                shelve_s=float(duration) if isinstance(duration, int | float) else None,
+            )
+        except AlarmActionError as exc:
+            log.warning("alarm command %s refused: %s", command.id, exc)
+            return
+        self.alarm_forwarder.forward()
+
+    async def _forward_alarm_states(self) -> None:
+        """Expire shelves and forward operator actions (the CLI's included) every check."""
+        while True:
+            self.alarm_forwarder.forward()
+            await asyncio.sleep(self.command_check_s)
 
     def _decide_then_infer(self, sample: Sample) -> object:
         transition = self.engine.handle(sample)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from safewatch.cmd_alarms import app as alarms_app
 from safewatch.cmd_audit import app as audit_app
 from safewatch.cmd_bench import app as bench_app
 from safewatch.cmd_broker import app as broker_app
@@ -36,6 +37,7 @@ app.add_typer(tokens_app, name="tokens", help="API tokens for machines: create, 
 app.add_typer(keys_app, name="keys", help="JWT signing keys: list, rotate, retire.")
 app.add_typer(broker_app, name="broker", help="MQTT broker accounts, ACL and TLS listener.")
 app.add_typer(audit_app, name="audit", help="The hash-chained audit trail: verify, head, show.")
+app.add_typer(alarms_app, name="alarms", help="Gateway alarms: list, ack, shelve, oos, kpi.")
 app.command("demo", help="Start simulator, gateway and cloud on this machine.")(demo)
 
 if __name__ == "__main__":

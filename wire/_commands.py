@@ -45,6 +45,8 @@ CommandAction = Literal[
     "acknowledge",
     "shelve",
     "unshelve",
+    "out_of_service",
+    "return_to_service",
     "config_push",
 ]
 COMMAND_ACTIONS: Final = (
@@ -56,6 +58,8 @@ COMMAND_ACTIONS: Final = (
     "acknowledge",
     "shelve",
     "unshelve",
+    "out_of_service",
+    "return_to_service",
     "config_push",
 )
 

@@ -139,6 +139,10 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
     actuators: Annotated[list[Id], msgspec.Meta(max_length=MAX_ACTUATORS)] = []
     v: Version = WIRE_VERSION
     reason: Text = ""
+    # ISA-18.2 alarm state on the gateway (edge/alarm_manager.py); empty from older gateways
+    state: Annotated[str, msgspec.Meta(max_length=32)] = ""
+    priority: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    actor: Text = ""  # who acted (operator actions), empty for condition changes
 
 
 class GapEvent(msgspec.Struct, frozen=True, tag="gap"):
