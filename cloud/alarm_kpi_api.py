@@ -37,8 +37,9 @@ def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
         site: Annotated[str, Query(min_length=1, max_length=128)],
         hours: Annotated[float, Query(gt=0, le=24 * 31)] = 12.0,
         operators: Annotated[int, Query(ge=1, le=100)] = 1,
+        until_ns: Annotated[int | None, Query(ge=0, le=2**63 - 1)] = None,
     ) -> dict[str, Any]:
-        end = time.time_ns()
+        end = time.time_ns() if until_ns is None else until_ns
         start = end - int(hours * 3600e9)
         try:
             records = store.alarms(site=site, limit=MAX_EVENTS)
