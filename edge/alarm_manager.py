@@ -546,6 +546,24 @@ class AlarmStore:
             self._write(db, rec, previous, action, actor, why, forwarded=False, ts_ns=now)
             return rec
 
+    def escalated(self, alarm_id: str, route: str) -> bool:
+        """Whether this alarm was escalated along ``route`` already."""
+        row = self._db.execute(
+            "SELECT 1 FROM history WHERE alarm_id = ? AND action = 'escalate' AND actor = ?",
+            (alarm_id, route),
+        ).fetchone()
+        return row is not None
+
+    def record_escalation(self, rec: AlarmRecord, route: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO history (ts_ns, alarm_id, rule_id, tag, state, previous_state, "
+                "action, actor, why, level, priority, forwarded) "
+                "VALUES (?,?,?,?,?,?,'escalate',?,?,?,?,1)",
+                (self._clock(), rec.alarm_id, rec.rule_id, rec.tag, rec.state, rec.state, route,
+                 "unacknowledged past the route's escalation time", rec.level, rec.priority),
+            )  # fmt: skip
+
     def expire_shelves(self) -> list[AlarmRecord]:
         """Unshelve every alarm whose shelve has run out, and release chattering alarms
         quiet for the chatter policy's ``hold_s`` (the gateway calls this)."""

@@ -54,6 +54,7 @@ from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
 
 if TYPE_CHECKING:
+    from edge.alarm_notify import Notifier
     from edge.inference import InferenceRunner
 
 __all__ = ["DriverFactory", "Gateway", "MqttAccess", "command_listener", "mqtt_access"]
@@ -165,11 +166,20 @@ class Gateway:
         self.task_failures = 0
 
         self.outbox = AlarmOutbox()
-        self.alarms = AlarmManager(site, self.outbox.put)
+        self.alarms = AlarmManager(site, self._alarm_out)
         # ISA-18.2 alarm states beside the conditions, in SQLite next to the state file
         self.alarm_store = AlarmStore(alarm_db_path(self.state_path), chatter=ChatterPolicy())
         self.alarms.lifecycle = self.alarm_store
         self.alarm_forwarder = AlarmForwarder(site, self.alarm_store, self.outbox.put)
+        self.notifier: Notifier | None = None
+        if site.config.notifications:
+            from edge.alarm_notify import Notifier  # apprise only where notifications are set
+
+            self.notifier = Notifier(
+                site.config.notifications,
+                self.alarm_store,
+                areas={tag.name: tag.location.area for _, tag in site.tags()},
+            )
         self.interlock = Interlock(
             site,
             on_write_failed=self._actuator_failed,
@@ -387,6 +397,13 @@ class Gateway:
                     self._supervised("health", self._publish_health, until_return=True),
                     name="health",
                 )
+                if self.notifier is not None:
+                    writers.append(
+                        tg.create_task(
+                            self._supervised("notifications", self.notifier.run),
+                            name="notifications",
+                        )
+                    )
                 if self.remote_commands is not None:
                     writers.append(
                         tg.create_task(
@@ -467,6 +484,15 @@ class Gateway:
         body: dict[str, Any] = {**command.args, "action": command.action}
         body["by"] = f"cloud:{command.issuer}"
         self.commands.execute(body, f"mqtt:{command.id}")
+
+    def _alarm_out(self, event: wire.AlarmEvent) -> None:
+        """Every alarm event: to the durable outbox, and to the notifier (never blocks)."""
+        self.outbox.put(event)
+        if self.notifier is not None:
+            try:
+                self.notifier.on_event(event)
+            except Exception:  # notifying must never stop the safety path
+                log.exception("notification of %s failed", event.alarm_id)
 
     def _alarm_command(self, command: wire.Command) -> None:
         """A verified cloud alarm action (acknowledge, shelve...), applied to the local

@@ -526,6 +526,19 @@ class InferenceSettings(_Frozen):
     assign: tuple[ModelAssignment, ...] = ()
 
 
+class NotificationRoute(_Frozen):
+    """Who hears of which alarms (edge/alarm_notify.py): apprise URLs (``json://``,
+    ``mailtos://``, ``dingtalk://``, ``wecombot://``...) by area and lowest priority."""
+
+    name: str = Field(min_length=1, max_length=64)
+    urls: tuple[str, ...] = Field(min_length=1, max_length=16)
+    areas: tuple[str, ...] = ()  # empty: every area
+    min_priority: Literal["low", "medium", "high", "critical"] = "high"
+    max_per_minute: int = Field(default=10, ge=1, le=1000)
+    escalate_after_s: float | None = Field(default=None, gt=0, le=7 * 86400)
+    escalate_to: tuple[str, ...] = Field(default=(), max_length=16)
+
+
 class SiteConfig(_Frozen):
     site: SiteInfo
     gateway: GatewaySettings
@@ -540,6 +553,7 @@ class SiteConfig(_Frozen):
     state: StateSettings = StateSettings()
     lockout_tests: LockoutTestSettings = LockoutTestSettings()
     inference: InferenceSettings = InferenceSettings()
+    notifications: tuple[NotificationRoute, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
