@@ -164,7 +164,7 @@ class AlarmLifecycle(StateMachine):
     )
 
     def is_active(self) -> bool:
-        return bool(self.model.active)
+        return bool(getattr(self.model, "active", False))
 
 
 def step(state: str, active: bool, event: str) -> str:
