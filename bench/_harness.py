@@ -77,8 +77,10 @@ def child(
 
 
 @contextmanager
-def private_mosquitto(work: Path) -> Iterator[int | None]:
-    """A private broker on a free port, or None when mosquitto is not installed."""
+def private_mosquitto(work: Path, extra_conf: str = "") -> Iterator[int | None]:
+    """A private broker on a free port, or None when mosquitto is not installed.
+
+    ``extra_conf``: more mosquitto.conf lines (e.g. limits a bench must lift)."""
     exe = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
@@ -87,7 +89,9 @@ def private_mosquitto(work: Path) -> Iterator[int | None]:
         return
     port = free_port()
     conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n", encoding="utf-8")
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n{extra_conf}", encoding="utf-8"
+    )
     proc = subprocess.Popen(
         [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -24,9 +24,6 @@ import asyncio
 import contextlib
 import gzip
 import re
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,7 +36,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import wire
-from bench._harness import child, free_port, workdir
+from bench._harness import child, private_mosquitto, workdir
 from cloud.storage import to_lines
 
 KINDS = ("ch4", "co", "o2", "h2s")
@@ -78,32 +75,14 @@ def make_messages(points: int, batch: int, gateways: int) -> list[wire.Telemetry
 
 @contextlib.contextmanager
 def mosquitto(work: Path) -> Iterator[int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = free_port()
-    conf = work / "mosquitto.conf"
     # No limits that would drop the backlog: the bench measures the ingest.
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\n",
-        encoding="utf-8",
+    lifted = (
+        "persistence false\nmax_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 0\n"
     )
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mosquitto did not start on port {port}") from None
-                time.sleep(0.05)
+    with private_mosquitto(work, lifted) as port:
+        if port is None:
+            raise RuntimeError("mosquitto is not installed")
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
 
 
 def influx_query(url: str, q: str, db: str | None = None) -> dict[str, Any]:
