@@ -10,7 +10,7 @@ from device_drivers._errors import (
     FrameError,
     WriteMismatch,
 )
-from device_drivers._sample import Quality, Reason, Sample
+from device_drivers._sample import Quality, Reason, Sample, SampleBlock
 
 __all__ = [
     "DecodeError",
@@ -27,5 +27,6 @@ __all__ = [
     "ReadPlan",
     "Reason",
     "Sample",
+    "SampleBlock",
     "WriteMismatch",
 ]

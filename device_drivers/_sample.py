@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import overload
 
 
 class Quality(enum.StrEnum):
@@ -49,3 +51,64 @@ class Sample:
     @property
     def is_good(self) -> bool:
         return self.quality is Quality.GOOD and self.value is not None
+
+
+_GOOD = Quality.GOOD
+
+
+class SampleBlock(Sequence[Sample]):
+    """One device's read as columns: ``values[i]`` of ``tags[i]`` read at ``stamps[i]``.
+
+    A driver that decodes a whole register block at once returns this instead of
+    one :class:`Sample` per value: a GOOD value is only a float in ``values``.
+    A point that is not GOOD (or that the rule side marked) has its full
+    :class:`Sample` in ``odd`` and NaN in ``values``. ``tags`` is the plan's own
+    tuple (the same object on every read), so consumers can cache per-device
+    lookups by it. Indexing and iterating build :class:`Sample` objects on
+    demand, so every consumer of ``Sequence[Sample]`` works unchanged.
+    """
+
+    __slots__ = ("device", "odd", "stamps", "tags", "values")
+
+    def __init__(
+        self,
+        tags: tuple[str, ...],
+        device: str,
+        values: list[float],
+        stamps: list[int],
+        odd: dict[int, Sample] | None = None,
+    ) -> None:
+        self.tags = tags
+        self.device = device
+        self.values = values
+        self.stamps = stamps
+        self.odd: dict[int, Sample] = {} if odd is None else odd
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self.tags)))]
+        if index < 0:
+            index += len(self.tags)
+        odd = self.odd.get(index)
+        if odd is not None:
+            return odd
+        return Sample(self.tags[index], self.device, self.values[index], _GOOD, self.stamps[index])
+
+    def __iter__(self) -> Iterator[Sample]:
+        odd = self.odd
+        device = self.device
+        for i, (tag, value, ts) in enumerate(zip(self.tags, self.values, self.stamps, strict=True)):
+            sample = odd.get(i) if odd else None
+            yield sample if sample is not None else Sample(tag, device, value, _GOOD, ts)
+
+    def __repr__(self) -> str:
+        return f"SampleBlock({self.device!r}, {len(self.tags)} values, {len(self.odd)} odd)"

@@ -22,11 +22,11 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
-from device_drivers import Quality, Sample
+from device_drivers import Quality, Sample, SampleBlock
 from edge.actuation import Interlock
 from edge.alarms import AlarmManager
 from edge.config import (
@@ -60,6 +60,36 @@ from edge.rules import (
 )
 
 __all__ = ["Calibration", "SafetyEngine"]
+
+
+class _Quiet(Protocol):
+    def quiet(self, value: float, now: float) -> bool: ...
+
+
+class _NeverQuiet:
+    """Route stand-in for a tag that always takes the full path."""
+
+    @staticmethod
+    def quiet(value: float, now: float) -> bool:
+        return False
+
+
+_NEVER_QUIET = _NeverQuiet()
+
+
+def _without(block: SampleBlock, drop: list[int]) -> SampleBlock:
+    """The block less the samples at ``drop`` (sorted)."""
+    gone = set(drop)
+    keep = [i for i in range(len(block)) if i not in gone]
+    odd = {n: block.odd[i] for n, i in enumerate(keep) if i in block.odd}
+    return SampleBlock(
+        tuple(block.tags[i] for i in keep),
+        block.device,
+        [block.values[i] for i in keep],
+        [block.stamps[i] for i in keep],
+        odd,
+    )
+
 
 log = logging.getLogger("safewatch.edge.engine")
 
@@ -133,6 +163,10 @@ class SafetyEngine:
             for tag_name in routed.inputs:
                 self._by_tag.setdefault(tag_name, []).append(routed)
         self._saved: dict[str, dict[str, Any]] = {}
+        # handle_block's per-device routes, keyed by the plan's tag tuple
+        self._routes: dict[tuple[str, ...], list[_Quiet]] = {}
+        # tick's (rule, device, stale window) per rule, built on first use
+        self._tick_plan: list[tuple[Rule, str | None, float | None]] | None = None
         self.restored = self._restore()
         self.calibrations: dict[str, Calibration] = {}
         self.forced: set[str] = set()  # rules tripped by a lockout test
@@ -149,6 +183,8 @@ class SafetyEngine:
         if rule.id in self.rules:
             raise ValueError(f"duplicate rule id {rule.id!r}")
         self.rules[rule.id] = rule
+        self._routes.clear()  # a tag with a second rule leaves the fast path
+        self._tick_plan = None
         for tag_name in rule.inputs:
             self._by_tag.setdefault(tag_name, []).append(rule)
 
@@ -259,6 +295,72 @@ class SafetyEngine:
         rules = self._by_tag.get(sample.tag)
         if rules is None:
             return None
+        own, marked = self._decide(sample, rules)
+        self._to_uplink(marked)
+        return own
+
+    def handle_block(self, samples: Sequence[Sample]) -> None:
+        """Decide on one device's read at once; same decisions as :meth:`handle` per sample.
+
+        For a :class:`SampleBlock` (a driver's columnar read) a GOOD value of a tag
+        whose only rule is its threshold rule, sitting in its steady normal state,
+        inside the quiet band (below alarm, cut and full scale for direction high;
+        see :meth:`ThresholdRule.quiet`) is taken on a fast path: two attribute
+        writes, no :class:`Sample` object, nothing else to do (no transition, no
+        latch save, the interlock already knows it does not trip). Every other
+        value takes :meth:`handle`'s path. The block goes to the uplink as one item.
+        """
+        if not isinstance(samples, SampleBlock) or self.calibrations:
+            for sample in samples:
+                self.handle(sample)
+            return
+        route = self._routes.get(samples.tags)
+        if route is None:
+            route = self._routes[samples.tags] = self._route(samples.tags)
+        now = self._clock()
+        slow = [
+            i
+            for i, (rule, value) in enumerate(zip(route, samples.values, strict=True))
+            if not rule.quiet(value, now)
+        ]
+        self.samples += len(route) - len(slow)
+        dropped: list[int] = []
+        if slow:
+            odd = samples.odd
+            for index in slow:
+                sample = samples[index]
+                rules = self._by_tag.get(sample.tag)
+                if rules is None:
+                    dropped.append(index)  # no rule: not counted, not sent (as handle)
+                    continue
+                _, odd[index] = self._decide(sample, rules)
+        if dropped:
+            samples = _without(samples, dropped)
+        if samples.tags:
+            self._block_to_uplink(samples)
+
+    def _route(self, tags: tuple[str, ...]) -> list[_Quiet]:
+        """For each tag of a block: its threshold rule when that is its only rule and it
+        judges full scale as _classify does; else a stand-in that is never quiet."""
+        route: list[_Quiet] = []
+        for tag in tags:
+            rules = self._by_tag.get(tag)
+            rule = self.thresholds.get(tag)
+            if (
+                rules is None
+                or rule is None
+                or len(rules) != 1
+                or rules[0] is not rule
+                or rule.full_scale != self._full_scale.get(tag, math.inf)
+            ):
+                route.append(_NEVER_QUIET)
+            else:
+                route.append(rule)
+        return route
+
+    def _decide(self, sample: Sample, rules: list[Rule]) -> tuple[Transition | None, Sample]:
+        """Every rule of the sample's tag, then its effects; returns the threshold rule's
+        transition and the sample as the uplink sends it."""
         now = self._clock()
         self.samples += 1
         sample = self._classify(sample)
@@ -271,8 +373,7 @@ class SafetyEngine:
             changed = self._after(rule, transition, now) or changed
         if changed and self.compounds:
             self._judge_compounds(now, sample.ts_ns)
-        self._to_uplink(self._mark(sample, rules))
-        return own
+        return own, self._mark(sample, rules)
 
     def tick(self, now: float | None = None) -> list[Transition]:
         """Let time pass for every rule: staleness, delays, windows, feedback timeouts."""
@@ -280,11 +381,23 @@ class SafetyEngine:
         found: list[Transition] = []
         changed = False
         late = self.gateway_late
-        for rule in self.rules.values():
-            if late is not None:
-                window = getattr(rule, "stale_after_s", None)
-                device = self._devices.get(getattr(rule, "tag", ""))
-                if window is not None and device is not None and late(device, window):
+        verdicts: dict[tuple[str, float], bool] = {}  # late(device, window) once per tick
+        if self._tick_plan is None:
+            self._tick_plan = [
+                (
+                    rule,
+                    self._devices.get(getattr(rule, "tag", "")),
+                    getattr(rule, "stale_after_s", None),
+                )
+                for rule in self.rules.values()
+            ]
+        for rule, device, window in self._tick_plan:
+            if late is not None and window is not None and device is not None:
+                key = (device, window)
+                verdict = verdicts.get(key)
+                if verdict is None:
+                    verdict = verdicts[key] = late(device, window)
+                if verdict:
                     continue  # judged once the poller has had its chance
             transition = rule.tick(now)
             if transition is None:
@@ -360,6 +473,17 @@ class SafetyEngine:
             self.uplink.put_nowait(sample)
         except asyncio.QueueFull:
             self.uplink_dropped += 1
+
+    def _block_to_uplink(self, block: SampleBlock) -> None:
+        uplink = self.uplink
+        if uplink is None:
+            return
+        put_block = getattr(uplink, "put_block", None)
+        if put_block is None:  # a plain queue: one sample at a time
+            for sample in block:
+                self._to_uplink(sample)
+        elif not put_block(block):
+            self.uplink_dropped += len(block)
 
     # -- engineer actions ------------------------------------------------------------
 

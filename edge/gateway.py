@@ -211,6 +211,8 @@ class Gateway:
                 on_sample,
                 self.interlock,
                 backpressure=self._uplink_fill,
+                # whole reads at once, unless models must see every sample after its decision
+                block_sink=self.engine.handle_block if self.inference is None else None,
             )
             for bus in cfg.buses
         ]

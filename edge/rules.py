@@ -220,6 +220,11 @@ class ThresholdRule(Rule):
         # no saved state: a fail-safe rule judges its first sample as if it had been cut
         self._first_base: Condition | None = self._recovery_base() if fail_safe else None
         self.last_value: float | None = None
+        # the quiet band: a GOOD reading strictly inside it changes nothing but
+        # last_value and the staleness clock (SafetyEngine.handle_block's fast path);
+        # empty unless the rule sits in its steady normal state (see _refresh_quiet)
+        self._quiet_lo = math.inf
+        self._quiet_hi = -math.inf
 
     @property
     def high(self) -> bool:
@@ -238,7 +243,45 @@ class ThresholdRule(Rule):
         return self.tick(time.monotonic() if now is None else now)
 
     def update(self, sample: Sample, now: float | None = None) -> Transition | None:
-        now = time.monotonic() if now is None else now
+        transition = self._update(sample, time.monotonic() if now is None else now)
+        self._refresh_quiet()
+        return transition
+
+    def quiet(self, value: float, now: float) -> bool:
+        """Take a GOOD reading on the fast path if it is inside the quiet band: the same
+        effect as :meth:`update` (no transition, no other state), much cheaper."""
+        if self._quiet_lo < value < self._quiet_hi:
+            self.last_value = value
+            self._last_good = now
+            return True
+        return False
+
+    def _refresh_quiet(self) -> None:
+        """Open the quiet band only in the steady normal state, where :meth:`update` of a
+        GOOD reading below alarm, cut and full scale (direction high; above them for
+        direction low, below full scale) provably leaves everything but ``last_value``
+        and ``_last_good`` as it was. Any other state closes it."""
+        th = self.thresholds
+        steady = (
+            self._condition is Condition.NORMAL
+            and self._known
+            and self._first_base is None
+            and not self.latched_over_range
+            and self._alarm_since is None
+            and self._clear_since is None
+            and self._below_since is None
+            and self._reason == ("below_clear" if self.high else "above_clear")
+        )
+        if not steady:
+            self._quiet_lo, self._quiet_hi = math.inf, -math.inf
+        elif self.high:
+            hi = min(th.alarm, math.inf if th.cut is None else th.cut, self.full_scale)
+            self._quiet_lo, self._quiet_hi = -math.inf, hi
+        else:
+            lo = max(th.alarm, -math.inf if th.cut is None else th.cut)
+            self._quiet_lo, self._quiet_hi = lo, self.full_scale
+
+    def _update(self, sample: Sample, now: float) -> Transition | None:
         if not self.id:
             self.id = sample.tag
             self.inputs = (sample.tag,)
@@ -270,15 +313,20 @@ class ThresholdRule(Rule):
     def tick(self, now: float) -> Transition | None:
         """Fault when no good sample arrived for ``stale_after_s``; expire alarm delays."""
         if self._condition is not Condition.FAULT and now - self._last_good >= self.stale_after_s:
-            return self._enter_fault(None, "stale", time.time_ns())
+            transition = self._enter_fault(None, "stale", time.time_ns())
+            self._refresh_quiet()
+            return transition
         value = self.last_value
         pending = self._alarm_since is not None or self._clear_since is not None
         if pending and value is not None and math.isfinite(value):
             if self._condition in (Condition.CUT, Condition.FAULT):
                 return None
             level, threshold, reason = self._alarm_level(value, self._condition, now)
+            moved = None
             if level is not self._condition:
-                return self._move(level, value, threshold, reason, time.time_ns())
+                moved = self._move(level, value, threshold, reason, time.time_ns())
+            self._refresh_quiet()
+            return moved
         return None
 
     def reset_latch(self) -> bool:
@@ -287,6 +335,7 @@ class ThresholdRule(Rule):
             return False
         self.latched_over_range = False
         self._below_since = None
+        self._refresh_quiet()
         return True
 
     # -- latched state -------------------------------------------------------------
@@ -309,6 +358,7 @@ class ThresholdRule(Rule):
         self._reason = "restored"
         # a restored trip is known at once: the breaker is re-asserted before any read
         self._known = self.trips
+        self._refresh_quiet()
 
     # -- internals -------------------------------------------------------------------
 

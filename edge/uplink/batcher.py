@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Final
 
 import wire
-from device_drivers import Quality, Sample
+from device_drivers import Quality, Sample, SampleBlock
 from edge.alarms import AlarmOutbox
 from edge.config import LoadedSite
 from edge.uplink.buffer import BufferStorageError, RateLimitedLog, StoreAndForwardBuffer
@@ -33,11 +33,31 @@ class SampleQueue(asyncio.Queue[Sample]):
     ``put_nowait`` on a full queue still raises :class:`asyncio.QueueFull` (the
     engine counts it and never waits) but the drop is also counted here, so the
     batcher can turn it into a ``queue_full`` gap event: never a silent loss.
+
+    A whole device read goes in as one item (:meth:`put_block`, a
+    :class:`SampleBlock`); sizes and ``maxsize`` count samples, not items.
     """
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
         self.dropped = 0
+        self._points = 0
+
+    def qsize(self) -> int:
+        """Samples queued (a block counts as its length)."""
+        return self._points
+
+    def full(self) -> bool:
+        return 0 < self.maxsize <= self._points
+
+    def _put(self, item: Sample) -> None:
+        self._queue.append(item)  # type: ignore[attr-defined]
+        self._points += len(item) if isinstance(item, SampleBlock) else 1
+
+    def _get(self) -> Sample:
+        item: Sample = self._queue.popleft()  # type: ignore[attr-defined]
+        self._points -= len(item) if isinstance(item, SampleBlock) else 1
+        return item
 
     def put_nowait(self, item: Sample) -> None:
         try:
@@ -46,13 +66,23 @@ class SampleQueue(asyncio.Queue[Sample]):
             self.dropped += 1
             raise
 
-    def take_all(self) -> list[Sample]:
-        """Every queued sample at once, without waiting (one call, not one per sample)."""
-        items: deque[Sample] = self._queue  # type: ignore[attr-defined]
+    def put_block(self, block: SampleBlock) -> bool:
+        """Queue one device read as a single item; False (and counted as dropped, every
+        sample of it) when it does not fit whole."""
+        if 0 < self.maxsize < self._points + len(block):
+            self.dropped += len(block)
+            return False
+        super().put_nowait(block)  # type: ignore[arg-type]
+        return True
+
+    def take_all(self) -> list[Sample | SampleBlock]:
+        """Every queued item at once, without waiting (one call, not one per sample)."""
+        items: deque[Sample | SampleBlock] = self._queue  # type: ignore[attr-defined]
         if not items:
             return []
         out = list(items)
         items.clear()
+        self._points = 0
         # nobody awaits put() on this queue (the engine uses put_nowait), but keep the contract
         self._wakeup_next(self._putters)  # type: ignore[attr-defined]
         return out
@@ -88,6 +118,7 @@ class TelemetryBatcher:
         self.tick_s = min(tick_s, interval_s)
         self.on_stored = on_stored
         self._meta: dict[str, tuple[str, str, str, str]] = {}
+        self._block_meta: dict[tuple[str, ...], list[tuple[str, str, str, str]]] = {}
         for _, tag in site.tags():
             self._meta[tag.name] = (
                 site.profile_of(tag).kind,
@@ -106,6 +137,7 @@ class TelemetryBatcher:
     def describe(self, tag: str, kind: str, unit: str, area: str, position: str) -> None:
         """Metadata for a tag that is not a site tag (model outputs, kind ``forecast``)."""
         self._meta[tag] = (kind, unit, area, position)
+        self._block_meta.clear()
 
     def point_of(self, sample: Sample) -> wire.Point:
         kind, unit, area, position = self._meta.get(sample.tag, _NO_META)
@@ -122,21 +154,54 @@ class TelemetryBatcher:
             sample.reason,
         )
 
+    def points_of_block(self, block: SampleBlock) -> list[wire.Point]:
+        """One device read -> points; GOOD values straight from the columns."""
+        metas = self._block_meta.get(block.tags)
+        if metas is None:
+            meta = self._meta
+            metas = self._block_meta[block.tags] = [meta.get(t, _NO_META) for t in block.tags]
+        device = block.device
+        odd = block.odd
+        point = wire.Point
+        columns = zip(block.tags, metas, block.values, block.stamps, strict=True)
+        if not odd:
+            return [
+                point(tag, device, m[0], m[1], m[2], m[3], value, "good", ts, None)
+                for tag, m, value, ts in columns
+            ]
+        out: list[wire.Point] = []
+        for i, (tag, m, value, ts) in enumerate(columns):
+            sample = odd.get(i)
+            if sample is None:
+                out.append(point(tag, device, m[0], m[1], m[2], m[3], value, "good", ts, None))
+            else:
+                out.append(self.point_of(sample))
+        return out
+
+    def _extend(self, items: list[Sample | SampleBlock]) -> None:
+        batch = self._batch
+        point_of = self.point_of
+        for item in items:
+            if isinstance(item, SampleBlock):
+                batch.extend(self.points_of_block(item))
+            else:
+                batch.append(point_of(item))
+
     def _take_ready(self) -> None:
         samples = self.samples
+        taken: list[Sample | SampleBlock]
         if isinstance(samples, SampleQueue):
             taken = samples.take_all()
         else:
             taken = []
             while not samples.empty():
                 taken.append(samples.get_nowait())
-        point_of = self.point_of
-        self._batch.extend([point_of(sample) for sample in taken])
+        self._extend(taken)
 
     async def run(self) -> None:
         while True:
             if not self._batch:
-                self._batch.append(self.point_of(await self.samples.get()))
+                self._extend([await self.samples.get()])
                 self._since = time.monotonic()
             self._take_ready()
             full = len(self._batch) >= self.max_points
