@@ -28,6 +28,7 @@ from device_drivers.modbus._plan import (
     ReadBlock,
     Table,
     decode_block,
+    decode_columns,
     plan_reads,
 )
 
@@ -49,6 +50,7 @@ __all__ = [
     "Table",
     "decode",
     "decode_block",
+    "decode_columns",
     "encode",
     "from_engineering",
     "inter_frame_gap_s",

@@ -48,7 +48,8 @@ class SampleQueue(asyncio.Queue[Sample]):
         return self._points
 
     def full(self) -> bool:
-        return 0 < self.maxsize <= self._points
+        limit: int = self._maxsize  # type: ignore[attr-defined]
+        return 0 < limit <= self._points
 
     def _put(self, item: Sample) -> None:
         self._queue.append(item)  # type: ignore[attr-defined]
@@ -69,7 +70,8 @@ class SampleQueue(asyncio.Queue[Sample]):
     def put_block(self, block: SampleBlock) -> bool:
         """Queue one device read as a single item; False (and counted as dropped, every
         sample of it) when it does not fit whole."""
-        if 0 < self.maxsize < self._points + len(block):
+        limit: int = self._maxsize  # type: ignore[attr-defined]
+        if 0 < limit < self._points + len(block):
             self.dropped += len(block)
             return False
         super().put_nowait(block)  # type: ignore[arg-type]

@@ -23,9 +23,9 @@ from device_drivers.modbus import (
     ModbusPoint,
     Order,
     decode_block,
+    decode_columns,
     plan_reads,
 )
-from device_drivers.modbus._plan import decode_columns
 from edge.actuation import Interlock
 from edge.alarms import AlarmManager
 from edge.config import LoadedSite, SiteConfig, Thresholds
