@@ -32,8 +32,9 @@ import asyncio
 import logging
 import math
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from array import array
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,39 @@ SAFETY, NORMAL = 0, 1  # priority classes: lower goes first
 _EWMA = 0.2
 
 
+class RecentValues:
+    """The last ``size`` floats, in an array allocated once.
+
+    A ``deque(maxlen=...)`` of floats grows by about 32 bytes a value (the float
+    object and its slot) until it is full, which at 4,096 lags per bus took minutes
+    and showed as RSS growth of a gateway under load; this holds 8 bytes a value,
+    allocated at start. Iterates oldest first.
+    """
+
+    __slots__ = ("_count", "_data", "_next")
+
+    def __init__(self, size: int) -> None:
+        self._data = array("d", bytes(8 * size))
+        self._next = 0
+        self._count = 0
+
+    def append(self, value: float) -> None:
+        data = self._data
+        data[self._next] = value
+        self._next = (self._next + 1) % len(data)
+        if self._count < len(data):
+            self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[float]:
+        data = self._data
+        if self._count < len(data):
+            return iter(data[: self._count])
+        return iter(data[self._next :] + data[: self._next])
+
+
 @dataclass(slots=True)
 class DeviceHealth:
     """What the poller knows about one device (monotonic seconds unless ``_ns``)."""
@@ -82,7 +116,7 @@ class DeviceHealth:
     latency_avg_s: float | None = None  # EWMA of good reads
     latency_max_s: float = 0.0
     interval_avg_s: float | None = None  # EWMA of the time between poll starts
-    intervals: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    intervals: RecentValues = field(default_factory=lambda: RecentValues(512))
     breaker: str = "closed"  # closed | probing | open
 
     def interval_p99_s(self) -> float | None:
@@ -133,7 +167,7 @@ class BusHealth:
     latency_avg_s: float | None = None
     lag_s: float = 0.0  # how late the last due poll started
     lag_max_s: float = 0.0
-    lags: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    lags: RecentValues = field(default_factory=lambda: RecentValues(4096))
 
     def jitter_p99_s(self) -> float:
         """99th percentile of how late due polls started (0 when every one was on time)."""
