@@ -28,8 +28,9 @@ from device_drivers.modbus import (
 )
 from edge.actuation import Interlock
 from edge.alarms import AlarmManager
-from edge.config import LoadedSite, SiteConfig, Thresholds
+from edge.config import LoadedSite, RateRule, SiteConfig, Thresholds
 from edge.engine import SafetyEngine
+from edge.rules import RateOfChange
 from edge.uplink.batcher import SampleQueue, TelemetryBatcher
 from tests.safety_rig import PROFILES
 
@@ -351,3 +352,29 @@ def test_batcher_points_of_a_block_equal_points_of_its_samples(tmp_path: Path) -
     assert batcher.points_of_block(SampleBlock(("CO",), "gas", [3.0], [1])) == [
         batcher.point_of(Sample("CO", "gas", 3.0, Quality.GOOD, 1))
     ]
+
+
+def test_a_rule_added_later_sees_every_block_value() -> None:
+    """add_rule (model pre-alarms) takes the tag off the fast path: the new rule is updated
+    by every value of later blocks, quiet or not."""
+    site = _site()
+    twin = _Twin(site)
+    for _ in range(10):
+        twin.now += 1.0
+        twin.engine.handle_block(SampleBlock(("CO",), "gas", [5.0], [1]))
+    assert twin.engine.thresholds["CO"].quiet(5.0, twin.now)
+    seen: list[float | None] = []
+
+    class Recorder(RateOfChange):
+        def update(self, sample: Sample, now: float) -> Any:
+            seen.append(sample.value)
+            return super().update(sample, now)
+
+    twin.engine.add_rule(
+        Recorder(RateRule(type="rate", id="co-rise", tag="CO", window_s=5, alarm_rate=100.0))
+    )
+    for value in (5.0, 6.0, 7.0):
+        twin.now += 1.0
+        twin.engine.handle_block(SampleBlock(("CO",), "gas", [value], [2]))
+    assert seen == [5.0, 6.0, 7.0]
+    assert twin.engine.thresholds["CO"].last_value == 7.0
