@@ -136,8 +136,11 @@ class GatewayOut(_FromRecord):
     last_seen: dt.datetime | None
 
 
-def _unavailable(exc: StoreError) -> HTTPException:
-    return HTTPException(status_code=503, detail=f"database unavailable: {exc}")
+async def _store_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any route: the database failing is a 503, never a 500 (one handler for all routers)."""
+    return JSONResponse(
+        {"detail": _clip(f"database unavailable: {exc}", _DETAIL_MAX)}, status_code=503
+    )
 
 
 def _clip(text: str, limit: int) -> str:
@@ -190,6 +193,7 @@ def create_app(
     app = FastAPI(title="SafeWatch cloud", version="1")
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StoreError, _store_error)
     guards = Guards(authenticator)
     readers = [Depends(guards(*ALL_ROLES))]
     read_errors = error_responses(401, 403, 503)
@@ -219,10 +223,7 @@ def create_app(
         level: wire.AlarmLevel | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[AlarmOut]:
-        try:
-            records = store.alarms(site=site, gateway=gateway, level=level, limit=limit)
-        except StoreError as exc:
-            raise _unavailable(exc) from exc
+        records = store.alarms(site=site, gateway=gateway, level=level, limit=limit)
         return [AlarmOut.model_validate(r) for r in records]
 
     @app.get(
@@ -234,12 +235,9 @@ def create_app(
     def get_latest(
         site: Annotated[str, Query(min_length=1, max_length=_NAME_MAX)],
     ) -> list[LatestOut]:
-        try:
-            values = store.latest(site)
-            known = bool(values) or site in store.sites()
-            conditions = store.conditions(site)
-        except StoreError as exc:
-            raise _unavailable(exc) from exc
+        values = store.latest(site)
+        known = bool(values) or site in store.sites()
+        conditions = store.conditions(site)
         if not known:
             raise HTTPException(status_code=404, detail=f"unknown site {site!r}: no data received")
         return [
@@ -256,10 +254,7 @@ def create_app(
         responses=read_errors,
     )
     def get_gateways() -> list[GatewayOut]:
-        try:
-            records = store.gateways()
-        except StoreError as exc:
-            raise _unavailable(exc) from exc
+        records = store.gateways()
         return [GatewayOut.model_validate(g) for g in records]
 
     app.include_router(auth_router(authenticator, audit, guards))

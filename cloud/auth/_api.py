@@ -22,7 +22,6 @@ from cloud.auth._service import (
     Principal,
 )
 from cloud.auth._store import ALL_ROLES, DuplicateUser, Role, UnknownToken, UnknownUser
-from cloud.storage import StoreError
 
 __all__ = [
     "TOKEN_URL",
@@ -77,10 +76,6 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def unavailable(exc: StoreError) -> HTTPException:
-    return HTTPException(status_code=503, detail=f"database unavailable: {exc}"[:300])
-
-
 class RoleGuard:
     """A route dependency: the caller must be authenticated and hold one of ``roles``.
 
@@ -99,8 +94,6 @@ class RoleGuard:
             principal = self.authenticator.authenticate(token)
         except NotAuthenticated as exc:
             raise _unauthorized(str(exc)) from exc
-        except StoreError as exc:
-            raise unavailable(exc) from exc
         if principal.role not in self.roles:
             needed = ", ".join(sorted(self.roles))
             raise HTTPException(
@@ -230,8 +223,6 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
             ) from exc
         except LoginFailed as exc:
             raise _unauthorized(str(exc)) from exc
-        except StoreError as exc:
-            raise unavailable(exc) from exc
         return TokenOut(access_token=token.access_token, expires_in=token.expires_in)
 
     @router.get(
@@ -250,10 +241,7 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
         responses=error_responses(*GUARDED_ERRORS),
     )
     def list_users(_: Annotated[Principal, Depends(admin)]) -> list[UserOut]:
-        try:
-            return [UserOut.model_validate(u) for u in authenticator.store.users()]
-        except StoreError as exc:
-            raise unavailable(exc) from exc
+        return [UserOut.model_validate(u) for u in authenticator.store.users()]
 
     @router.post(
         "/users",
@@ -269,8 +257,6 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
             raise HTTPException(status_code=409, detail="user exists") from exc
         except InvalidRequest as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
-        except StoreError as exc:
-            raise unavailable(exc) from exc
         return UserOut.model_validate(user)
 
     @router.patch(
@@ -296,8 +282,6 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
             raise HTTPException(status_code=404, detail="no such user") from exc
         except InvalidRequest as exc:
             raise HTTPException(status_code=409, detail=str(exc)) from exc
-        except StoreError as exc:
-            raise unavailable(exc) from exc
         return UserOut.model_validate(user)
 
     @router.get(
@@ -307,10 +291,7 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
         responses=error_responses(*GUARDED_ERRORS),
     )
     def list_tokens(_: Annotated[Principal, Depends(admin)]) -> list[ApiTokenOut]:
-        try:
-            return [ApiTokenOut.model_validate(t) for t in authenticator.store.tokens()]
-        except StoreError as exc:
-            raise unavailable(exc) from exc
+        return [ApiTokenOut.model_validate(t) for t in authenticator.store.tokens()]
 
     @router.post(
         "/tokens",
@@ -323,12 +304,7 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
         body: ApiTokenIn, principal: Annotated[Principal, Depends(admin)]
     ) -> ApiTokenCreated:
         expires = None if body.expires_days is None else dt.timedelta(days=body.expires_days)
-        try:
-            secret, record = authenticator.create_token(
-                body.name, body.role, principal.name, expires
-            )
-        except StoreError as exc:
-            raise unavailable(exc) from exc
+        secret, record = authenticator.create_token(body.name, body.role, principal.name, expires)
         return ApiTokenCreated(token=secret, **ApiTokenOut.model_validate(record).model_dump())
 
     @router.delete(
@@ -345,8 +321,6 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
             return ApiTokenOut.model_validate(authenticator.revoke_token(token_id, principal.name))
         except UnknownToken as exc:
             raise HTTPException(status_code=404, detail="no such API token") from exc
-        except StoreError as exc:
-            raise unavailable(exc) from exc
 
     @router.get(
         "/audit",
@@ -361,10 +335,7 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
         action: Annotated[str | None, Query(max_length=64)] = None,
         actor: Annotated[str | None, Query(max_length=128)] = None,
     ) -> list[AuditOut]:
-        try:
-            rows = audit.entries(limit=limit, before=before, action=action, actor=actor)
-        except StoreError as exc:
-            raise unavailable(exc) from exc
+        rows = audit.entries(limit=limit, before=before, action=action, actor=actor)
         return [AuditOut.model_validate(r) for r in rows]
 
     @router.get(
@@ -376,10 +347,7 @@ def auth_router(authenticator: Authenticator, audit: AuditLog, guards: Guards) -
     def verify_audit(
         _: Annotated[Principal, Depends(guards(Role.ADMIN, Role.REVIEWER))],
     ) -> VerifyOut:
-        try:
-            report = audit.verify()
-        except StoreError as exc:
-            raise unavailable(exc) from exc
+        report = audit.verify()
         return VerifyOut(
             ok=report.ok,
             rows=report.rows,

@@ -6,12 +6,11 @@
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from cloud.auth import ALL_ROLES, Guards, error_responses
 from cloud.risk._service import RiskService
-from cloud.storage import StoreError
 
 __all__ = ["risk_router"]
 
@@ -72,12 +71,7 @@ def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
         now = dt.datetime.now(dt.UTC)
         if service is None:
             return HeatmapOut(configured=False, site="", at=now, areas=[])
-        try:
-            areas = service.heatmap()
-        except StoreError as exc:
-            raise HTTPException(
-                status_code=503, detail=f"database unavailable: {exc}"[:300]
-            ) from exc
+        areas = service.heatmap()
         return HeatmapOut(
             configured=True,
             site=service.model.site,
@@ -124,12 +118,7 @@ def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
     ) -> list[GradeChangeOut]:
         if service is None:
             return []
-        try:
-            changes = service.history(area, since=since, limit=limit)
-        except StoreError as exc:
-            raise HTTPException(
-                status_code=503, detail=f"database unavailable: {exc}"[:300]
-            ) from exc
+        changes = service.history(area, since=since, limit=limit)
         return [
             GradeChangeOut(
                 area=c.area,

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
 
 from cloud import create_app
 from cloud.api import iso_utc
@@ -159,6 +160,32 @@ async def test_database_failure_is_a_503(tmp_path: Path, health_state: dict[str,
         response = await client.get("/api/v1/alarms")
     assert response.status_code == 503
     assert "database unavailable" in response.json()["detail"]
+
+
+async def test_database_gone_is_a_503_on_every_read_route(
+    store: Store, health_state: dict[str, Any]
+) -> None:
+    """One app-wide handler turns a StoreError into 503 on every router, auth included."""
+    async with asgi_client(store, health_state) as client:
+        with store.engine.begin() as conn:
+            for table in reversed(sorted(_table_names(store))):
+                conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
+        for path in (
+            "/api/v1/alarms",
+            "/api/v1/latest?site=mine-a",
+            "/api/v1/gateways",
+            "/api/v1/alarms/kpi",
+            "/api/v1/users",
+            "/api/v1/auth/me",
+        ):
+            response = await client.get(path)
+            assert response.status_code == 503, (path, response.status_code, response.text)
+            assert response.json()["detail"].startswith("database unavailable"), path
+            assert len(response.content) < 2000, path
+
+
+def _table_names(store: Store) -> list[str]:
+    return list(sqlalchemy.inspect(store.engine).get_table_names())
 
 
 async def test_errors_do_not_echo_input_unbounded(client: httpx.AsyncClient) -> None:
