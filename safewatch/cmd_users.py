@@ -65,8 +65,12 @@ class Opened:
 
 
 @contextmanager
-def open_auth(db_url: str) -> Iterator[Opened]:
-    """The auth and audit tables of ``db_url`` (created if missing); exits 1 on DB errors."""
+def open_auth(db_url: str, invalid_exit: int = 1) -> Iterator[Opened]:
+    """The auth and audit tables of ``db_url`` (created if missing).
+
+    Exits 1 on DB errors and unknown or duplicate users/tokens, ``invalid_exit`` on a
+    request the authenticator refuses (a weak password is a usage error: 2).
+    """
     try:
         sqlite_parent(db_url)
         store = Store(db_url)
@@ -79,9 +83,10 @@ def open_auth(db_url: str) -> Iterator[Opened]:
         audit.create_all()
         auth_store.create_all()
         yield Opened(store, audit, Authenticator(auth_store, audit))
-    except StoreError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from exc
+    except (StoreError, UnknownUser, UnknownToken, DuplicateUser) as exc:
+        raise _fail(str(exc)) from exc
+    except InvalidRequest as exc:
+        raise _fail(str(exc), invalid_exit) from exc
     finally:
         store.close()
 
@@ -122,13 +127,8 @@ def users_add(
 ) -> None:
     """Add a user (prompts for the password unless --password-stdin/--password-env)."""
     password = _read_password(password_stdin, password_env)
-    with open_auth(db_url) as o:
-        try:
-            user = o.auth.add_user(username, password, role, actor())
-        except DuplicateUser as exc:
-            raise _fail(str(exc)) from exc
-        except InvalidRequest as exc:
-            raise _fail(str(exc), 2) from exc
+    with open_auth(db_url, invalid_exit=2) as o:
+        user = o.auth.add_user(username, password, role, actor())
     typer.echo(f"added user {user.username} ({user.role})")
 
 
@@ -150,12 +150,7 @@ def users_list(db_url: DbUrl = DEFAULT_DB_URL) -> None:
 
 def _set_disabled(username: str, disabled: bool, db_url: str) -> None:
     with open_auth(db_url) as o:
-        try:
-            o.auth.set_disabled(username, disabled, actor())
-        except UnknownUser as exc:
-            raise _fail(str(exc)) from exc
-        except InvalidRequest as exc:
-            raise _fail(str(exc)) from exc
+        o.auth.set_disabled(username, disabled, actor())
     typer.echo(f"user {username} {'disabled' if disabled else 'enabled'}")
 
 
@@ -180,13 +175,8 @@ def users_passwd(
 ) -> None:
     """Set a user's password; tokens issued before are refused."""
     password = _read_password(password_stdin, password_env)
-    with open_auth(db_url) as o:
-        try:
-            o.auth.set_password(username, password, actor())
-        except UnknownUser as exc:
-            raise _fail(str(exc)) from exc
-        except InvalidRequest as exc:
-            raise _fail(str(exc), 2) from exc
+    with open_auth(db_url, invalid_exit=2) as o:
+        o.auth.set_password(username, password, actor())
     typer.echo(f"password of {username} changed")
 
 
@@ -194,12 +184,7 @@ def users_passwd(
 def users_role(username: str, role: Role, db_url: DbUrl = DEFAULT_DB_URL) -> None:
     """Change a user's role; tokens issued before are refused."""
     with open_auth(db_url) as o:
-        try:
-            o.auth.set_role(username, role, actor())
-        except UnknownUser as exc:
-            raise _fail(str(exc)) from exc
-        except InvalidRequest as exc:
-            raise _fail(str(exc)) from exc
+        o.auth.set_role(username, role, actor())
     typer.echo(f"user {username} is now {role.value}")
 
 
@@ -240,10 +225,7 @@ def tokens_list(db_url: DbUrl = DEFAULT_DB_URL) -> None:
 def tokens_revoke(token_id: str, db_url: DbUrl = DEFAULT_DB_URL) -> None:
     """Revoke an API token by its id."""
     with open_auth(db_url) as o:
-        try:
-            o.auth.revoke_token(token_id, actor())
-        except UnknownToken as exc:
-            raise _fail(str(exc)) from exc
+        o.auth.revoke_token(token_id, actor())
     typer.echo(f"token {token_id} revoked")
 
 
