@@ -20,7 +20,7 @@ import httpx
 import pytest
 from ruamel.yaml import YAML
 
-from bench._harness import child
+from bench._harness import EDGE_NICE, PLANT_NICE, child, priority
 from edge.config import load_model, load_site
 from simulators import Scenario, ScenarioPlayer, SiteSimulator
 from tests.support import Broker, async_wait_until, free_port, start_mosquitto
@@ -45,9 +45,9 @@ def _write_site(tmp: Path, sim_port: int, mqtt_port: int) -> Path:
 
 
 @contextmanager
-def _safewatch(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _safewatch(args: list[str], log: Path, nice: int = 0) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``safewatch`` child that must exit cleanly (0) when told to stop."""
-    with child(args, log) as proc:
+    with child(args, log, nice=nice) as proc:
         yield proc
     assert proc.returncode == 0, f"{args[0]} exited {proc.returncode}:\n{log.read_text()[-3000:]}"
 
@@ -75,6 +75,13 @@ async def _influx_count(http: httpx.AsyncClient, url: str, db: str) -> int:
     r.raise_for_status()
     series = r.json()["results"][0].get("series")
     return int(series[0]["values"][0][1]) if series else 0
+
+
+@pytest.fixture(autouse=True)
+def _plant_not_starved() -> Iterator[None]:
+    """The in-process simulator is the plant; a loaded CI machine must not slow it."""
+    with priority(PLANT_NICE):
+        yield
 
 
 async def test_methane_scenario_end_to_end(
@@ -105,7 +112,7 @@ async def test_methane_scenario_end_to_end(
     try:
         with (
             _safewatch(cloud_args, tmp_path / "cloud.log"),
-            _safewatch(edge_args, tmp_path / "edge.log"),
+            _safewatch(edge_args, tmp_path / "edge.log", nice=EDGE_NICE),
         ):
             await _chain_checks(
                 sim, scenario, broker, tmp_path, api, influx_url, influx_name, token
