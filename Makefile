@@ -5,19 +5,23 @@
 #   make test      lint, types, layer contracts, then the whole pytest suite
 #   make lint      ruff, ruff format --check, mypy, lint-imports
 #   make services  Mosquitto, InfluxDB and PostgreSQL answering on 127.0.0.1
+#   make browser   Debian's Chromium for the wall page's browser test
 #   make clean     remove caches and demo state (keeps .venv)
 
 VENV := .venv
 SITE ?= firmware_configs/sites/demo-mine.yaml
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint services venv clean
+.PHONY: demo test lint services browser venv clean
 
 venv:
 	scripts/venv.sh
 
 services:
 	scripts/services.sh --postgres
+
+browser:
+	scripts/browser.sh
 
 demo: venv
 	scripts/services.sh
@@ -29,7 +33,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint services
+test: lint services browser
 	scripts/test.sh
 
 clean:

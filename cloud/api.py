@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, computed_field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -32,6 +33,8 @@ from cloud.commands_api import commands_router
 from cloud.hazards import HazardService, hazards_router
 from cloud.risk import RiskService, risk_router
 from cloud.storage import Store, StoreError
+from cloud.wall import STATIC_DIR as WALL_STATIC_DIR
+from cloud.wall import WallService, WallSettings, wall_router
 
 __all__ = [
     "PUBLIC_ROUTES",
@@ -52,6 +55,7 @@ PUBLIC_ROUTES: frozenset[tuple[str, str]] = frozenset(
         ("GET", "/docs"),
         ("GET", "/docs/oauth2-redirect"),
         ("GET", "/redoc"),
+        ("GET", "/wall"),  # the wall page holds no data; its data calls carry a token
     }
 )
 _DETAIL_MAX = 300  # characters of an error detail
@@ -178,6 +182,7 @@ def create_app(
     commands: CommandSender | None = None,
     hazards: HazardService | None = None,
     risk: RiskService | None = None,
+    wall: WallSettings | None = None,
 ) -> FastAPI:
     """The API over ``store``; ``health()`` returns db/influx/mqtt booleans and counters.
 
@@ -262,4 +267,6 @@ def create_app(
     app.include_router(hazards_router(hazards, guards))
     app.include_router(risk_router(risk, guards))
     app.include_router(alarm_kpi_router(store, guards))
+    app.include_router(wall_router(WallService(store, risk), guards, wall))
+    app.mount("/wall/static", StaticFiles(directory=WALL_STATIC_DIR), name="wall-static")
     return app

@@ -135,9 +135,11 @@ def child_commands(
     api_port: int,
     demo_dir: Path = DEMO_DIR,
     python: str = sys.executable,
+    risk_file: Path | None = None,
 ) -> dict[str, list[str]]:
     """The argv of each child, in start order: sim, cloud, edge."""
     cli = [python, "-m", "safewatch.cli"]
+    risk = [] if risk_file is None else ["--risk-file", str(risk_file)]
     return {
         "sim": [
             *cli,
@@ -161,6 +163,7 @@ def child_commands(
             f"sqlite:///{demo_dir / 'cloud.db'}",
             "--influx-db",
             INFLUX_DB,
+            *risk,
         ],
         "edge": [
             *cli,
@@ -172,6 +175,12 @@ def child_commands(
             str(demo_dir / "buffer.db"),
         ],
     }
+
+
+def risk_file_of(site: Path) -> Path | None:
+    """``<site>.risk.yaml`` beside the site file (the wall's map and grades), if there is one."""
+    risk = site.with_name(f"{site.stem}.risk.yaml")
+    return risk if risk.is_file() else None
 
 
 def _items(payload: Any) -> list[Mapping[str, Any]]:
@@ -367,6 +376,9 @@ def _print_urls(
         markup=False,
         soft_wrap=True,
     )
+    console.print(
+        f"  wall page:       {api}/wall#token={creds.token}", markup=False, soft_wrap=True
+    )
     console.print(f"  latest values:   {api}/api/v1/latest?site={site_id}")
     console.print(f"  alarms:          {api}/api/v1/alarms?site={site_id}")
     console.print(
@@ -424,7 +436,12 @@ def demo(
     previous = {s: signal.signal(s, stop.request) for s in (signal.SIGINT, signal.SIGTERM)}
     supervisor = _Supervisor(stop)
     commands = child_commands(
-        site=site, scenario=scenario, speed=speed, loop=loop, api_port=api_port
+        site=site,
+        scenario=scenario,
+        speed=speed,
+        loop=loop,
+        api_port=api_port,
+        risk_file=risk_file_of(site),
     )
     api = f"http://127.0.0.1:{api_port}"
     try:

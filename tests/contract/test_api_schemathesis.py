@@ -50,7 +50,11 @@ def test_no_operation_answers_a_server_error(tmp_path: Path, broker: Broker) -> 
     )
     app = create_app(store, lambda: health, authenticator=auth, audit=auth.audit, commands=sender)
     admin = headers_for(auth, Role.ADMIN)
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # The wall's event stream never ends by itself (it is a live feed): its contract is
+    # checked by tests/contract/test_wall_stream.py over a real server instead.
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app).exclude(
+        path="/api/v1/wall/stream"
+    )
     tested: list[str] = []
     try:
         for result in schema.get_all_operations():

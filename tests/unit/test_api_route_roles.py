@@ -60,6 +60,9 @@ EXPECTED_ROLES: dict[tuple[str, str], frozenset[Role]] = {
     ("POST", "/api/v1/hazards/{hazard_id}/evidence"): frozenset({A, RE}),
     ("GET", "/api/v1/risk/heatmap"): ALL_ROLES,
     ("GET", "/api/v1/risk/history"): ALL_ROLES,
+    ("GET", "/api/v1/wall/snapshot"): ALL_ROLES,
+    # a stream: this walk calls it without its required site (422), never streaming
+    ("GET", "/api/v1/wall/stream"): ALL_ROLES,
 }
 PATH_VALUES = {
     "username": "nobody",
@@ -199,5 +202,7 @@ async def test_public_routes_answer_without_credentials(client: httpx.AsyncClien
     assert (await client.get("/health")).status_code == 200
     assert (await client.get("/openapi.json")).status_code == 200
     assert (await client.get("/docs")).status_code == 200
+    assert (await client.get("/wall")).status_code == 200
+    assert (await client.get("/wall/static/wall.js")).status_code == 200
     login = await client.post("/api/v1/auth/token", data={"username": "x", "password": "y"})
     assert login.status_code == 401

@@ -68,6 +68,17 @@ def test_child_commands_use_the_agreed_cli() -> None:
     ]
 
 
+def test_the_demo_site_brings_its_risk_map_to_the_cloud() -> None:
+    risk = cmd_demo.risk_file_of(DEMO_SITE)
+    assert risk is not None and risk.name == "demo-mine.risk.yaml"
+    assert cmd_demo.risk_file_of(Path("/nonexistent/site.yaml")) is None
+    cmds = child_commands(
+        site=DEMO_SITE, scenario=DEMO_SCENARIO, speed=1.0, loop=True, api_port=8000,
+        risk_file=risk,
+    )  # fmt: skip
+    assert cmds["cloud"][-2:] == ["--risk-file", str(risk)]
+
+
 def _text(renderable: object) -> str:
     console = Console(record=True, width=200, color_system=None)
     console.print(renderable)
@@ -224,6 +235,8 @@ def test_demo_polls_the_api_and_stops_children_on_sigterm(
     assert "API admin:       admin / " in out
     token_line = next(line for line in out.splitlines() if "API token:" in line)
     assert token_line.split()[2].startswith("swt.") and token_line.endswith("(viewer)")
+    wall_line = next(line for line in out.splitlines() if "wall page:" in line)
+    assert wall_line.split()[2] == f"http://127.0.0.1:{api_port}/wall#token={token_line.split()[2]}"
 
 
 def test_demo_exits_nonzero_with_the_dead_childs_output(

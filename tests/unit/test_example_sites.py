@@ -6,9 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from cloud.risk import load_risk_file
 from edge.config import PACKAGED_PROFILES, load_profiles, load_site
 
-SITES = sorted((Path(__file__).resolve().parents[2] / "firmware_configs" / "sites").glob("*.yaml"))
+SITES_DIR = Path(__file__).resolve().parents[2] / "firmware_configs" / "sites"
+# <site>.risk.yaml beside a site file is its risk model (cloud.risk), not a site
+SITES = sorted(p for p in SITES_DIR.glob("*.yaml") if not p.name.endswith(".risk.yaml"))
+RISK_FILES = sorted(SITES_DIR.glob("*.risk.yaml"))
 
 
 def test_profiles_load_and_cite_their_source() -> None:
@@ -34,3 +38,15 @@ def test_example_site_validates(path: Path) -> None:
 def test_examples_use_every_bus_type() -> None:
     used = {bus.type for path in SITES for bus in load_site(path).config.buses}
     assert {"modbus_tcp", "modbus_rtu", "opcua", "serial"} <= used
+
+
+@pytest.mark.parametrize("path", RISK_FILES, ids=[p.stem for p in RISK_FILES])
+def test_example_risk_file_matches_its_site(path: Path) -> None:
+    """Each shipped risk model loads, names its site and covers the site's sensor areas."""
+    model = load_risk_file(path)
+    site = load_site(path.with_name(path.name.removesuffix(".risk.yaml") + ".yaml"))
+    assert model.site == site.config.site.id
+    areas = {a.id for a in model.areas}
+    sensed = {tag.location.area for _, tag in site.tags()}
+    assert sensed <= areas, f"{path.name}: no polygon for {sorted(sensed - areas)}"
+    assert all(len(a.polygon) >= 3 for a in model.areas), path.name
