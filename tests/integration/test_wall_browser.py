@@ -4,9 +4,13 @@ cloud (``safewatch cloud run --risk-file``) and pushed to the page by its event 
 
 The face area must turn red while the cut stands (no reload: the stream updates the
 page), the first screen must come within 1 s of navigation (the page's own
-``wall-map-rendered`` performance mark), and both languages must render. Screenshots
+``wall-map-rendered`` performance mark), and both languages must render. Then a safety
+engineer logs in on the page and acknowledges the cleared alarm: the signed command goes
+through the API and the broker to the gateway, whose ``alarm_state`` event comes back
+through the ingest and takes the alarm off the wall. Screenshots
 and the measured figures are kept as artefacts: in the test's tmp dir and under
-``$SAFEWATCH_TEST_ARTEFACTS`` (default ``var/test-artefacts/``).
+``$SAFEWATCH_TEST_ARTEFACTS`` (default ``var/test-artefacts/``). The browser loads one page of
+the server (``/health``) before the wall, so Chromium's own start-up is not counted.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from typing import Any
 
 import httpx
 import pytest
+from ruamel.yaml import YAML
 
+from cloud.commands import generate_command_key
 from edge.config import load_model, load_site
 from simulators import Scenario, ScenarioPlayer, SiteSimulator
 from tests.browser import Browser, chromium_or_fail
@@ -37,6 +43,7 @@ ARTEFACTS = Path(os.environ.get("SAFEWATCH_TEST_ARTEFACTS", REPO / "var" / "test
 FACE = "1201 face"
 SPEED = 2.0  # the 40 s scenario in 20 s: the cut stands about 8 s
 FIRST_SCREEN_MS = 1000.0
+ENGINEER, ENGINEER_PASSWORD = "engineer-1", "wall-test-password-1"
 
 FIRST_SCREEN_JS = """(() => {
   const m = performance.getEntriesByName('wall-map-rendered')[0];
@@ -56,6 +63,22 @@ BREAKDOWN_JS = """(() => {
   }
   return out;
 })()"""
+CUT_STATES_JS = f"""Array.from(document.querySelectorAll('#alarms .alarm'))
+  .filter(li => li.querySelector('.tag').textContent.includes('{CUT_TAG}'))
+  .map(li => li.dataset.state)"""
+ACK_BUTTONS_JS = "document.querySelectorAll('#alarms button.ack').length"
+LOGIN_JS = f"""(() => {{
+  document.getElementById('logout').click();
+  document.getElementById('username').value = '{ENGINEER}';
+  document.getElementById('password').value = '{ENGINEER_PASSWORD}';
+  document.getElementById('login').requestSubmit();
+  return true;
+}})()"""
+ACK_CUT_JS = f"""Array.from(document.querySelectorAll('#alarms .alarm'))
+  .filter(li => li.querySelector('.tag').textContent.includes('{CUT_TAG}'))
+  .map(li => li.querySelector('button.ack'))
+  .filter(Boolean)
+  .map(b => (b.click(), b.dataset.alarm))"""
 CUT_LISTED_JS = f"""Array.from(document.querySelectorAll('#alarms .alarm'))
   .some(li => li.textContent.includes('{CUT_TAG}') && li.dataset.level === 'cut')"""
 
@@ -89,6 +112,13 @@ async def test_the_face_turns_red_on_the_wall_after_the_methane_scenario(
     influx_url, influx_name = influx_db
     sim_port, api_port = free_port(), free_port()
     site_path = _write_site(tmp_path, sim_port, broker.port)
+    # the gateway takes commands signed by the cloud's key (acknowledge from the wall)
+    generate_command_key(tmp_path / "cmd.key", tmp_path / "cmd.pub")
+    yaml = YAML(typ="rt")
+    doc: Any = yaml.load(site_path.read_text("utf-8"))
+    doc["commands"] = {"public_key_files": [str(tmp_path / "cmd.pub")]}
+    with site_path.open("w", encoding="utf-8") as out:
+        yaml.dump(doc, out)
     scenario = load_model(REPO / "firmware_configs/scenarios/methane-face.yaml", Scenario)
     sim = SiteSimulator(load_site(site_path))
     await sim.start()
@@ -97,7 +127,7 @@ async def test_the_face_turns_red_on_the_wall_after_the_methane_scenario(
     cloud_args = [
         "cloud", "run", "--mqtt-port", str(broker.port), "--influx-url", influx_url,
         "--influx-db", influx_name, "--db-url", db_url, "--port", str(api_port),
-        "--risk-file", str(RISK_FILE),
+        "--risk-file", str(RISK_FILE), "--command-key-file", str(tmp_path / "cmd.key"),
     ]  # fmt: skip
     edge_args = ["edge", "run", "--config", str(site_path), "--buffer", str(tmp_path / "b.db")]
     made = await asyncio.to_thread(
@@ -107,6 +137,13 @@ async def test_the_face_turns_red_on_the_wall_after_the_methane_scenario(
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     token = made.stdout.strip()
+    await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "safewatch.cli", "users", "add", ENGINEER,
+         "--role", "safety_engineer", "--password-env", "SW_WALL_TEST_PW", "--db-url", db_url],
+        capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, "SW_WALL_TEST_PW": ENGINEER_PASSWORD},
+    )  # fmt: skip
     figures: dict[str, Any] = {}
     try:
         with (
@@ -150,6 +187,14 @@ async def _wall_checks(
     tmp_path: Path,
     figures: dict[str, Any],
 ) -> None:
+    # the browser has started and loaded one page of this server (its own start-up, network
+    # process and first connection are not the wall's first screen)
+    await asyncio.to_thread(browser.navigate, f"{api}/health")
+
+    async def loaded() -> bool:
+        return bool(await _in_browser(browser, "document.readyState") == "complete")
+
+    await async_wait_until(loaded, 20, "the warm-up page")
     # a kiosk: the token in the fragment, English asked for in the query
     first = await _first_screen_ms(browser, f"{api}/wall?lang=en#token={token}")
     figures["first_screen_breakdown_ms"] = await _in_browser(browser, BREAKDOWN_JS)
@@ -189,4 +234,42 @@ async def _wall_checks(
         figures["screenshot_zh"] = str(_keep(shot_zh))
     finally:
         await player
+
+    # after the scenario: the cut cleared, the alarm waits for someone to acknowledge it
+    async def cleared_unacknowledged() -> bool:
+        return "returned_unacknowledged" in (await _in_browser(browser, CUT_STATES_JS) or [])
+
+    await async_wait_until(cleared_unacknowledged, 60, "the cleared, unacknowledged cut")
+    assert await _in_browser(browser, ACK_BUTTONS_JS) == 0, "a viewer gets no acknowledge button"
+
+    # a safety engineer logs in on the page and acknowledges it there
+    await _in_browser(browser, LOGIN_JS)
+
+    async def offered() -> bool:
+        return bool(await _in_browser(browser, ACK_BUTTONS_JS))
+
+    await async_wait_until(offered, 20, "the acknowledge button for the safety engineer")
+    who = await _in_browser(browser, "document.getElementById('who').textContent")
+    assert who == f"{ENGINEER} (safety_engineer)"
+    clicked = await _in_browser(browser, ACK_CUT_JS)
+    assert clicked, "an acknowledge button on the cut alarm"
+
+    async def gone() -> bool:
+        return bool(await _in_browser(browser, CUT_STATES_JS) == [])
+
+    # gateway applied it (returned-unacknowledged -> normal) and its event came back
+    await async_wait_until(gone, 30, "the acknowledged alarm off the wall")
+    async with httpx.AsyncClient(timeout=5) as http:
+        events = (
+            await http.get(
+                f"{api}/api/v1/alarms",
+                params={"site": "demo-mine", "limit": 50},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        ).json()
+    acks = [e for e in events if e["kind"] == "alarm_state" and e["alarm_id"] in clicked]
+    assert acks and all(f"acknowledge by cloud:{ENGINEER}" in e["message"] for e in acks), acks
+    figures["acknowledged"] = clicked
+    shot = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-after-ack-zh.png")
+    figures["screenshot_after_ack"] = str(_keep(shot))
     assert browser.console_errors() == []

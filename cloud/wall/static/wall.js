@@ -60,6 +60,7 @@
   let lastData = 0; // Date.now() of the newest byte from the stream
   let firstRendered = false;
   let streamAbort = null;
+  let streamGen = 0; // a newer stream() ends the older one's reconnect loop
   let kpiTimer = null;
   const $ = (id) => document.getElementById(id);
 
@@ -315,8 +316,9 @@
   }
 
   async function stream(site) {
+    const gen = ++streamGen;
     let retryMs = 3000;
-    while (token) {
+    while (token && gen === streamGen) {
       streamAbort = new AbortController();
       try {
         const r = await fetch("api/v1/wall/stream" + siteQuery(site), {
@@ -348,9 +350,9 @@
           }
           if ($("link").dataset.link !== "live") { $("link").dataset.link = "live"; renderLink(); }
         }
-        if (!token) return;
+        if (!token || gen !== streamGen) return;
       } catch (e) {
-        if (!token) return;
+        if (!token || gen !== streamGen) return;
       }
       $("link").dataset.link = "lost";
       renderLink();
@@ -375,6 +377,7 @@
 
   function needLogin() {
     forgetToken();
+    streamGen++;
     if (streamAbort) streamAbort.abort();
     if (kpiTimer) clearInterval(kpiTimer);
     $("logout").hidden = true;
