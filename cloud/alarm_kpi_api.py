@@ -46,8 +46,13 @@ def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
         suppressed: list[str] = []
         latest: dict[str, tuple[int, str, str]] = {}  # alarm id -> (ts, key, level)
         first: dict[str, int] = {}
+        floods = 0
         for r in sorted(records, key=lambda r: (r.ts_ns, r.id)):
             key = f"{r.gateway}|{r.tag}|{r.kind}"
+            if r.kind == "flood":  # the gateway's flood summary is not an alarm of its own
+                if start <= r.ts_ns < end and r.level != "normal":
+                    floods += 1
+                continue
             if r.kind == "alarm_state":
                 if start <= r.ts_ns < end and ") suppress by " in r.message:
                     suppressed.append(f"{r.gateway}|{r.tag}")
@@ -64,8 +69,13 @@ def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
         figures = alarm_kpis(
             raises, start, end, operators=operators, suppressed=suppressed, standing=standing
         )
+        figures["flood_summaries"] = floods
         figures["events_considered"] = len(records)
         figures["truncated"] = len(records) >= MAX_EVENTS
         return figures
 
+    # the mirrored alarm states (cloud/alarm_states.py) belong to the same walls
+    from cloud.alarm_states import AlarmMirror, alarm_states_router
+
+    router.include_router(alarm_states_router(AlarmMirror(store.engine), guards, prefix=""))
     return router

@@ -147,6 +147,11 @@ class CloudService:
                 self.store.engine, Path(settings.risk_file), store=self.store, hazards=self.hazards
             )
         )
+        # the gateways' alarm states, and their operator actions into the audit chain
+        from cloud.alarm_states import AlarmMirror
+
+        self.alarm_mirror = AlarmMirror(self.store.engine, self.audit)
+        self.ingest.alarm_handlers.append(self.alarm_mirror)
         self.app = create_app(
             self.store,
             self.health,

@@ -78,6 +78,12 @@ WriteFailed = Callable[[ActuatorCommand, str], None]
 WriteRecovered = Callable[[ActuatorCommand], None]
 
 
+def annunciator_cause(actuator: str) -> str:
+    """The interlock cause under which the gateway drives a horn or beacon from the
+    alarm states (``alarms.annunciators``)."""
+    return f"annunciate:{actuator}"
+
+
 class Interlock:
     """Desired actuator states from tag levels; coalesced commands per bus."""
 
@@ -104,6 +110,8 @@ class Interlock:
             for cause in row.causes:
                 if cause not in users[row.effect]:
                     users[row.effect].append(cause)
+        for ann in site.config.alarms.annunciators:  # horns/beacons driven by alarm states
+            users[ann.actuator].append(annunciator_cause(ann.actuator))
         self._actuators: dict[str, _ActuatorState] = {}
         self._by_tag: dict[str, list[_ActuatorState]] = {}
         self._wake: dict[str, asyncio.Event] = {b.id: asyncio.Event() for b in site.config.buses}

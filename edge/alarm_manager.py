@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import re
 import sqlite3
 import time
 import uuid
@@ -48,12 +49,14 @@ from wire.alarm_kpi import alarm_kpis
 __all__ = [
     "ACTIONS",
     "STATES",
+    "Action",
     "AlarmActionError",
     "AlarmForwarder",
     "AlarmLifecycle",
     "AlarmRecord",
     "AlarmStore",
     "ChatterPolicy",
+    "FloodDetector",
     "alarm_db_path",
     "alarm_key",
     "kpis",
@@ -250,22 +253,119 @@ class Change:
     priority: str
 
 
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One audited operator action on the gateway other than an alarm action
+    (calibration, latch reset, lockout test, config deploy): the ``actions`` table."""
+
+    id: int
+    ts_ns: int
+    actor: str
+    action: str
+    target: str
+    why: str
+
+
 @dataclass(slots=True)
 class ChatterPolicy:
     """``transitions`` activations within ``window_s`` make an alarm chattering: it is
     suppressed by design (annunciation only; cuts still act) and released by an
-    operator (``unshelve``) or after ``hold_s`` without a new activation."""
+    operator (``unshelve``) or after ``hold_s`` without a new activation.
+
+    ``tags`` holds per-tag settings (``transitions, window_s, hold_s``) from the site
+    file (tag, then profile ``chatter:``; see :meth:`from_site`); others use the defaults.
+    """
 
     transitions: int = 5
     window_s: float = 60.0
     hold_s: float = 600.0
+    tags: dict[str, tuple[int, float, float]] = field(default_factory=dict)
     _seen: dict[str, collections.deque[int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_site(cls, site: LoadedSite) -> ChatterPolicy:
+        default = site.config.alarms.chatter
+        tags: dict[str, tuple[int, float, float]] = {}
+        for _device, tag in site.tags():
+            got = site.chatter_of(tag)
+            if got != default:
+                tags[tag.name] = (got.transitions, got.window_s, got.hold_s)
+        return cls(default.transitions, default.window_s, default.hold_s, tags)
+
+    def limits(self, key: str) -> tuple[int, float, float]:
+        """(transitions, window_s, hold_s) of the alarm ``rule|tag``."""
+        tag = key.rsplit("|", 1)[-1]
+        return self.tags.get(tag, (self.transitions, self.window_s, self.hold_s))
 
     def note(self, key: str, ts_ns: int) -> bool:
         """Record an activation; True when the alarm now chatters."""
-        seen = self._seen.setdefault(key, collections.deque(maxlen=self.transitions))
+        transitions, window_s, _hold = self.limits(key)
+        seen = self._seen.get(key)
+        if seen is None or seen.maxlen != transitions:
+            seen = self._seen[key] = collections.deque(seen or (), maxlen=transitions)
         seen.append(ts_ns)
-        return len(seen) >= self.transitions and ts_ns - seen[0] <= self.window_s * 1e9
+        return len(seen) >= transitions and ts_ns - seen[0] <= window_s * 1e9
+
+
+@dataclass(slots=True)
+class FloodDetector:
+    """An alarm flood: more than ``per_minute`` raises within one minute.
+
+    :meth:`note` is told of every raise and answers True for the raise that starts a
+    flood; :meth:`check` (called every second or so) answers True when the flood is
+    over, i.e. the raises of the trailing minute have stayed at or below the limit
+    for ``clear_s``. ``flood_id`` stays the same from start to end (one summary alarm),
+    ``during`` counts the raises of the flood (every one of them is still recorded).
+    """
+
+    per_minute: int = 10
+    clear_s: float = 60.0
+    flood_id: str = ""
+    since_ns: int | None = None  # None: no flood now
+    started_ns: int = 0  # when the latest flood started
+    during: int = 0
+    peak: int = 0
+    _raises: collections.deque[int] = field(default_factory=collections.deque)
+    _calm_since_ns: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.since_ns is not None
+
+    def rate(self, now_ns: int) -> int:
+        """Raises within the minute up to ``now_ns``."""
+        while self._raises and self._raises[0] <= now_ns - 60 * 10**9:
+            self._raises.popleft()
+        return len(self._raises)
+
+    def note(self, ts_ns: int) -> bool:
+        self._raises.append(ts_ns)
+        rate = self.rate(ts_ns)
+        if self.since_ns is not None:
+            self.during += 1
+            self.peak = max(self.peak, rate)
+            if rate > self.per_minute:
+                self._calm_since_ns = None
+            return False
+        if rate <= self.per_minute:
+            return False
+        self.since_ns = self.started_ns = ts_ns
+        self.flood_id = uuid.uuid4().hex
+        self.during, self.peak, self._calm_since_ns = rate, rate, None
+        return True
+
+    def check(self, now_ns: int) -> bool:
+        if self.since_ns is None:
+            return False
+        if self.rate(now_ns) > self.per_minute:
+            self._calm_since_ns = None
+            return False
+        if self._calm_since_ns is None:
+            self._calm_since_ns = now_ns
+        if now_ns - self._calm_since_ns < self.clear_s * 1e9:
+            return False
+        self.since_ns = None
+        return True
 
 
 _SCHEMA = """
@@ -302,6 +402,17 @@ CREATE TABLE IF NOT EXISTS history (
 );
 CREATE INDEX IF NOT EXISTS ix_history_ts ON history(ts_ns);
 CREATE INDEX IF NOT EXISTS ix_history_pending ON history(forwarded) WHERE forwarded = 0;
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ns INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    why TEXT NOT NULL,
+    forwarded INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_actions_pending ON actions(forwarded) WHERE forwarded = 0;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _COLUMNS = (
@@ -355,6 +466,9 @@ class AlarmStore:
         except sqlite3.DatabaseError as exc:
             raise AlarmActionError(f"alarm database {self.path}: {exc}") from exc
         self.errors = 0
+        # what the latest on_condition did: raise, clear, change (a level change or a
+        # condition re-reported after a restart: the same alarm, not announced again)
+        self.last_action = ""
 
     def close(self) -> None:
         self._db.close()
@@ -440,6 +554,7 @@ class AlarmStore:
         with self._tx() as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM alarms WHERE key = ?", (key,)).fetchone()
             rec = _record(row) if row is not None else None
+            self.last_action = "change"
             if rec is None:
                 if not active:  # a rule reporting normal that never alarmed
                     return AlarmRecord(
@@ -492,12 +607,14 @@ class AlarmStore:
                     previous,
                     "suppress",
                     "gateway",
-                    f"chattering: {self.chatter.transitions} activations within "
-                    f"{self.chatter.window_s:g} s; suppressed by design (cuts still act)",
+                    f"chattering: {self.chatter.limits(key)[0]} activations within "
+                    f"{self.chatter.limits(key)[1]:g} s; suppressed by design (cuts still act)",
                     forwarded=False,
                 )
+                self.last_action = "raise"
                 return rec
             self._write(db, rec, previous, action, "gateway", reason, forwarded=True)
+            self.last_action = action
             return rec
 
     # -- operators -----------------------------------------------------------------
@@ -546,6 +663,47 @@ class AlarmStore:
             self._write(db, rec, previous, action, actor, why, forwarded=False, ts_ns=now)
             return rec
 
+    # -- the gateway's own audit of operator actions ------------------------------------
+
+    def record_action(self, action: str, *, actor: str, target: str, why: str = "") -> Action:
+        """Audit one operator action on the gateway (who, when, what, why); the running
+        gateway forwards it to the cloud's audit chain."""
+        now = self._clock()
+        actor = actor or "unknown"
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO actions (ts_ns, actor, action, target, why, forwarded) "
+                "VALUES (?,?,?,?,?,0)",
+                (now, actor[:128], action[:64], target[:128], why[:500]),
+            )
+            return Action(int(cur.lastrowid or 0), now, actor[:128], action[:64], target[:128],
+                          why[:500])  # fmt: skip
+
+    def actions(self, *, pending_only: bool = False, limit: int = 500) -> list[Action]:
+        where = "WHERE forwarded = 0" if pending_only else ""
+        rows = self._db.execute(
+            f"SELECT id, ts_ns, actor, action, target, why FROM actions {where} ORDER BY id "
+            "LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [Action(*r) for r in rows]
+
+    def mark_actions_forwarded(self, ids: list[int]) -> None:
+        with self._tx() as db:
+            db.executemany("UPDATE actions SET forwarded = 1 WHERE id = ?", [(i,) for i in ids])
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
     def escalated(self, alarm_id: str, route: str) -> bool:
         """Whether this alarm was escalated along ``route`` already."""
         row = self._db.execute(
@@ -586,13 +744,13 @@ class AlarmStore:
                 )  # fmt: skip
                 done.append(rec)
             if self.chatter is not None:
-                quiet = now - int(self.chatter.hold_s * 1e9)
                 rows = db.execute(
-                    f"SELECT {_COLUMNS} FROM alarms WHERE state = ? AND updated_ns <= ?",
-                    (SUPPRESSED, quiet),
+                    f"SELECT {_COLUMNS} FROM alarms WHERE state = ?", (SUPPRESSED,)
                 ).fetchall()
                 for row in rows:
                     rec = _record(row)
+                    if rec.updated_ns > now - int(self.chatter.limits(rec.key)[2] * 1e9):
+                        continue  # not quiet for its hold time yet
                     previous = rec.state
                     rec.state = step(rec.state, rec.active, "unsuppress")
                     rec.updated_ns = now
@@ -661,10 +819,15 @@ def kpis(
     stale_s: float = 24 * 3600.0,
 ) -> dict[str, Any]:
     """Alarm-rate figures (:func:`wire.alarm_kpi.alarm_kpis`) from the recorded changes:
-    an alarm counts when it is raised; suppressions by design count as chattering."""
+    an alarm counts when it is raised and annunciated (not while shelved, out of service
+    or suppressed); suppressions by design count as chattering."""
     policy = chatter or ChatterPolicy()
     return alarm_kpis(
-        [(c.ts_ns, f"{c.rule_id}|{c.tag}") for c in history if c.action == "raise"],
+        [
+            (c.ts_ns, f"{c.rule_id}|{c.tag}")
+            for c in history
+            if c.action == "raise" and c.state == UNACK
+        ],
         start_ns,
         end_ns,
         operators=operators,
@@ -699,7 +862,8 @@ class AlarmForwarder:
         self.forwarded = 0
 
     def forward(self) -> int:
-        """Expire shelves, then hand every pending change on; how many were sent."""
+        """Expire shelves, then hand every pending change and audited action on; how many
+        were sent."""
         self._store.expire_shelves()
         changes = self._store.pending()
         for change in changes:
@@ -707,7 +871,44 @@ class AlarmForwarder:
         if changes:
             self._store.mark_forwarded([c.id for c in changes])
             self.forwarded += len(changes)
-        return len(changes)
+        actions = self._store.actions(pending_only=True)
+        for action in actions:
+            self._sink(self.action_event(action))
+        if actions:
+            self._store.mark_actions_forwarded([a.id for a in actions])
+            self.forwarded += len(actions)
+        return len(changes) + len(actions)
+
+    def action_event(self, action: Action) -> wire.AlarmEvent:
+        """An audited gateway action as an event of kind ``operator_action`` (level normal:
+        not an alarm); the cloud appends it to its audit chain (cloud/alarm_states.py)."""
+        found = self._tags.get(action.target)
+        device, area, position = (self._gateway, "gateway", "gateway")
+        if found is not None:
+            device, area, position = found[0].id, found[1].location.area, found[1].location.position
+        target = action.target
+        tag = target if _ID.fullmatch(target) and len(target) <= wire.ID_MAX_LEN else self._gateway
+        why = f": {action.why}" if action.why else ""
+        return wire.AlarmEvent(
+            gateway=self._gateway,
+            site=self._site_id,
+            seq=0,
+            alarm_id=f"action-{self._gateway}-{action.id}-{action.ts_ns}"[:64],
+            tag=tag,
+            device=device,
+            kind="operator_action",
+            area=area or "gateway",
+            position=position or "gateway",
+            level="normal",
+            previous="normal",
+            value=None,
+            threshold=None,
+            ts_ns=action.ts_ns,
+            message=_clean(f"{action.action} {action.target} by {action.actor}{why}"),
+            actuators=[],
+            reason=f"action_{action.action}",
+            actor=_clean(action.actor),
+        )
 
     def event(self, change: Change) -> wire.AlarmEvent:
         found = self._tags.get(change.tag)
@@ -725,8 +926,8 @@ class AlarmForwarder:
             tag=change.tag,
             device=device or self._gateway,
             kind="alarm_state",
-            area=area,
-            position=position,
+            area=area or "gateway",  # never empty on the wire (rules on no known tag)
+            position=position or "gateway",
             level=cast(wire.AlarmLevel, level),
             previous=cast(wire.AlarmLevel, level),
             value=None,
@@ -742,6 +943,9 @@ class AlarmForwarder:
             priority=change.priority,
             actor=_clean(change.actor),
         )
+
+
+_ID = re.compile(wire.ID_PATTERN)
 
 
 def _clean(text: str) -> str:

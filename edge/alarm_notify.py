@@ -4,32 +4,78 @@ routed by area and priority, rate-limited, escalated when nobody acknowledges.
 The gateway notifies by itself (it does not need the cloud). A raise (an alarm event
 in state ``unacknowledged`` that was not so before) goes to every route whose areas
 and lowest priority match; each route sends at most ``max_per_minute`` messages a
-minute and sums up the rest in one message when the minute is over. An alarm still
-``unacknowledged`` ``escalate_after_s`` after it was raised goes to the route's
-``escalate_to`` URLs once; the escalation is recorded in the alarm database, so a
-restarted gateway neither forgets nor repeats it. Sending happens in a worker thread:
-a slow mail server never holds the safety loop.
+minute and sums up the rest in one message when the minute is over. A route with
+``shifts`` only hears of alarms raised during those shifts of the site's shift calendar
+(``alarms.shifts``).
+
+Escalation walks the route's on-call list: an alarm still ``unacknowledged``
+``escalate_after_s`` after it was raised goes to ``escalate_to[0]``, another
+``escalate_after_s`` later to ``escalate_to[1]``, and so on. Each step is an APScheduler
+job in a SQL job store (SQLite beside the alarm database), so a restarted gateway runs the
+steps that fell due while it was down and keeps the later ones; each step done is recorded
+in the alarm database, so it is never repeated. Sending happens in a worker thread: a slow
+mail server never holds the safety loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
+import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import apprise
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 import wire
 from edge.alarm_manager import UNACK, AlarmStore
-from edge.config._models import NotificationRoute
+from edge.config._models import NotificationRoute, Shift
 
-__all__ = ["Notifier"]
+__all__ = ["Notifier", "shift_at"]
 
 log = logging.getLogger("safewatch.edge.notify")
 
 _RANK = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+# the notifiers whose scheduled escalations run in this process, by job-store key:
+# APScheduler stores a job as a function reference and its arguments, not the object
+_RUNNING: dict[str, Notifier] = {}
+
+
+def shift_at(shifts: Sequence[Shift], when: dt.datetime, tz: str = "UTC") -> str | None:
+    """The name of the shift on duty at ``when`` (the first that matches), else None.
+
+    A shift whose end is not after its start runs overnight: it belongs to the day it
+    starts on.
+    """
+    local = when.astimezone(zoneinfo.ZoneInfo(tz))
+    clock, today = local.time(), _DAYS[local.weekday()]
+    yesterday = _DAYS[(local.weekday() - 1) % 7]
+    for shift in shifts:
+        if shift.start < shift.end:
+            if today in shift.days and shift.start <= clock < shift.end:
+                return shift.name
+        elif (today in shift.days and clock >= shift.start) or (
+            yesterday in shift.days and clock < shift.end
+        ):
+            return shift.name
+    return None
+
+
+async def _escalation_job(key: str, alarm_id: str, route: str, step: int) -> None:
+    """An escalation step fell due (run by the scheduler, also after a restart)."""
+    notifier = _RUNNING.get(key)
+    if notifier is None:
+        log.error("escalation %s/%s step %d: no notifier running for %s", alarm_id, route,
+                  step, key)  # fmt: skip
+        return
+    notifier.escalate(alarm_id, route, step)
 
 
 def send(urls: Sequence[str], title: str, body: str) -> bool:
@@ -59,8 +105,30 @@ class Notifier:
         areas: dict[str, str] | None = None,
         sender: Callable[[Sequence[str], str, str], bool] = send,
         clock: Callable[[], float] = time.monotonic,
+        in_flood: Callable[[], bool] = lambda: False,
+        shifts: Sequence[Shift] = (),
+        timezone: str = "UTC",
+        jobs_path: Path | None = None,
+        wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self.routes = list(routes)
+        self.shifts = list(shifts)
+        self.timezone = timezone
+        self._now = wall_clock
+        self._by_name = {route.name: route for route in self.routes}
+        # escalation steps: APScheduler jobs, persisted in SQLite when jobs_path is given
+        self.jobs_key = str(jobs_path) if jobs_path is not None else f"memory:{id(self)}"
+        store_ = (
+            SQLAlchemyJobStore(url=f"sqlite:///{jobs_path}")
+            if jobs_path is not None
+            else MemoryJobStore()
+        )
+        self.scheduler = AsyncIOScheduler(
+            jobstores={"default": store_},
+            job_defaults={"misfire_grace_time": 7 * 86400, "coalesce": True},
+            timezone=dt.UTC,
+        )
+        self.escalations = 0
         self.store = store
         self.areas = areas or {}  # tag -> area, for escalations
         self._send = sender
@@ -71,21 +139,100 @@ class Notifier:
         self.failed = 0
         self.limited = 0
         self.dropped = 0
+        self.in_flood = in_flood
+        self.flood_held = 0  # raises summarised by a flood message instead of sent
+
+    def _flood(self, event: wire.AlarmEvent) -> None:
+        """A flood's start or end: one message to every route, outside the rate limit."""
+        start = event.level != "normal"
+        title = f"[flood] {event.site}/{event.gateway} " + (
+            "alarm flood" if start else "flood over"
+        )
+        body = event.message
+        if not start:
+            body += f"; {self.flood_held} notifications held during the flood"
+            self.flood_held = 0
+        for urls in dict.fromkeys(tuple(route.urls) for route in self.routes):
+            self._enqueue(list(urls), title, body)
 
     def on_event(self, event: wire.AlarmEvent) -> None:
-        """Called for every alarm event the gateway emits (never blocks)."""
+        """Called for every alarm event the gateway emits (never blocks).
+
+        During an alarm flood (``in_flood``) only critical raises are sent one by one;
+        the others are counted and every route gets the flood's start and end summary.
+        """
+        if event.kind == "flood":
+            self._flood(event)
+            return
         if event.state != UNACK or event.kind == "alarm_state" or event.previous != "normal":
             return
         title = f"[{event.priority or 'alarm'}] {event.site}/{event.tag} {event.level}"
         for i, route in enumerate(self.routes):
             if not self._matches(route, event.area, event.priority):
                 continue
+            self._schedule(event.alarm_id, route, 0, self._now())
+            if self.in_flood() and event.priority != "critical":
+                self.flood_held += 1
+                continue
             self._limited(i, route, title, event.message)
 
     def _matches(self, route: NotificationRoute, area: str, priority: str) -> bool:
         if route.areas and area not in route.areas:
             return False
+        if route.shifts and shift_at(self.shifts, self._now(), self.timezone) not in route.shifts:
+            return False
         return _RANK.get(priority, 1) >= _RANK[route.min_priority]
+
+    # -- escalation along the on-call list ---------------------------------------------------
+
+    def _job_id(self, alarm_id: str, route: str, step: int) -> str:
+        return f"escalate|{alarm_id}|{route}|{step}"
+
+    def _schedule(
+        self, alarm_id: str, route: NotificationRoute, step: int, after: dt.datetime
+    ) -> bool:
+        """Schedule escalation ``step`` of ``route`` for the alarm ``escalate_after_s``
+        after ``after``; False when the route does not escalate that far."""
+        if route.escalate_after_s is None or step >= len(route.escalate_to):
+            return False
+        when = after + dt.timedelta(seconds=route.escalate_after_s)
+        self.scheduler.add_job(
+            _escalation_job,
+            "date",
+            run_date=when,
+            args=[self.jobs_key, alarm_id, route.name, step],
+            id=self._job_id(alarm_id, route.name, step),
+            replace_existing=True,
+        )
+        return True
+
+    def escalate(self, alarm_id: str, route_name: str, step: int) -> bool:
+        """Run escalation ``step``: tell ``escalate_to[step]`` when the alarm is still
+        unacknowledged and the step was not done before; schedule the next step."""
+        route = self._by_name.get(route_name)
+        rec = self.store.get(alarm_id)
+        if route is None or rec is None or rec.state != UNACK or step >= len(route.escalate_to):
+            return False
+        done_as = f"{route.name}#{step}"
+        if self.store.escalated(rec.alarm_id, done_as):
+            return False
+        self.store.record_escalation(rec, done_as)
+        self.escalations += 1
+        minutes = (time.time_ns() - rec.since_ns) / 60e9
+        self._enqueue(
+            [route.escalate_to[step]],
+            f"[escalation {step + 1}/{len(route.escalate_to)}] {rec.tag} {rec.level} "
+            f"unacknowledged for {minutes:.0f} min",
+            f"alarm {rec.alarm_id} ({rec.key}, {rec.priority}) raised and not acknowledged; "
+            f"route {route.name}, on-call step {step + 1}",
+        )
+        self._schedule(rec.alarm_id, route, step + 1, self._now())
+        return True
+
+    def pending_escalations(self) -> list[tuple[str, dt.datetime]]:
+        """(job id, when) of the scheduled escalation steps."""
+        return [(job.id, job.next_run_time or job.trigger.run_date)
+                for job in self.scheduler.get_jobs()]  # fmt: skip
 
     def _limited(self, i: int, route: NotificationRoute, title: str, body: str) -> None:
         window = self._windows[i]
@@ -120,8 +267,8 @@ class Notifier:
             log.error("notification queue full: %s not sent", title)
 
     def check(self) -> None:
-        """Escalations due and rate-limit summaries whose minute is over."""
-        now_ns = time.time_ns()
+        """Rate-limit summaries whose minute is over, and escalations for unacknowledged
+        alarms that have none scheduled (raised before the route existed, unshelved...)."""
         for i, route in enumerate(self.routes):
             if self._clock() - self._windows[i].start >= 60.0 and self._windows[i].held:
                 self._flush_held(i, route)
@@ -129,20 +276,22 @@ class Notifier:
             if route.escalate_after_s is None or not route.escalate_to:
                 continue
             for rec in self.store.alarms():
-                if rec.state != UNACK or now_ns - rec.since_ns < route.escalate_after_s * 1e9:
+                if rec.state != UNACK:
                     continue
                 if not self._matches(route, self.areas.get(rec.tag, ""), rec.priority):
                     continue
-                if self.store.escalated(rec.alarm_id, route.name):
+                step = next(
+                    (k for k in range(len(route.escalate_to))
+                     if not self.store.escalated(rec.alarm_id, f"{route.name}#{k}")),
+                    None,
+                )  # fmt: skip
+                if step is None or self.scheduler.get_job(
+                    self._job_id(rec.alarm_id, route.name, step)
+                ):
                     continue
-                self.store.record_escalation(rec, route.name)
-                minutes = (now_ns - rec.since_ns) / 60e9
-                self._enqueue(
-                    list(route.escalate_to),
-                    f"[escalation] {rec.tag} {rec.level} unacknowledged for {minutes:.0f} min",
-                    f"alarm {rec.alarm_id} ({rec.key}, {rec.priority}) raised and not "
-                    f"acknowledged; route {route.name}",
-                )
+                since = dt.datetime.fromtimestamp(rec.since_ns / 1e9, dt.UTC)
+                base = since + dt.timedelta(seconds=route.escalate_after_s * step)
+                self._schedule(rec.alarm_id, route, step, base)
 
     async def run(self, check_s: float = 5.0) -> None:
         """Deliver queued messages (worker thread) and check escalations, until cancelled."""
@@ -152,6 +301,8 @@ class Notifier:
                 self.check()
                 await asyncio.sleep(check_s)
 
+        _RUNNING[self.jobs_key] = self
+        self.scheduler.start()
         task = asyncio.create_task(checker(), name="notify-check")
         try:
             while True:
@@ -168,3 +319,6 @@ class Notifier:
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            self.scheduler.shutdown(wait=False)
+            if _RUNNING.get(self.jobs_key) is self:
+                del _RUNNING[self.jobs_key]

@@ -21,7 +21,7 @@ from edge.config import LoadedSite
 from edge.rules import Condition, Level, Transition
 
 if TYPE_CHECKING:
-    from edge.alarm_manager import AlarmStore
+    from edge.alarm_manager import AlarmStore, FloodDetector
 
 __all__ = ["AlarmManager", "AlarmOutbox"]
 
@@ -79,6 +79,10 @@ class AlarmManager:
         # ISA-18.2 alarm states (edge/alarm_manager.py): stable ids across a raise..clear
         self.lifecycle: AlarmStore | None = None
         self.lifecycle_errors = 0
+        # alarm floods (edge/alarm_manager.FloodDetector): one summary event per flood
+        self.flood: FloodDetector | None = None
+        self.floods = 0
+        self.announcing = True
 
     def levels(self) -> dict[str, Level]:
         """The last reported condition of every rule that reported one (by rule id)."""
@@ -118,6 +122,9 @@ class AlarmManager:
             reason = f"calibration:{reason}"
         event_kind = profile.kind if kind in ("threshold", "limits", "zones") else kind
         alarm_id, state, priority = uuid.uuid4().hex, "", ""
+        # a condition re-reported after a restart is the same alarm: recorded and forwarded,
+        # not announced again (no notification, no flood count)
+        re_reported = False
         if self.lifecycle is not None:
             try:
                 alarm = self.lifecycle.on_condition(
@@ -131,6 +138,9 @@ class AlarmManager:
                 )
                 alarm_id = alarm.alarm_id or alarm_id
                 state, priority = alarm.state, alarm.priority
+                re_reported = (
+                    transition.previous is Level.NORMAL and self.lifecycle.last_action == "change"
+                )
             except Exception:  # the alarm state must never stop the safety path
                 self.lifecycle_errors += 1
                 log.exception("alarm state of %s not recorded", transition.rule_id)
@@ -155,8 +165,64 @@ class AlarmManager:
             state=state,
             priority=priority,
         )
-        self._emit(event, transition.level)
+        self._emit(event, transition.level, announce=not re_reported)
+        if (
+            self.flood is not None
+            and not calibration
+            and not re_reported
+            and transition.previous is Level.NORMAL
+            and transition.level is not Level.NORMAL
+            and self.flood.note(transition.ts_ns)
+        ):
+            self.floods += 1
+            self._emit(self._flood_event(transition.ts_ns, start=True), Level.ALARM)
         return event
+
+    def check_flood(self, now_ns: int | None = None) -> bool:
+        """End a flood whose rate has stayed under the limit (called every second or so);
+        True when one ended now (its end event is emitted)."""
+        now = time.time_ns() if now_ns is None else now_ns
+        if self.flood is None or not self.flood.check(now):
+            return False
+        self._emit(self._flood_event(now, start=False), Level.NORMAL)
+        return True
+
+    def _flood_event(self, ts_ns: int, *, start: bool) -> wire.AlarmEvent:
+        """The flood summary: one alarm (``kind`` flood, tag = the gateway) from start to end."""
+        flood = self.flood
+        assert flood is not None
+        if start:
+            message = (
+                f"alarm flood on gateway {self._gateway}: {flood.during} alarms within a minute "
+                f"(limit {flood.per_minute}); every alarm is still recorded and forwarded, "
+                "notifications are summarised until the flood ends"
+            )
+        else:
+            message = (
+                f"alarm flood on gateway {self._gateway} over: {flood.during} alarms during "
+                f"{(ts_ns - flood.started_ns) / 1e9:.0f} s, peak {flood.peak} a minute"
+            )
+        return wire.AlarmEvent(
+            gateway=self._gateway,
+            site=self._site_id,
+            seq=0,
+            alarm_id=flood.flood_id,
+            tag=self._gateway,
+            device=self._gateway,
+            kind="flood",
+            area="site-wide",  # the wire's area and position are never empty
+            position="gateway",
+            level="alarm" if start else "normal",
+            previous="normal" if start else "alarm",
+            value=float(flood.during),
+            threshold=float(flood.per_minute),
+            ts_ns=ts_ns,
+            message=message,
+            actuators=[],
+            reason="flood" if start else "flood_end",
+            state="unacknowledged" if start else "normal",
+            priority="high",
+        )
 
     def on_notice(
         self, tag_name: str, reason: str, message: str, level: Level = Level.ALARM
@@ -252,11 +318,16 @@ class AlarmManager:
             reason=reason,
         )
 
-    def _emit(self, event: wire.AlarmEvent, level: Level) -> None:
+    def _emit(self, event: wire.AlarmEvent, level: Level, *, announce: bool = True) -> None:
         self.raised += 1
         logger = log.info if level is Level.NORMAL else log.warning
         logger("ALARM %s %s -> %s: %s", event.tag, event.previous, event.level, event.message)
-        self._sink(event)
+        # the sink (the gateway) reads ``announcing``: False while handing on a re-report
+        self.announcing = announce
+        try:
+            self._sink(event)
+        finally:
+            self.announcing = True
 
 
 def _num(value: float | None) -> str:

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,8 @@ class EngineerCommands:
         self._overdue_reported_ns = 0
         self.executed = 0
         self.rejected = 0
+        # audit hook (the gateway's alarm database): (action, actor, target, why)
+        self.on_action: Callable[[str, str, str, str], None] | None = None
 
     # -- commands --------------------------------------------------------------------
 
@@ -160,7 +162,20 @@ class EngineerCommands:
             return self._reject(name, f"unknown action {action!r}")
         self.executed += 1
         log.info("engineer command %s: %s", name, dict(command))
+        target = str(command.get("rule") or command.get("tag") or "")
+        why = str(command.get("why") or command.get("reason") or "")
+        if action == "calibrate":
+            why = f"{command.get('minutes', 30)} min{'; ' + why if why else ''}"
+        self._audit(str(action), by, target, why)
         return True
+
+    def _audit(self, action: str, by: str, target: str, why: str) -> None:
+        if self.on_action is None:
+            return
+        try:
+            self.on_action(action, by, target, why)
+        except Exception:  # the audit must never stop a command or the safety loop
+            log.exception("audit of %s by %s on %s failed", action, by, target)
 
     def _reject(self, name: str, why: str) -> bool:
         self.rejected += 1
@@ -220,6 +235,13 @@ class EngineerCommands:
         )
         self._append(record)
         (log.info if record.ok else log.error)("lockout test recorded: %s", asdict(record))
+        self._audit(
+            "lockout_test_recorded",
+            test.by,
+            test.rule,
+            f"{'passed' if record.ok else 'FAILED'}: cut observed {record.cut_observed} "
+            f"({record.cut_ms} ms), feedback observed {record.feedback_observed}",
+        )
         if not record.ok:
             self.engine.alarms.on_notice(
                 self._tag_of(test.rule),

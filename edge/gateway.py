@@ -19,6 +19,8 @@ the broker within a deadline, publish status offline, disconnect.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -29,12 +31,16 @@ from typing import TYPE_CHECKING, Any
 
 import wire
 from device_drivers import Sample
-from edge.actuation import ActuatorCommand, Interlock
+from edge.actuation import ActuatorCommand, Interlock, annunciator_cause
 from edge.alarm_manager import (
+    ACK,
+    RTN_UNACK,
+    UNACK,
     AlarmActionError,
     AlarmForwarder,
     AlarmStore,
     ChatterPolicy,
+    FloodDetector,
     alarm_db_path,
 )
 from edge.alarms import AlarmManager, AlarmOutbox
@@ -168,8 +174,11 @@ class Gateway:
         self.outbox = AlarmOutbox()
         self.alarms = AlarmManager(site, self._alarm_out)
         # ISA-18.2 alarm states beside the conditions, in SQLite next to the state file
-        self.alarm_store = AlarmStore(alarm_db_path(self.state_path), chatter=ChatterPolicy())
+        self.alarm_store = AlarmStore(
+            alarm_db_path(self.state_path), chatter=ChatterPolicy.from_site(site)
+        )
         self.alarms.lifecycle = self.alarm_store
+        self.alarms.flood = FloodDetector(cfg.alarms.flood_per_minute, cfg.alarms.flood_clear_s)
         self.alarm_forwarder = AlarmForwarder(site, self.alarm_store, self.outbox.put)
         self.notifier: Notifier | None = None
         if site.config.notifications:
@@ -179,6 +188,12 @@ class Gateway:
                 site.config.notifications,
                 self.alarm_store,
                 areas={tag.name: tag.location.area for _, tag in site.tags()},
+                in_flood=lambda: self.alarms.flood is not None and self.alarms.flood.active,
+                shifts=cfg.alarms.shifts,
+                timezone=cfg.alarms.timezone,
+                jobs_path=alarm_db_path(self.state_path).with_name(
+                    f"{self.state_path.stem}-alarm-jobs.sqlite"
+                ),
             )
         self.interlock = Interlock(
             site,
@@ -195,6 +210,7 @@ class Gateway:
             gateway_late=self._gateway_late,
         )
         self.commands = EngineerCommands(site, self.engine, self.state_path)
+        self.commands.on_action = self._audit_action
         # models (advisory pre-alarms) see a sample only after the safety decision on it
         self.inference: InferenceRunner | None = None
         if cfg.inference.assign:
@@ -268,6 +284,8 @@ class Gateway:
             "latch_saves": self.latches.saves,
             "latch_errors": self.latches.errors,
             "alarm_state_errors": self.alarms.lifecycle_errors,
+            "alarm_floods": self.alarms.floods,
+            "alarm_flood_active": bool(self.alarms.flood and self.alarms.flood.active),
             "alarm_actions_forwarded": self.alarm_forwarder.forwarded,
         }
         if self.inference is not None:
@@ -304,6 +322,10 @@ class Gateway:
             gateway=cfg.gateway.id,
         )
         self.buffer = buffer
+        try:
+            self._audit_config()
+        except Exception:  # the audit must never stop the gateway
+            log.exception("config deploy not audited")
         publisher = MqttPublisher(
             buffer,
             site=cfg.site.id,
@@ -481,16 +503,66 @@ class Gateway:
         finally:
             server.stop()
 
+    def _audit_action(self, action: str, actor: str, target: str, why: str) -> None:
+        """Audit an operator action on the gateway (forwarded to the cloud's audit chain)."""
+        self.alarm_store.record_action(action, actor=actor, target=target, why=why)
+
+    def _audit_config(self) -> None:
+        """A config deploy: the site file differs from the one of the last start."""
+        source = Path(self.site.source)
+        try:
+            digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        except OSError:
+            return  # a site built in memory (tests) or unreadable: nothing to compare
+        before = self.alarm_store.meta("config_sha256")
+        if before == digest:
+            return
+        self.alarm_store.set_meta("config_sha256", digest)
+        actor = os.environ.get("SAFEWATCH_DEPLOYED_BY") or _login()
+        self.alarm_store.record_action(
+            "config_deployed",
+            actor=actor,
+            target=self.site.config.gateway.id,
+            why=f"{source.name} sha256 {digest[:16]} (was {before[:16] if before else 'none'})",
+        )
+
     def _engineer_command(self, command: wire.Command) -> None:
         """A verified cloud command, run like a local engineer command file."""
         body: dict[str, Any] = {**command.args, "action": command.action}
         body["by"] = f"cloud:{command.issuer}"
         self.commands.execute(body, f"mqtt:{command.id}")
 
+    def _annunciate(self) -> None:
+        """Horns and beacons from the alarm states: a horn sounds while an alarm of its
+        priority is unacknowledged (the acknowledgement silences it), a beacon stays on
+        until the alarm has also cleared. Shelved, out-of-service and suppressed alarms
+        do not sound."""
+        annunciators = self.site.config.alarms.annunciators
+        if not annunciators:
+            return
+        try:
+            records = self.alarm_store.alarms()
+        except Exception:  # the alarm database must never stop the safety path
+            log.exception("annunciation: alarm states unreadable")
+            return
+        rank = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+        for ann in annunciators:
+            least = rank[ann.min_priority]
+            on = any(
+                rank.get(r.priority, 0) >= least
+                and (
+                    r.state in (UNACK, RTN_UNACK)
+                    or (ann.until == "cleared" and r.active and r.state == ACK)
+                )
+                for r in records
+            )
+            self.interlock.observe(annunciator_cause(ann.actuator), on)
+
     def _alarm_out(self, event: wire.AlarmEvent) -> None:
         """Every alarm event: to the durable outbox, and to the notifier (never blocks)."""
         self.outbox.put(event)
-        if self.notifier is not None:
+        self._annunciate()
+        if self.notifier is not None and self.alarms.announcing:
             try:
                 self.notifier.on_event(event)
             except Exception:  # notifying must never stop the safety path
@@ -518,12 +590,15 @@ class Gateway:
             log.warning("alarm command %s refused: %s", command.id, exc)
             return
         self.alarm_forwarder.forward()
+        self._annunciate()
 
     async def _forward_alarm_states(self) -> None:
         """Expire shelves and forward operator actions (the CLI's included) every check."""
         while True:
             self.alarm_forwarder.forward()
-            await asyncio.sleep(self.command_check_s)
+            self.alarms.check_flood()
+            self._annunciate()  # acknowledgements from the CLI silence horns here
+            await asyncio.sleep(min(self.command_check_s, 1.0))
 
     def _decide_then_infer(self, sample: Sample) -> object:
         transition = self.engine.handle(sample)
@@ -599,3 +674,10 @@ async def _cancel_and_wait(tasks: list[asyncio.Task[None]], nudge_s: float = 0.5
         for task in pending:
             task.cancel()
         _, pending = await asyncio.wait(pending, timeout=nudge_s)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"

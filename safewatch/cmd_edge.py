@@ -138,6 +138,7 @@ def _state_of(site: LoadedSite, buffer: Path | None) -> Path:
 
 
 ByOpt = Annotated[str, typer.Option("--by", help="Who does it (recorded).")]
+WhyOpt = Annotated[str, typer.Option("--why", help="Why (recorded in the audit trail).")]
 
 
 @app.command("reset")
@@ -146,11 +147,14 @@ def reset(
     config: ConfigOpt,
     buffer: BufferOpt = None,
     by: ByOpt = "",
+    why: WhyOpt = "",
 ) -> None:
     """Reset an over-range latch (catalytic methane at full scale); the cut then holds
     until the reading is below restore for the restore hold."""
     site = _site_or_exit(config)
-    path = submit_command(_state_of(site, buffer), {"action": "reset", "rule": rule, "by": by})
+    path = submit_command(
+        _state_of(site, buffer), {"action": "reset", "rule": rule, "by": by, "why": why}
+    )
     typer.echo(f"reset of {rule} submitted ({path.name}); see the gateway log")
 
 
@@ -162,6 +166,7 @@ def calibrate(
     end: Annotated[bool, typer.Option("--end", help="End the calibration now.")] = False,
     buffer: BufferOpt = None,
     by: ByOpt = "",
+    why: WhyOpt = "",
 ) -> None:
     """Declare a sensor in calibration: readings and alarms are marked; cuts still happen."""
     site = _site_or_exit(config)
@@ -169,9 +174,9 @@ def calibrate(
         typer.echo(f"unknown tag {tag!r} in {config}", err=True)
         raise typer.Exit(1)
     command: dict[str, object] = (
-        {"action": "end_calibration", "tag": tag, "by": by}
+        {"action": "end_calibration", "tag": tag, "by": by, "why": why}
         if end
-        else {"action": "calibrate", "tag": tag, "minutes": minutes, "by": by}
+        else {"action": "calibrate", "tag": tag, "minutes": minutes, "by": by, "why": why}
     )
     path = submit_command(_state_of(site, buffer), command)
     typer.echo(f"{command['action']} of {tag} submitted ({path.name})")
@@ -183,6 +188,7 @@ def lockout_test(
     config: ConfigOpt,
     buffer: BufferOpt = None,
     by: ByOpt = "",
+    why: WhyOpt = "",
 ) -> None:
     """Run a recorded lockout test: trip the rule, observe the cut and the feedback."""
     site = _site_or_exit(config)
@@ -190,7 +196,7 @@ def lockout_test(
         typer.echo(f"{rule!r} is not a lockout of {config}: {lockout_rules(site)}", err=True)
         raise typer.Exit(1)
     path = submit_command(
-        _state_of(site, buffer), {"action": "lockout_test", "rule": rule, "by": by}
+        _state_of(site, buffer), {"action": "lockout_test", "rule": rule, "by": by, "why": why}
     )
     typer.echo(f"lockout test of {rule} submitted ({path.name}); `safewatch edge lockout-tests`")
 

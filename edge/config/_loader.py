@@ -445,6 +445,39 @@ def _cross_check(
         coils[(act.device, act.coil)] = act.id
 
     yield from _check_rules(doc, config, profiles, actuators)
+    yield from _check_alarm_settings(doc, config)
+
+
+def _check_alarm_settings(doc: _Document, config: SiteConfig) -> Iterable[ConfigIssue]:
+    """Routes name known shifts; annunciators drive horns and lights that nothing else
+    drives (an acknowledgement must be able to silence them)."""
+    shifts = {s.name for s in config.alarms.shifts}
+    for ri, route in enumerate(config.notifications):
+        for si, name in enumerate(route.shifts):
+            if name not in shifts:
+                known = ", ".join(sorted(shifts)) or "none defined in alarms.shifts"
+                yield doc.issue(
+                    ("notifications", ri, "shifts", si), f"unknown shift {name!r} (known: {known})"
+                )
+    kinds = {a.id: a.kind for a in config.actuators}
+    driven = {a for d in config.devices for t in d.tags for a in t.actuators} | {
+        row.effect for row in config.interlocks
+    }
+    for ai, ann in enumerate(config.alarms.annunciators):
+        at = ("alarms", "annunciators", ai, "actuator")
+        kind = kinds.get(ann.actuator)
+        if kind is None:
+            yield doc.issue(at, f"unknown actuator {ann.actuator!r}")
+        elif kind not in ("horn", "light"):
+            yield doc.issue(
+                at, f"actuator {ann.actuator!r} is a {kind}: annunciators drive horns and lights"
+            )
+        elif ann.actuator in driven:
+            yield doc.issue(
+                at,
+                f"actuator {ann.actuator!r} is also driven by a tag or interlock row: "
+                "an acknowledgement could not silence it",
+            )
 
 
 def _check_rules(

@@ -5,7 +5,9 @@ Validated once when loaded; nothing downstream re-checks or clamps.
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import zoneinfo
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
@@ -112,6 +114,73 @@ class ValueRange(_Frozen):
 Priority = Literal["safety", "normal"]
 
 
+class ChatterSettings(_Frozen):
+    """Chattering detection for one alarm (edge/alarm_manager.py): ``transitions`` raises
+    within ``window_s`` make it chatter; it is then suppressed by design (annunciation
+    only, cuts still act) until an operator releases it or it stays quiet ``hold_s``."""
+
+    transitions: int = Field(default=5, ge=2, le=1000)
+    window_s: float = Field(default=60.0, gt=0, le=86400)
+    hold_s: float = Field(default=600.0, gt=0, le=7 * 86400)
+
+
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Shift(_Frozen):
+    """One shift of the site's calendar: ``start``..``end`` local time on ``days`` (a shift
+    whose end is not after its start runs overnight into the next day)."""
+
+    name: Identifier
+    start: dt.time
+    end: dt.time
+    days: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class Annunciator(_Frozen):
+    """A local horn or beacon the gateway drives from the alarm states: on while an alarm
+    of at least ``min_priority`` is unacknowledged (``until: acknowledged``, a horn: the
+    operator's acknowledgement silences it) or still active (``until: cleared``, a beacon)."""
+
+    actuator: Identifier
+    min_priority: Literal["low", "medium", "high", "critical"] = "high"
+    until: Literal["acknowledged", "cleared"] = "acknowledged"
+
+
+class AlarmSettings(_Frozen):
+    """Site-wide alarm handling: the flood limit and the default chatter detection.
+
+    More than ``flood_per_minute`` raises within one minute is a flood: the gateway
+    sends one flood summary (every alarm is still recorded and forwarded; notifications
+    are summarised) until the rate has stayed at or below the limit for ``flood_clear_s``.
+    """
+
+    flood_per_minute: int = Field(default=10, ge=1, le=10000)
+    flood_clear_s: float = Field(default=60.0, gt=0, le=3600)
+    chatter: ChatterSettings = ChatterSettings()
+    # the shift calendar notification routes refer to (``shifts:`` of a route)
+    timezone: str = "UTC"
+    shifts: tuple[Shift, ...] = ()
+    annunciators: tuple[Annunciator, ...] = ()
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Asia/Shanghai)") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _unique_shifts(self) -> AlarmSettings:
+        names = [s.name for s in self.shifts]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"shift {name!r} is defined twice")
+        return self
+
+
 class SensorProfile(_Frozen):
     """How a kind of sensor reads and which standard thresholds apply."""
 
@@ -131,6 +200,7 @@ class SensorProfile(_Frozen):
     # empty for state inputs (fan running, breaker feedback) that only feed other rules
     thresholds: dict[str, Thresholds] = Field(default_factory=dict)
     nominal: float  # a typical healthy value (simulators start here)
+    chatter: ChatterSettings | None = None  # None: the site's alarms.chatter
 
     def thresholds_for(self, position: str) -> Thresholds | None:
         return self.thresholds.get(position) or self.thresholds.get("default")
@@ -157,6 +227,7 @@ class Tag(_Frozen):
     location: Location
     thresholds: Thresholds | None = None  # site override of the profile's
     actuators: tuple[Identifier, ...] = ()
+    chatter: ChatterSettings | None = None  # site override of the profile's
 
     @model_validator(mode="after")
     def _scale(self) -> Tag:
@@ -536,7 +607,8 @@ class NotificationRoute(_Frozen):
     min_priority: Literal["low", "medium", "high", "critical"] = "high"
     max_per_minute: int = Field(default=10, ge=1, le=1000)
     escalate_after_s: float | None = Field(default=None, gt=0, le=7 * 86400)
-    escalate_to: tuple[str, ...] = Field(default=(), max_length=16)
+    escalate_to: tuple[str, ...] = Field(default=(), max_length=16)  # the on-call list, in order
+    shifts: tuple[Identifier, ...] = ()  # empty: every shift (see alarms.shifts)
 
 
 class SiteConfig(_Frozen):
@@ -554,6 +626,7 @@ class SiteConfig(_Frozen):
     lockout_tests: LockoutTestSettings = LockoutTestSettings()
     inference: InferenceSettings = InferenceSettings()
     notifications: tuple[NotificationRoute, ...] = ()
+    alarms: AlarmSettings = AlarmSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -636,6 +709,10 @@ class LoadedSite(_Frozen):
     def maybe_thresholds_of(self, tag: Tag) -> Thresholds | None:
         """The tag's thresholds; None for a state input whose profile has none."""
         return tag.thresholds or self.profiles[tag.profile].thresholds_for(tag.location.position)
+
+    def chatter_of(self, tag: Tag) -> ChatterSettings:
+        """The tag's chatter detection: its own, else its profile's, else the site's."""
+        return tag.chatter or self.profiles[tag.profile].chatter or self.config.alarms.chatter
 
     def restore_hold_of(self, tag: Tag, device: Device | None = None) -> float:
         """Seconds below restore before power may return (default: 4 poll periods)."""

@@ -37,6 +37,7 @@ A, SE, RE, RV, V = (
 EXPECTED_ROLES: dict[tuple[str, str], frozenset[Role]] = {
     ("GET", "/api/v1/alarms"): ALL_ROLES,
     ("GET", "/api/v1/alarms/kpi"): ALL_ROLES,
+    ("GET", "/api/v1/alarms/states"): ALL_ROLES,
     ("GET", "/api/v1/latest"): ALL_ROLES,
     ("GET", "/api/v1/gateways"): ALL_ROLES,
     ("GET", "/api/v1/auth/me"): ALL_ROLES,
