@@ -12,6 +12,11 @@ The poller that owns the actuator's bus takes due commands before its next
 read (:meth:`Interlock.take_commands`) and reports the outcome. Active
 actuators are re-asserted every ``reassert_s``; failed writes are retried
 every ``retry_s`` and reported once per failure streak.
+
+Thread-safe: the safety buses' poller runs on its own thread (``edge/fastpath.py``)
+while rules on the main loop may trip its actuators; every state change holds
+one lock, and a bus's wake event is set on the loop that owns the bus
+(:meth:`Interlock.bind_bus`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -115,6 +121,9 @@ class Interlock:
         self._actuators: dict[str, _ActuatorState] = {}
         self._by_tag: dict[str, list[_ActuatorState]] = {}
         self._wake: dict[str, asyncio.Event] = {b.id: asyncio.Event() for b in site.config.buses}
+        # bus -> (loop, thread id) of a bus polled on another thread than the caller's
+        self._wake_loop: dict[str, tuple[asyncio.AbstractEventLoop, int]] = {}
+        self._lock = threading.RLock()
         for act in site.config.actuators:
             device = site.device(act.device)
             state = _ActuatorState(
@@ -151,6 +160,10 @@ class Interlock:
 
     def observe(self, cause: str, trips: bool, now: float | None = None) -> list[str]:
         """Record whether rule ``cause`` trips; return the actuators whose desired state changed."""
+        with self._lock:
+            return self._observe(cause, trips, now)
+
+    def _observe(self, cause: str, trips: bool, now: float | None) -> list[str]:
         changed: list[str] = []
         for act in self._by_tag.get(cause, ()):
             act.known.add(cause)
@@ -177,8 +190,15 @@ class Interlock:
                         "ACTIVE" if desired else "inactive",
                         ", ".join(sorted(act.tripping)) or "none",
                     )
-                    self._wake[act.bus].set()
+                    self._notify(act.bus)
         return changed
+
+    def _notify(self, bus: str) -> None:
+        owner = self._wake_loop.get(bus)
+        if owner is None or owner[1] == threading.get_ident():
+            self._wake[bus].set()
+        else:
+            owner[0].call_soon_threadsafe(self._wake[bus].set)
 
     def desired(self, actuator: str) -> bool | None:
         return self._actuators[actuator].desired
@@ -199,6 +219,11 @@ class Interlock:
         """Set when a command for ``bus`` became due; the poller clears it."""
         return self._wake[bus]
 
+    def bind_bus(self, bus: str, loop: asyncio.AbstractEventLoop, thread_id: int) -> None:
+        """``bus`` is polled by ``loop`` on thread ``thread_id``: a decision taken on another
+        thread sets its wake event through ``call_soon_threadsafe``."""
+        self._wake_loop[bus] = (loop, thread_id)
+
     def _due(self, act: _ActuatorState, now: float) -> bool:
         if act.desired is None or act.in_flight:
             return False
@@ -212,6 +237,11 @@ class Interlock:
         """Commands due on ``bus`` now; each is in flight until reported back."""
         now = self._clock() if now is None else now
         commands: list[ActuatorCommand] = []
+        with self._lock:
+            self._take(bus, now, commands)
+        return commands
+
+    def _take(self, bus: str, now: float, commands: list[ActuatorCommand]) -> None:
         for act in self._actuators.values():
             if act.bus != bus or not self._due(act, now):
                 continue
@@ -228,25 +258,31 @@ class Interlock:
                     coil_value=act.active_value if act.desired else not act.active_value,
                 )
             )
-        return commands
 
     def next_due(self, bus: str, now: float | None = None) -> float | None:
         """Monotonic time when the next re-assert or retry on ``bus`` falls due."""
         now = self._clock() if now is None else now
         times: list[float] = []
-        for act in self._actuators.values():
-            if act.bus != bus or act.desired is None or act.in_flight:
-                continue
-            if act.failures:
-                times.append(act.retry_at)
-            elif act.desired != act.written:
-                times.append(now)
-            elif act.desired:
-                times.append(act.last_ok_at + self.reassert_s)
+        with self._lock:
+            for act in self._actuators.values():
+                if act.bus != bus or act.desired is None or act.in_flight:
+                    continue
+                if act.failures:
+                    times.append(act.retry_at)
+                elif act.desired != act.written:
+                    times.append(now)
+                elif act.desired:
+                    times.append(act.last_ok_at + self.reassert_s)
         return min(times) if times else None
 
     def write_succeeded(self, command: ActuatorCommand, now: float | None = None) -> None:
         now = self._clock() if now is None else now
+        with self._lock:
+            recovered = self._succeeded(command, now)
+        if recovered and self.on_write_recovered is not None:
+            self.on_write_recovered(command)
+
+    def _succeeded(self, command: ActuatorCommand, now: float) -> bool:
         act = self._actuators[command.actuator]
         act.in_flight = False
         recovered = act.failures > 0
@@ -270,28 +306,32 @@ class Interlock:
                 command.coil,
                 command.coil_value,
             )
-        if recovered and self.on_write_recovered is not None:
-            self.on_write_recovered(command)
+        return recovered
 
     def write_failed(self, command: ActuatorCommand, error: str, now: float | None = None) -> None:
         now = self._clock() if now is None else now
-        act = self._actuators[command.actuator]
-        act.in_flight = False
-        act.failures += 1
-        act.retry_at = now + self.retry_s
-        act.last = WriteRecord(command.actuator, command.active, False, time.time_ns(), now, error)
-        self.writes_failed += 1
+        with self._lock:
+            act = self._actuators[command.actuator]
+            act.in_flight = False
+            act.failures += 1
+            act.retry_at = now + self.retry_s
+            act.last = WriteRecord(
+                command.actuator, command.active, False, time.time_ns(), now, error
+            )
+            self.writes_failed += 1
+            attempt = act.failures
         log.error(
             "actuator %s write %s FAILED (attempt %d): %s",
             command.actuator,
             "ACTIVE" if command.active else "inactive",
-            act.failures,
+            attempt,
             error,
         )
-        if act.failures == 1 and self.on_write_failed is not None:
+        if attempt == 1 and self.on_write_failed is not None:
             self.on_write_failed(command, error)
 
     def release_in_flight(self, commands: Iterable[ActuatorCommand]) -> None:
         """Give back commands that were taken but never attempted (poller stopping)."""
-        for command in commands:
-            self._actuators[command.actuator].in_flight = False
+        with self._lock:
+            for command in commands:
+                self._actuators[command.actuator].in_flight = False

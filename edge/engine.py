@@ -14,13 +14,25 @@ The only hand-off to the uplink is a ``put_nowait`` into a bounded queue; when
 that queue is full the sample is counted and dropped, and the safety decision
 has already been taken. Everyone else (gateway status, alarms, the CLI) reads
 conditions from here.
+
+Threads: the gateway runs the safety buses on their own thread and event loop
+(``edge/fastpath.py``) and the rest on the main loop. Each rule is confined to
+one thread: the gateway puts every bus that feeds a rule on the thread of that
+rule's other inputs, and ticks a rule (:meth:`SafetyEngine.tick_rules`) on the
+thread that feeds it. What the threads share goes through :attr:`SafetyEngine.lock`:
+the effects of a change (:meth:`_after`: latch journal, interlock, alarm record
+in that order), compound conditions, engineer actions and ticks. With
+:attr:`SafetyEngine.defer` set, the alarm record (SQLite, notifications) is
+handed to the main loop in decision order instead of running on the safety path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -41,6 +53,7 @@ from edge.config import (
     StuckRule,
     ZonesRule,
 )
+from edge.fastpath import TICK_CHUNK, UplinkSink
 from edge.latches import LatchStore
 from edge.rules import (
     CompoundCondition,
@@ -112,7 +125,7 @@ class SafetyEngine:
         site: LoadedSite,
         interlock: Interlock,
         alarms: AlarmManager,
-        uplink: asyncio.Queue[Sample] | None = None,
+        uplink: UplinkSink | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
         latches: LatchStore | None = None,
@@ -127,6 +140,10 @@ class SafetyEngine:
         self.uplink = uplink
         self.latches = latches
         self._clock = clock
+        # held for what the safety thread and the main loop share (see the module docstring)
+        self.lock = threading.RLock()
+        # None: alarms are recorded inline; else a FIFO to the main loop (edge.fastpath.Handoff)
+        self.defer: Callable[[Callable[[], object]], None] | None = None
         start = clock()
         self._devices: dict[str, str] = {}
         self.rules: dict[str, Rule] = {}
@@ -439,6 +456,10 @@ class SafetyEngine:
 
     def _after(self, rule: Rule, transition: Transition | None, now: float) -> bool:
         """Persist, actuate, alarm, in that order. Returns whether the condition changed."""
+        with self.lock:
+            return self._effects(rule, transition, now)
+
+    def _effects(self, rule: Rule, transition: Transition | None, now: float) -> bool:
         snapshot = rule.snapshot()
         if snapshot is not None and self._saved.get(rule.id) != snapshot:
             self._saved[rule.id] = snapshot
@@ -451,20 +472,67 @@ class SafetyEngine:
         if transition is not None:
             # entering a trip holds all of the rule's actuators; leaving releases those that changed
             commanded = self.interlock.actuators_of(rule.id) if trips else changed
-            self.alarms.on_transition(
+            record = functools.partial(
+                self.alarms.on_transition,
                 transition,
                 commanded,
                 kind=rule.kind,
                 calibration=self._in_calibration(rule),
             )
+            if self.defer is None:
+                record()
+            else:
+                self.defer(record)  # in decision order, off the safety path
         return transition is not None
 
     def _judge_compounds(self, now: float, ts_ns: int) -> None:
-        conditions = self.conditions()
-        for compound in self.compounds:
-            transition = compound.judge(conditions, ts_ns)
-            self._after(compound, transition, now)
-            conditions[compound.id] = compound.condition
+        with self.lock:
+            conditions = self.conditions()
+            for compound in self.compounds:
+                transition = compound.judge(conditions, ts_ns)
+                self._after(compound, transition, now)
+                conditions[compound.id] = compound.condition
+
+    def tick_rules(self, rules: list[Rule], now: float | None = None) -> list[Transition]:
+        """:meth:`tick` for ``rules`` only (the gateway ticks each thread's rules on that
+        thread), holding the lock per chunk of rules, so a tick of thousands of background
+        rules never holds up a safety decision for long. Calibrations: see
+        :meth:`expire_calibrations`."""
+        now = self._clock() if now is None else now
+        found: list[Transition] = []
+        changed = False
+        late = self.gateway_late
+        stale: list[Sample] = []
+        for first in range(0, len(rules), TICK_CHUNK):
+            with self.lock:
+                for rule in rules[first : first + TICK_CHUNK]:
+                    if late is not None:
+                        window = getattr(rule, "stale_after_s", None)
+                        device = self._devices.get(getattr(rule, "tag", ""))
+                        if window is not None and device is not None and late(device, window):
+                            continue  # judged once the poller has had its chance
+                    transition = rule.tick(now)
+                    if transition is None:
+                        continue
+                    found.append(transition)
+                    changed = self._after(rule, transition, now) or changed
+                    if transition.reason == "stale" and isinstance(rule, ThresholdRule):
+                        tag = rule.tag
+                        stale.append(
+                            Sample(
+                                tag,
+                                self._devices[tag],
+                                None,
+                                Quality.BAD,
+                                transition.ts_ns,
+                                "stale",
+                            )
+                        )
+        if changed and self.compounds:
+            self._judge_compounds(now, time.time_ns())
+        for sample in stale:
+            self._to_uplink(sample)
+        return found
 
     def _to_uplink(self, sample: Sample) -> None:
         if self.uplink is None:
@@ -490,26 +558,28 @@ class SafetyEngine:
     def reset_latch(self, rule_id: str, by: str = "") -> bool:
         """Release an over-range latch (catalytic sensor); the cut holds until it is safe."""
         rule = self.rules.get(rule_id)
-        if not isinstance(rule, ThresholdRule) or not rule.reset_latch():
-            return False
-        log.warning("over-range latch of %s reset by %s", rule_id, by or "an engineer")
-        snapshot = rule.snapshot()
-        self._saved[rule.id] = snapshot
-        if self.latches is not None:
-            self.latches.record(rule.id, snapshot)
+        with self.lock:
+            if not isinstance(rule, ThresholdRule) or not rule.reset_latch():
+                return False
+            log.warning("over-range latch of %s reset by %s", rule_id, by or "an engineer")
+            snapshot = rule.snapshot()
+            self._saved[rule.id] = snapshot
+            if self.latches is not None:
+                self.latches.record(rule.id, snapshot)
         return True
 
     def force_trip(self, rule_id: str, on: bool) -> list[str]:
         """Trip (or stop tripping) ``rule_id`` for a lockout test; returns changed actuators."""
         rule = self.rules[rule_id]
-        if on:
-            self.forced.add(rule_id)
-        else:
-            self.forced.discard(rule_id)
-        trips = rule.trips or rule_id in self.forced
-        if not rule.known and not trips:
-            return []
-        return self.interlock.observe(rule_id, trips, self._clock())
+        with self.lock:
+            if on:
+                self.forced.add(rule_id)
+            else:
+                self.forced.discard(rule_id)
+            trips = rule.trips or rule_id in self.forced
+            if not rule.known and not trips:
+                return []
+            return self.interlock.observe(rule_id, trips, self._clock())
 
     def calibrate(self, tag: str, until_ns: int, by: str = "") -> Calibration:
         """Declare ``tag`` in calibration until ``until_ns``: readings and alarms are marked;
@@ -526,6 +596,11 @@ class SafetyEngine:
 
     def _in_calibration(self, rule: Rule) -> bool:
         return any(tag in self.calibrations for tag in rule.inputs)
+
+    def expire_calibrations(self) -> None:
+        """End calibrations whose time is up (part of a whole :meth:`tick`)."""
+        with self.lock:
+            self._expire_calibrations()
 
     def _expire_calibrations(self) -> None:
         if not self.calibrations:

@@ -11,7 +11,13 @@
     mqtt-publisher       buffer -> broker
 
 The safety path (poll -> rules -> interlock -> coil write) runs inside the
-poll tasks and never waits on the others. :meth:`Gateway.stop` shuts down in
+poll tasks and never waits on the others. A bus with a safety-class tag or an
+actuator is polled on the safety thread (``edge/fastpath.py``): its own thread
+and event loop, with its own ``poll:<bus>`` tasks and ``rule-ticker:safety``
+(staleness and delays of the rules that can cut or read its tags), so no task
+of the main loop can queue a cut. Alarm records, write-failure alarms and
+telemetry from that thread reach the main loop through thread-safe hand-offs;
+latched state is still saved before the interlock acts. :meth:`Gateway.stop` shuts down in
 order: stop polling, store pending alarms and telemetry, flush the buffer to
 the broker within a deadline, publish status offline, disconnect.
 """
@@ -24,8 +30,11 @@ import hashlib
 import importlib.metadata
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,12 +58,13 @@ from edge.config import LoadedSite
 from edge.config._models import MqttSettings
 from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
+from edge.fastpath import Handoff, SafetyThread, UplinkHandoff
 from edge.health import HealthServer
 from edge.health_report import HealthReporter, HealthSnapshot
 from edge.latches import LatchStore, read_commands, state_path_for
 from edge.polling import BusPoller
 from edge.remote_commands import CommandListener, CommandVerifier, load_public_keys
-from edge.rules import Level
+from edge.rules import Level, Rule
 from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
@@ -148,6 +158,7 @@ class Gateway:
         command_check_s: float = 0.5,
         health_port: int | None = None,
         health_interval_s: float = 10.0,
+        fast_path: bool = True,
     ) -> None:
         cfg = site.config
         self.site = site
@@ -201,14 +212,18 @@ class Gateway:
             on_write_recovered=self._actuator_recovered,
         )
         self.samples: SampleQueue = SampleQueue(maxsize=UPLINK_QUEUE_SIZE)
+        # the safety thread's products for the main loop (edge/fastpath.py)
+        self.handoff = Handoff("main-handoff")
+        self.uplink = UplinkHandoff(self.samples)
         self.engine = SafetyEngine(
             site,
             self.interlock,
             self.alarms,
-            self.samples,
+            self.uplink,
             latches=self.latches,
             gateway_late=self._gateway_late,
         )
+        self.engine.defer = self.handoff.submit
         self.commands = EngineerCommands(site, self.engine, self.state_path)
         self.commands.on_action = self._audit_action
         # models (advisory pre-alarms) see a sample only after the safety decision on it
@@ -233,6 +248,16 @@ class Gateway:
             for bus in cfg.buses
         ]
         self._device_health = {d.device: d for p in self.pollers for d in p.devices()}
+        # safety-class buses: their own thread and loop (fast_path=False: all on the main loop)
+        self.fast_path = fast_path
+        self.safety_thread = SafetyThread()
+        fast_buses = self._safety_buses() if fast_path else set()
+        self.fast_pollers = [p for p in self.pollers if p.bus_id in fast_buses]
+        self.main_pollers = [p for p in self.pollers if p not in self.fast_pollers]
+        if self.inference is not None:
+            for poller in self.fast_pollers:
+                poller.sink = self._decide_then_hand_to_inference
+        self._fast_task: asyncio.Task[None] | None = None
         self._started_at = self.engine._clock()
         self.buffer: StoreAndForwardBuffer | None = None
         self.publisher: MqttPublisher | None = None
@@ -273,7 +298,11 @@ class Gateway:
     def counters(self) -> dict[str, int]:
         out = {
             "samples": self.engine.samples,
-            "uplink_dropped": self.engine.uplink_dropped,
+            "uplink_dropped": self.engine.uplink_dropped + self.uplink.dropped,
+            "handoff_dropped": self.handoff.dropped,
+            "handoff_failed": self.handoff.failed,
+            "safety_thread": int(self.safety_thread.alive),
+            "safety_thread_niced": int(self.safety_thread.niced),
             "alarms_raised": self.alarms.raised,
             "alarm_outbox": len(self.outbox),
             "actuator_writes_ok": self.interlock.writes_ok,
@@ -370,20 +399,47 @@ class Gateway:
             self.mqtt_host,
             self.mqtt_port,
         )
+        main_loop = asyncio.get_running_loop()
+        self.handoff.bind(main_loop)
+        self.uplink.bind(main_loop)
+        fast_rules, main_rules = self._split_rules()
+        fast: Future[None] | None = None
         self._started_at = self.engine._clock()  # polling starts now, not at construction
         try:
+            if self.fast_pollers:
+                self.safety_thread.start()
+                assert self.safety_thread.loop is not None
+                for poller in self.fast_pollers:
+                    self.interlock.bind_bus(
+                        poller.bus_id, self.safety_thread.loop, self.safety_thread.thread_id
+                    )
+                for poller in self.main_pollers:  # a cut decided on the safety thread
+                    self.interlock.bind_bus(poller.bus_id, main_loop, threading.get_ident())
+                fast = self.safety_thread.submit(self._run_fast(fast_rules))
+                log.info(
+                    "safety thread: bus(es) %s, %d rule(s); main loop: bus(es) %s, %d rule(s)",
+                    ", ".join(p.bus_id for p in self.fast_pollers),
+                    len(fast_rules),
+                    ", ".join(p.bus_id for p in self.main_pollers) or "none",
+                    len(main_rules) if main_rules is not None else len(self.engine.rules),
+                )
             async with asyncio.TaskGroup() as tg:
                 safety = [
                     tg.create_task(
                         self._supervised(f"poll:{p.bus_id}", p.run), name=f"poll:{p.bus_id}"
                     )
-                    for p in self.pollers
+                    for p in self.main_pollers
                 ]
                 safety.append(
                     tg.create_task(
-                        self._supervised("rule-ticker", self._tick_rules), name="rule-ticker"
+                        self._supervised("rule-ticker", partial(self._tick_rules, main_rules)),
+                        name="rule-ticker",
                     )
                 )
+                if fast is not None:
+                    safety.append(
+                        tg.create_task(self._watch_safety_thread(fast), name="safety-thread")
+                    )
                 safety.append(
                     tg.create_task(
                         self._supervised("engineer-commands", self._watch_commands),
@@ -441,7 +497,10 @@ class Gateway:
                 log.info("stopping: polling stops, alarms and telemetry are flushed")
                 for poller in self.pollers:
                     poller.stop()
+                await self._stop_safety_thread(fast)
                 await _cancel_and_wait(safety)
+                self.handoff.drain()  # the safety thread's last alarm records
+                self.uplink.drain()
                 await _cancel_and_wait(writers)
                 self.unsaved_alarms = await self.alarm_writer.flush_at_shutdown(self.alarm_flush_s)
                 await self.batcher.flush()
@@ -450,6 +509,10 @@ class Gateway:
                 await publisher.stop(self.drain_s)
                 await uplink
         finally:
+            if fast is not None:
+                await self._stop_safety_thread(fast)
+                await asyncio.to_thread(self.safety_thread.stop)
+            self.handoff.bind(None)  # runs what is left; later calls run inline
             # not clean (crash, unsaved alarms): the next start records a restart gap
             await asyncio.to_thread(buffer.close, clean=clean)
             await asyncio.to_thread(self.latches.close)
@@ -614,12 +677,104 @@ class Gateway:
         # outputs go through the engine: pre-alarm rules, alarms, uplink (kind forecast)
         await runner.run(self.engine.handle)
 
-    async def _tick_rules(self) -> None:
+    async def _tick_rules(self, rules: list[Rule] | None = None) -> None:
+        """Main loop: the rules not ticked on the safety thread (all: ``rules`` None),
+        calibrations and lockout tests."""
         self.commands.report_overdue()
         while True:
             await asyncio.sleep(self.stale_check_s)
-            self.engine.tick()
+            if rules is None:
+                self.engine.tick()
+            else:
+                self.engine.tick_rules(rules)
+                self.engine.expire_calibrations()
             self.commands.tick()
+
+    # -- the safety thread -------------------------------------------------------
+
+    def _safety_buses(self) -> set[str]:
+        """The buses polled on the safety thread: those with a safety-class tag or an actuator
+        output, those feeding a rule that can cut (a cause in the interlock matrix), and then
+        every bus feeding a rule together with one of those, so that each rule is fed (and
+        ticked) on one thread only."""
+        bus_of = {tag.name: device.bus for device, tag in self.site.tags()}
+        causes = self.interlock.causes()
+        fast = {p.bus_id for p in self.pollers if p.safety_class}
+        for rule in self.engine.rules.values():
+            if rule.id in causes:
+                fast.update(bus_of[t] for t in rule.inputs if t in bus_of)
+        grown = True
+        while grown:
+            grown = False
+            for rule in self.engine.rules.values():
+                buses = {bus_of[t] for t in rule.inputs if t in bus_of}
+                if buses & fast and not buses <= fast:
+                    fast |= buses
+                    grown = True
+        return fast
+
+    def _split_rules(self) -> tuple[list[Rule], list[Rule] | None]:
+        """(rules ticked on the safety thread, rules ticked on the main loop; None: all rules
+        on the main loop with :meth:`SafetyEngine.tick`). A rule is ticked on the thread that
+        feeds it; compound conditions (inputs are rules, judged under the engine lock) on the
+        safety thread."""
+        if not self.fast_pollers:
+            return [], None
+        fast_buses = {p.bus_id for p in self.fast_pollers}
+        fast_tags = {tag.name for device, tag in self.site.tags() if device.bus in fast_buses}
+        compounds = {c.id for c in self.engine.compounds}
+        fast: list[Rule] = []
+        main: list[Rule] = []
+        for rule in self.engine.rules.values():
+            if rule.id in compounds or any(t in fast_tags for t in rule.inputs):
+                fast.append(rule)
+            else:
+                main.append(rule)
+        return fast, main
+
+    async def _run_fast(self, rules: list[Rule]) -> None:
+        """On the safety thread's loop: its pollers and its rule ticker."""
+        self._fast_task = asyncio.current_task()
+        async with asyncio.TaskGroup() as tg:
+            for p in self.fast_pollers:
+                tg.create_task(self._supervised(f"poll:{p.bus_id}", p.run), name=f"poll:{p.bus_id}")
+            tg.create_task(
+                self._supervised("rule-ticker:safety", partial(self._tick_fast, rules)),
+                name="rule-ticker:safety",
+            )
+
+    async def _tick_fast(self, rules: list[Rule]) -> None:
+        while True:
+            await asyncio.sleep(self.stale_check_s)
+            self.engine.tick_rules(rules)
+
+    async def _watch_safety_thread(self, fast: Future[None]) -> None:
+        """The safety thread's work ends only when the gateway stops: anything else is fatal
+        (the gateway exits and its supervisor restarts it; latched cuts are restored)."""
+        await asyncio.wait([asyncio.wrap_future(fast)])
+        if self._stop.is_set():
+            return
+        error = None if fast.cancelled() else fast.exception()
+        log.critical("the safety thread stopped unexpectedly: %r", error)
+        raise RuntimeError("safety thread stopped") from error
+
+    async def _stop_safety_thread(self, fast: Future[None] | None, nudge_s: float = 0.5) -> None:
+        """Cancel the safety thread's tasks and wait until they have finished (drivers closed)."""
+        if fast is None:
+            return
+        waiting = asyncio.wrap_future(fast)
+        while not fast.done() and self.safety_thread.alive:
+            task = self._fast_task
+            if task is not None:
+                self.safety_thread.call(task.cancel)
+            await asyncio.wait([waiting], timeout=nudge_s)
+
+    def _decide_then_hand_to_inference(self, sample: Sample) -> object:
+        """On the safety thread: decide now; the model sees the sample on the main loop."""
+        transition = self.engine.handle(sample)
+        if sample.tag not in self.engine.calibrations and self.inference is not None:
+            self.handoff.submit(partial(self.inference.offer, sample))
+        return transition
 
     async def _watch_commands(self) -> None:
         while True:
@@ -653,10 +808,11 @@ class Gateway:
     # -- interlock callbacks -----------------------------------------------------
 
     def _actuator_failed(self, command: ActuatorCommand, error: str) -> None:
-        self.alarms.on_actuator_failed(command, error, time.time_ns())
+        # called by the poller that wrote (maybe the safety thread): recorded on the main loop
+        self.handoff.submit(partial(self.alarms.on_actuator_failed, command, error, time.time_ns()))
 
     def _actuator_recovered(self, command: ActuatorCommand) -> None:
-        self.alarms.on_actuator_recovered(command, time.time_ns())
+        self.handoff.submit(partial(self.alarms.on_actuator_recovered, command, time.time_ns()))
 
 
 def _version() -> str:

@@ -179,11 +179,20 @@ class LatchStore:
         self._dirty.set()
 
     def sync(self) -> None:
-        """fsync the journal, the base file and their directory now."""
+        """fsync the journal, the base file and their directory now.
+
+        The journal is synced through a duplicate of its descriptor, outside the lock that
+        :meth:`record` takes: a slow disk's fsync must not hold up the next cut's journal line
+        (that write is on the safety path, before the interlock acts)."""
         try:
             with self._io:
-                if self._journal is not None and not self._journal.closed:
-                    os.fsync(self._journal.fileno())
+                journal = self._journal
+                fd = -1 if journal is None or journal.closed else os.dup(journal.fileno())
+            if fd >= 0:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             for target in (self.path, self.path.parent):
                 try:
                     fd = os.open(target, os.O_RDONLY)

@@ -313,6 +313,12 @@ class BusPoller:
     def devices(self) -> list[DeviceHealth]:
         return [s.health for s in self._schedules.values()]
 
+    @property
+    def safety_class(self) -> bool:
+        """The bus carries a safety-class tag or an actuator output: the gateway polls it on
+        the safety thread (``edge/fastpath.py``)."""
+        return bool(self._outputs) or any(s.priority == SAFETY for s in self._schedules.values())
+
     def breaker_open(self, device_id: str) -> bool:
         return self._schedules[device_id].health.breaker == "open"
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from edge.latches import LatchStore
 
@@ -71,3 +76,32 @@ def test_a_corrupt_base_means_no_saved_state(tmp_path: Path) -> None:
 
 def test_nothing_saved_is_none(tmp_path: Path) -> None:
     assert LatchStore(tmp_path / "state.json").load() is None
+
+
+def test_a_slow_fsync_does_not_hold_up_the_next_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk whose fsync takes 1 s (fault injected into os.fsync): a cut's journal line, on
+    the safety path, is written meanwhile instead of waiting for the sync."""
+    store = LatchStore(tmp_path / "state.json")
+    store.record("CH4_T1", _state("alarm"))
+    syncing = threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        syncing.set()
+        time.sleep(1.0)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    syncer = threading.Thread(target=store.sync)
+    syncer.start()
+    assert syncing.wait(5), "the sync never started"
+    t0 = time.monotonic()
+    store.record("CH4_T1", _state("cut"))
+    took = time.monotonic() - t0
+    syncer.join(10)
+    assert took < 0.5, f"the change waited {took:.3f} s for the fsync"
+    assert LatchStore(tmp_path / "state.json").load() == {"CH4_T1": _state("cut")}
+    assert store.errors == 0
+    store.close()
