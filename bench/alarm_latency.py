@@ -10,11 +10,19 @@ poll/2 + processing, max about one poll + read + react).
 
 - ``background_tags``: that many other tags (roof separation, thresholds and
   all) on a second bus, polled every second, so their rule work and telemetry
-  compete with the safety path for the one event loop.
+  compete with the safety path for the gateway's CPU. The second bus is served
+  by a simulator in a child process (``safewatch sim run``): served from this
+  process it made the safety devices' answers and the timestamps below wait
+  behind 5,000 background registers a second, which is the bench, not the gateway.
 - ``uplink="down"``: the MQTT port points at nothing; telemetry piles up in
   the buffer. ``"up"``: a private Mosquitto.
-- ``react`` (from the gateway, ``--stats-out``): the rule engine seeing the
-  over-limit reading -> the coil write acknowledged, per trip.
+- ``react`` (from the gateway, ``--stats-out``): the rule engine receiving the
+  over-limit reading (right after the read returned) -> the coil write
+  acknowledged (and read back), per trip.
+- ``react_wire`` (from the simulator, this process): the device answering the
+  read that carried the over-limit value -> the device receiving the coil
+  write. Outside the gateway, so it includes both bus legs and any wait for the
+  gateway's threads, and excludes the read-back after the write.
 
 The restore hold is set to 0 for the bench lanes (``restore_hold_s: 0``) so a
 lane can trip again right away; the hold only delays releasing, never cutting.
@@ -26,6 +34,7 @@ same simulator, so a slow, shared machine shows up in both numbers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -140,12 +149,30 @@ async def _modbus_rtt_ms(port: int, samples: int = 200) -> list[float]:
     return out
 
 
+def split_doc(doc: dict[str, Any], bus: str) -> dict[str, Any]:
+    """The part of ``doc`` on ``bus`` (for a simulator that serves only that bus)."""
+    devices = [d for d in doc["devices"] if d["bus"] == bus]
+    ids = {d["id"] for d in devices}
+    return {
+        **doc,
+        "buses": [b for b in doc["buses"] if b["id"] == bus],
+        "devices": devices,
+        "actuators": [a for a in doc["actuators"] if a["device"] in ids],
+    }
+
+
 class _Coils:
-    """Futures resolved by the simulator's coil-write hook (no log scanning)."""
+    """Futures resolved by the simulator's coil-write hook (no log scanning), and the
+    first read answered after a lane's value went over the limit."""
 
     def __init__(self) -> None:
         self.waiting: dict[tuple[str, bool], asyncio.Future[int]] = {}
         self.written_false: set[str] = set()
+        self.armed: dict[str, int | None] = {}
+
+    def read(self, device: str, t_ns: int) -> None:
+        if device in self.armed and self.armed[device] is None:
+            self.armed[device] = t_ns
 
     def hook(self, actuator: str, value: bool, t_ns: int) -> None:
         if not value:
@@ -161,16 +188,26 @@ class _Coils:
 
 
 async def _lane(
-    sim: SiteSimulator, coils: _Coils, lane: int, trips: int, poll_s: float, out: list[float]
+    sim: SiteSimulator,
+    coils: _Coils,
+    lane: int,
+    trips: int,
+    poll_s: float,
+    out: list[float],
+    wire_out: list[float],
 ) -> None:
-    tag, actuator = f"CH4_{lane:03d}", f"power-{lane:03d}"
+    tag, actuator, device = f"CH4_{lane:03d}", f"power-{lane:03d}", f"ch4-{lane:03d}"
     for _ in range(trips):
         await asyncio.sleep(random.uniform(0, poll_s))  # random phase of the poll cycle
         cut = coils.expect(actuator, True)
         t0 = time.monotonic_ns()
         sim.set_value(tag, HIGH)
+        coils.armed[device] = None  # the next read answered carries HIGH
         t1 = await asyncio.wait_for(cut, TRIP_TIMEOUT_S)
         out.append((t1 - t0) / 1e6)
+        served = coils.armed.pop(device, None)
+        if served is not None:
+            wire_out.append((t1 - served) / 1e6)
         released = coils.expect(actuator, False)
         sim.set_value(tag, LOW)
         await asyncio.wait_for(released, TRIP_TIMEOUT_S)
@@ -192,19 +229,33 @@ async def measure(
             lanes=lanes,
             background_tags=background_tags,
         )
-        site_path = work / "site.yaml"
-        with site_path.open("w", encoding="utf-8") as f:
-            YAML().dump(doc, f)
+        site_path, safety_path, bg_path = work / "site.yaml", work / "safety.yaml", work / "bg.yaml"
+        for path, part in ((site_path, doc), (safety_path, split_doc(doc, "safety-net"))):
+            with path.open("w", encoding="utf-8") as f:
+                YAML().dump(part, f)
         coils = _Coils()
-        sim = SiteSimulator(load_site(site_path), on_coil_write=coils.hook)
+        sim = SiteSimulator(load_site(safety_path), on_coil_write=coils.hook, on_read=coils.read)
         for i in range(lanes):
             sim.set_value(f"CH4_{i:03d}", LOW)
         await sim.start()
         stats_path = work / "stats.json"
+        background = contextlib.ExitStack()
         try:
+            if background_tags:
+                with bg_path.open("w", encoding="utf-8") as f:
+                    YAML().dump(split_doc(doc, "bg-net"), f)
+                bg_sim = background.enter_context(
+                    child(["sim", "run", "--config", str(bg_path)], work / "bg-sim.log")
+                )
+                deadline = time.monotonic() + 120
+                while "simulator ready" not in (log := (work / "bg-sim.log").read_text()):
+                    if time.monotonic() > deadline or bg_sim.poll() is not None:
+                        raise RuntimeError(f"background simulator did not come up:\n{log[-3000:]}")
+                    await asyncio.sleep(0.1)
             rtt = await _modbus_rtt_ms(sim_port)
             args = ["edge", "run", "--config", str(site_path), "--stats-out", str(stats_path)]
             latencies: list[float] = []
+            wire: list[float] = []
             with child(args, work / "edge.log") as proc:
                 # up once every lane's breaker was written (released) after start
                 deadline = time.monotonic() + 300
@@ -218,12 +269,13 @@ async def measure(
                 t_from = started
                 async with asyncio.TaskGroup() as tg:
                     for i, n in enumerate(per_lane):
-                        tg.create_task(_lane(sim, coils, i, n, poll_ms / 1000, latencies))
+                        tg.create_task(_lane(sim, coils, i, n, poll_ms / 1000, latencies, wire))
                 elapsed = time.monotonic() - started
                 if proc.poll() is not None:
                     raise RuntimeError("gateway exited during the benchmark")
             stats = json.loads(stats_path.read_text(encoding="utf-8"))
         finally:
+            background.close()
             await sim.stop()
     # only cuts decided during the measured trips (not the gateway's start-up), on the
     # host-wide monotonic clock both processes share
@@ -246,6 +298,9 @@ async def measure(
         "react_p99_ms": round(percentile(react, 99), 3),
         "react_max_ms": round(max(react), 3),
         "react_samples": len(react),
+        "react_wire_p50_ms": round(percentile(wire, 50), 3),
+        "react_wire_p99_ms": round(percentile(wire, 99), 3),
+        "react_wire_max_ms": round(max(wire), 3),
         "goal_react_p99_ms": 3.0,
         "goal_p99_ms": poll_ms + 5,
         "baseline_modbus_rtt_p50_ms": round(percentile(rtt, 50), 3),

@@ -40,12 +40,15 @@ from edge.config import (
 )
 from simulators._pty import NullModem
 
-__all__ = ["CoilWriteHook", "SimulatorError", "SiteSimulator"]
+__all__ = ["CoilWriteHook", "ReadHook", "SimulatorError", "SiteSimulator"]
 
 log = logging.getLogger(__name__)
 
 CoilWriteHook = Callable[[str, bool, int], None]
 """``on_coil_write(actuator_id, value, t_ns)``, called in the server's event loop."""
+
+ReadHook = Callable[[str, int], None]
+"""``on_read(device_id, t_ns)``: a register read of that device was answered (monotonic ns)."""
 
 _LOG_LENGTH = 100_000
 
@@ -93,7 +96,10 @@ def _coil_block(values: list[bool]) -> list[SimData]:
 
 
 def _sim_device(
-    unit_id: int, unit: _Unit, on_coil: Callable[[_Unit, int, bool], None]
+    unit_id: int,
+    unit: _Unit,
+    on_coil: Callable[[_Unit, int, bool], None],
+    on_read: Callable[[_Unit], None] | None = None,
 ) -> SimDevice:
     """One unit in pymodbus's current datastore (``SimDevice``): pymodbus checks the
     address map, our action serves values from (and stores writes into) the unit."""
@@ -131,6 +137,8 @@ def _sim_device(
             table[address : address + len(set_values)] = [int(v) & 0xFFFF for v in set_values]
         else:
             registers[first : first + count] = table[address : address + count]
+            if on_read is not None:
+                on_read(unit)
         return None
 
     return SimDevice(
@@ -191,11 +199,13 @@ class SiteSimulator:
         site: LoadedSite,
         *,
         on_coil_write: CoilWriteHook | None = None,
+        on_read: ReadHook | None = None,
         pace_serial: bool = True,
     ) -> None:
         self.site = site
         self.pace_serial = pace_serial
         self.on_coil_write = on_coil_write
+        self.on_read = on_read
         self.value_log: deque[tuple[int, str, float]] = deque(maxlen=_LOG_LENGTH)
         self.coil_log: deque[tuple[int, str, bool]] = deque(maxlen=_LOG_LENGTH)
         self._buses: dict[str, _Bus] = {}
@@ -266,7 +276,13 @@ class SiteSimulator:
                 if bus.server is not None:
                     continue
                 devices = [
-                    _sim_device(u, unit, self._coil_written) for u, unit in bus.units.items()
+                    _sim_device(
+                        u,
+                        unit,
+                        self._coil_written,
+                        self._read_served if self.on_read is not None else None,
+                    )
+                    for u, unit in bus.units.items()
                 ]
                 if 0 not in bus.units:
                     size = max(
@@ -386,6 +402,14 @@ class SiteSimulator:
             return self._actuators[actuator_id]
         except KeyError:
             raise KeyError(f"unknown actuator {actuator_id!r}") from None
+
+    def _read_served(self, unit: _Unit) -> None:
+        if self.on_read is None:
+            return
+        try:
+            self.on_read(unit.device.id, time.monotonic_ns())
+        except Exception:  # a faulty observer must not fail the Modbus read
+            log.exception("on_read hook failed for %s", unit.device.id)
 
     def _coil_written(self, unit: _Unit, address: int, value: bool) -> None:
         act = unit.actuators.get(address)
