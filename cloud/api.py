@@ -113,6 +113,7 @@ class AlarmOut(_Stamped):
     message: str
     actuators: list[str]
     received_at: dt.datetime
+    reason: str = ""  # why, as a field (comms_lost, over_range, fan_stopped...)
 
 
 class LatestOut(_Stamped):

@@ -76,6 +76,7 @@ def alarm(
     kind: str = "ch4",
     area: str = "panel-3",
     position: str = "face",
+    reason: str = "",
 ) -> wire.AlarmEvent:
     """An alarm-level change; ``ts_ns`` defaults to ``T0 + seq``, so a higher seq is newer."""
     return wire.AlarmEvent(
@@ -95,6 +96,7 @@ def alarm(
         ts_ns=T0 + seq if ts_ns is None else ts_ns,
         message=f"{tag} {level}" if message is None else message,
         actuators=list(actuators),
+        reason=reason,
     )
 
 

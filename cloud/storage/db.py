@@ -86,6 +86,14 @@ class AlarmEventRow(Base):
     message: Mapped[str] = mapped_column(sa.Text)
     actuators: Mapped[list[str]] = mapped_column(sa.JSON)
     received_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
+    # why, as a field (comms_lost, over_range, fan_stopped...); added after the first schema:
+    # create_all adds it to an older table (_ADDED_COLUMNS)
+    reason: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+
+
+# Columns added to existing tables after their first release: (table, column, SQL type and
+# default). ``Store.create_all`` adds the ones an older database lacks.
+_ADDED_COLUMNS = (("alarm_events", "reason", "TEXT NOT NULL DEFAULT ''"),)
 
 
 class LatestValueRow(Base):
@@ -192,6 +200,7 @@ class AlarmRecord:
     message: str
     actuators: list[str]
     received_at: dt.datetime
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,6 +308,7 @@ class Store:
 
     def __init__(self, url: str, *, schema: str | None = None, echo: bool = False) -> None:
         self.url = url
+        self.schema = schema
         try:
             backend = sa.make_url(url).get_backend_name()
         except SQLAlchemyError as exc:
@@ -356,6 +366,17 @@ class Store:
     def create_all(self) -> None:
         with self._begin() as conn:
             Base.metadata.create_all(conn)
+            inspector = sa.inspect(conn)
+            for table, column, ddl in _ADDED_COLUMNS:
+                have = {c["name"] for c in inspector.get_columns(table, schema=self.schema)}
+                if column not in have:
+                    quote = conn.dialect.identifier_preparer.quote
+                    name = (
+                        quote(table)
+                        if self.schema is None
+                        else f"{quote(self.schema)}.{quote(table)}"
+                    )
+                    conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN {quote(column)} {ddl}"))
 
     def drop_all(self) -> None:
         with self._begin() as conn:
@@ -458,6 +479,7 @@ class Store:
                 message=ev.message,
                 actuators=list(ev.actuators),
                 received_at=now,
+                reason=ev.reason,
             )
             .on_conflict_do_nothing(index_elements=["gateway", "seq"])
             .returning(table.c.id)
@@ -763,6 +785,7 @@ class Store:
                 message=r.message,
                 actuators=list(r.actuators or []),
                 received_at=_aware(r.received_at) or _utcnow(),
+                reason=r.reason or "",
             )
             for r in rows
         ]

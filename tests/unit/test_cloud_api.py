@@ -72,11 +72,12 @@ async def test_health_ok_then_degraded(
 
 async def test_alarms_newest_first_and_filtered(client: httpx.AsyncClient, store: Store) -> None:
     store.record_alarm(alarm(1, level="alarm", ts_ns=T0 + 1))
-    store.record_alarm(alarm(2, level="cut", ts_ns=T0 + 2))
+    store.record_alarm(alarm(2, level="cut", ts_ns=T0 + 2, reason="over_range"))
     store.record_alarm(alarm(3, level="alarm", ts_ns=T0 + 3, site="mine-b"))
 
     body = (await client.get("/api/v1/alarms")).json()
     assert [a["seq"] for a in body] == [3, 2, 1]
+    assert [a["reason"] for a in body] == ["", "over_range", ""]
     assert body[0]["ts_ns"] == T0 + 3 and body[0]["ts"] == "2023-11-14T22:13:20.123456Z"
     assert [
         a["seq"] for a in (await client.get("/api/v1/alarms?site=mine-a&level=cut")).json()

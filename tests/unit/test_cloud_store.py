@@ -123,3 +123,22 @@ def test_unsupported_database_is_refused() -> None:
 
     with pytest.raises(StoreError, match="unsupported database"):
         Store("mysql://u@localhost/x")
+
+
+def test_alarm_reason_is_stored_and_read_back(store: Store) -> None:
+    store.record_alarm(alarm(1, level="fault", reason="comms_lost"))
+    store.record_alarm(alarm(2, level="cut"))  # a gateway that sends no reason
+    assert [(a.seq, a.reason) for a in store.alarms()] == [(2, ""), (1, "comms_lost")]
+
+
+def test_create_all_adds_the_reason_column_to_an_older_alarm_table(db_url: str) -> None:
+    old = Store(db_url)
+    old.create_all()
+    with old.engine.begin() as conn:  # the table as the first release created it
+        conn.exec_driver_sql("ALTER TABLE alarm_events DROP COLUMN reason")
+    old.close()
+    upgraded = Store(db_url)
+    upgraded.create_all()
+    upgraded.create_all()  # idempotent
+    upgraded.record_alarm(alarm(1, reason="over_range"))
+    assert [a.reason for a in upgraded.alarms()] == ["over_range"]
