@@ -54,7 +54,7 @@ from edge.alarm_manager import (
 )
 from edge.alarms import AlarmManager, AlarmOutbox
 from edge.commands import EngineerCommands
-from edge.config import LoadedSite
+from edge.config import ConfigError, ConfigIssue, LoadedSite
 from edge.config._models import MqttSettings
 from edge.drivers import DriverFactory, make_driver
 from edge.engine import SafetyEngine
@@ -229,9 +229,15 @@ class Gateway:
         # models (advisory pre-alarms) see a sample only after the safety decision on it
         self.inference: InferenceRunner | None = None
         if cfg.inference.assign:
-            from edge.inference import InferenceRunner  # numpy/onnxruntime only when used
+            from edge.inference import InferenceError, InferenceRunner  # onnxruntime if used
 
-            self.inference = InferenceRunner(site)
+            try:
+                self.inference = InferenceRunner(site)
+            except InferenceError as exc:  # unknown or refused model, wrong sensor kind
+                message = str(exc).removeprefix(f"{site.source}: inference: ")
+                raise ConfigError(
+                    [ConfigIssue(site.source, None, None, "inference", message)]
+                ) from exc
             self.inference.attach(self.engine)  # the engine owns the pre-alarm conditions
         on_sample = self.engine.handle if self.inference is None else self._decide_then_infer
         self.pollers = [

@@ -2,5 +2,15 @@
 
 from edge.inference._rules import ForecastRule
 from edge.inference._runner import Batch, InferenceError, InferenceRunner, OutputTag, install
+from edge.inference._timelapse import TIMELAPSE_NOTE, install_timelapse
 
-__all__ = ["Batch", "ForecastRule", "InferenceError", "InferenceRunner", "OutputTag", "install"]
+__all__ = [
+    "TIMELAPSE_NOTE",
+    "Batch",
+    "ForecastRule",
+    "InferenceError",
+    "InferenceRunner",
+    "OutputTag",
+    "install",
+    "install_timelapse",
+]

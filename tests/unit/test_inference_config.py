@@ -13,7 +13,9 @@ DEMO = Path(__file__).resolve().parents[2] / "firmware_configs" / "sites" / "dem
 
 def with_inference(tmp_path: Path, section: str) -> Path:
     path = tmp_path / "site.yaml"
-    path.write_text(DEMO.read_text(encoding="utf-8") + section, encoding="utf-8")
+    # the demo site has its own inference section: replace it
+    base = DEMO.read_text(encoding="utf-8").split("\ninference:")[0]
+    path.write_text(base + section, encoding="utf-8")
     return path
 
 
@@ -28,6 +30,13 @@ def test_a_valid_inference_section_loads(tmp_path: Path) -> None:
     assert site.config.inference.tick_ms == 500
     assert site.config.inference.intra_op_threads == 1
     assert site.config.inference.assign[0].tags == ("CH4_1201_T1",)
+
+
+def test_the_demo_site_runs_the_forecast_on_both_face_sensors() -> None:
+    inference = load_site(DEMO).config.inference
+    assert [(a.model, a.tags) for a in inference.assign] == [
+        ("methane-forecast", ("CH4_1201_T1", "CH4_1201_T2"))
+    ]
 
 
 def test_an_unknown_tag_is_named_with_file_line_and_field(tmp_path: Path) -> None:
