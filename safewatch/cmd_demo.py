@@ -50,11 +50,14 @@ from edge.config import (
 
 FIRMWARE_CONFIGS = PACKAGED_PROFILES.parent
 DEMO_SITE = FIRMWARE_CONFIGS / "sites" / "demo-mine.yaml"
-DEMO_SCENARIO = FIRMWARE_CONFIGS / "scenarios" / "methane-face.yaml"
+DEMO_SCENARIO = FIRMWARE_CONFIGS / "scenarios" / "methane-buildup.yaml"
 DEMO_DIR = Path("var/demo")
 INFLUX_DB = "safewatch_demo"
 DEMO_ADMIN = "admin"
 DEMO_TOKEN_NAME = "demo-live-table"
+MODEL_TIMELAPSE = 20.0  # the demo's trend models see time this much faster (10 s -> 0.5 s)
+ALARMS_FETCHED = 50  # enough to find each forecast's newest pre-alarm event
+ALARMS_SHOWN = 5
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -67,6 +70,11 @@ LEVEL_STYLES: Mapping[str, str] = {
     "alarm": "bold yellow",
     "cut": "bold white on red",
     "fault": "bold magenta",
+}
+PRE_ALARM_LABELS: Mapping[str, tuple[str, str]] = {
+    "alarm": ("PRE-ALARM", "bold yellow"),
+    "normal": ("normal", "green"),
+    "fault": ("no input", "bold magenta"),
 }
 QUALITY_STYLES: Mapping[str, str] = {"good": "green", "uncertain": "yellow", "bad": "red"}
 
@@ -136,8 +144,10 @@ def child_commands(
     demo_dir: Path = DEMO_DIR,
     python: str = sys.executable,
     risk_file: Path | None = None,
+    models_dir: Path | None = None,
 ) -> dict[str, list[str]]:
-    """The argv of each child, in start order: sim, cloud, edge."""
+    """The argv of each child, in start order: sim, cloud, edge (``models_dir``: the
+    gateway reads its models there, see :func:`prepare_models`)."""
     cli = [python, "-m", "safewatch.cli"]
     risk = [] if risk_file is None else ["--risk-file", str(risk_file)]
     return {
@@ -173,6 +183,7 @@ def child_commands(
             str(site),
             "--buffer",
             str(demo_dir / "buffer.db"),
+            *(["--models-dir", str(models_dir)] if models_dir is not None else []),
         ],
     }
 
@@ -181,6 +192,39 @@ def risk_file_of(site: Path) -> Path | None:
     """``<site>.risk.yaml`` beside the site file (the wall's map and grades), if there is one."""
     risk = site.with_name(f"{site.stem}.risk.yaml")
     return risk if risk.is_file() else None
+
+
+def prepare_models(site: LoadedSite, demo_dir: Path, timelapse: float) -> list[str]:
+    """Copy the site's models into ``demo_dir/models`` for the gateway: trend models as
+    time-lapse copies (``features.period_s`` divided by ``timelapse``, same ONNX file and
+    sha256), so a 10-minute methane window fills in 30 s. Returns one line per model."""
+    assign = site.config.inference.assign
+    if not assign:
+        return []
+    # onnxruntime is imported only when the site runs models
+    from edge.inference import install, install_timelapse
+    from models import MODELS_DIR, CardError, read_card
+
+    source = Path(site.config.inference.models_dir or MODELS_DIR)
+    dest = demo_dir / "models"
+    lines = []
+    for name in dict.fromkeys(a.model for a in assign):
+        try:
+            card = read_card(source / f"{name}.card.yaml")
+            period = card.features.period_s
+            if period is None:  # waveform blocks: nothing to lapse
+                install(source / f"{name}.card.yaml", dest)
+                lines.append(f"{name}: as shipped")
+                continue
+            install_timelapse(name, dest, period / timelapse, source=source)
+        except (CardError, ValueError, OSError) as exc:
+            raise DemoError(f"cannot prepare model {name!r} for the demo: {exc}") from exc
+        lines.append(
+            f"{name}: {timelapse:g}x time-lapse copy (one sample per {period / timelapse:g} s "
+            f"instead of {period:g} s; a window of {card.features.window} samples fills in "
+            f"{card.features.window * period / timelapse:g} s)"
+        )
+    return lines
 
 
 def _items(payload: Any) -> list[Mapping[str, Any]]:
@@ -208,8 +252,33 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def _forecast_table(latest: Any, alarms: Any) -> Table | None:
+    """Model outputs (kind ``forecast``) and, from the newest pre-alarm event of their
+    sensor, whether the gateway holds a pre-alarm; None when there are none yet."""
+    rows = sorted(
+        (item for item in _items(latest) if item.get("kind") == "forecast"),
+        key=lambda item: str(item.get("tag")),
+    )
+    if not rows:
+        return None
+    newest: dict[str, str] = {}  # sensor tag -> level of its newest forecast event
+    for event in sorted(_items(alarms), key=lambda a: _number(a.get("ts_ns")) or 0):
+        if event.get("kind") == "forecast":
+            newest[str(event.get("tag"))] = str(event.get("level", "-"))
+    table = Table(title="forecasts (models on the gateway; advisory, never a cut)", expand=False)
+    for column in ("forecast tag", "value", "pre-alarm", "at (UTC)"):
+        table.add_column(column)
+    for item in rows:
+        tag = str(item.get("tag"))
+        level = newest.get(tag.rsplit(".", 1)[0], "")
+        label, style = PRE_ALARM_LABELS.get(level, (level or "-", ""))
+        table.add_row(tag, _fmt(_number(item.get("value"))), Text(label, style=style), _when(item))
+    return table
+
+
 def render(site: LoadedSite, latest: Any, alarms: Any, note: str = "") -> Group:
-    """Tables for the latest value of every site tag and the recent alarms (pure)."""
+    """Tables for the latest value of every site tag, the model forecasts and the recent
+    alarms (pure)."""
     by_tag = {str(item.get("tag")): item for item in _items(latest)}
     values = Table(title=f"{site.config.site.id} - latest values", expand=False)
     for column in ("tag", "area / position", "value", "unit", "quality", "condition", "at (UTC)"):
@@ -237,7 +306,7 @@ def render(site: LoadedSite, latest: Any, alarms: Any, note: str = "") -> Group:
     recent = Table(title="recent alarms", expand=False)
     for column in ("at (UTC)", "tag", "level", "value", "message"):
         recent.add_column(column)
-    for item in _items(alarms)[:5]:
+    for item in _items(alarms)[:ALARMS_SHOWN]:
         level = str(item.get("level", "-"))
         recent.add_row(
             _when(item),
@@ -246,7 +315,9 @@ def render(site: LoadedSite, latest: Any, alarms: Any, note: str = "") -> Group:
             _fmt(_number(item.get("value"))),
             str(item.get("message", "")),
         )
-    parts: list[Table | Text] = [values, recent]
+    forecasts = _forecast_table(latest, alarms)
+    parts: list[Table | Text] = [values] if forecasts is None else [values, forecasts]
+    parts.append(recent)
     if note:
         parts.append(Text(note, style="dim"))
     return Group(*parts)
@@ -386,6 +457,13 @@ def _print_urls(
         '--data-urlencode "q=SELECT * FROM ch4 ORDER BY time DESC LIMIT 5"',
         markup=False,
     )
+    if site.config.inference.assign:
+        console.print(
+            f"  forecasts:       curl -G http://127.0.0.1:8086/query --data-urlencode "
+            f'db={INFLUX_DB} --data-urlencode "q=SELECT * FROM forecast ORDER BY time DESC '
+            'LIMIT 5"',
+            markup=False,
+        )
     console.print("  MQTT:            mosquitto_sub -v -t 'safewatch/v1/#'", markup=False)
     console.print(f"  logs:            {demo_dir}/{{sim,cloud,edge}}.log")
     console.print("Press Ctrl-C to stop.", style="dim")
@@ -410,6 +488,14 @@ ScenarioOpt = Annotated[Path, typer.Option("--scenario", help="Scenario YAML the
 SpeedOpt = Annotated[float, typer.Option("--speed", min=0.01, help="Scenario time multiplier.")]
 PortOpt = Annotated[int, typer.Option("--api-port", min=1, max=65535, help="Cloud API port.")]
 LoopOpt = Annotated[bool, typer.Option("--loop/--no-loop", help="Repeat the scenario.")]
+TimelapseOpt = Annotated[
+    float,
+    typer.Option(
+        "--model-timelapse",
+        min=1.0,
+        help="Trend models see time this much faster (a demo cannot wait 10 minutes).",
+    ),
+]
 
 
 def demo(
@@ -418,8 +504,10 @@ def demo(
     scenario: ScenarioOpt = DEMO_SCENARIO,
     api_port: PortOpt = 8000,
     loop: LoopOpt = True,
+    model_timelapse: TimelapseOpt = MODEL_TIMELAPSE,
 ) -> None:
-    """Start simulator, gateway and cloud locally and play the methane scenario.
+    """Start simulator, gateway and cloud locally and play the methane build-up scenario;
+    the gateway runs the site's models (time-lapse copies) and the table shows forecasts.
 
     Needs Mosquitto on 127.0.0.1:1883 and InfluxDB on 127.0.0.1:8086
     (`make demo` starts them).
@@ -435,16 +523,21 @@ def demo(
     stop = StopFlag()
     previous = {s: signal.signal(s, stop.request) for s in (signal.SIGINT, signal.SIGTERM)}
     supervisor = _Supervisor(stop)
-    commands = child_commands(
-        site=site,
-        scenario=scenario,
-        speed=speed,
-        loop=loop,
-        api_port=api_port,
-        risk_file=risk_file_of(site),
-    )
     api = f"http://127.0.0.1:{api_port}"
     try:
+        model_lines = prepare_models(loaded, DEMO_DIR, model_timelapse)
+        commands = child_commands(
+            site=site,
+            scenario=scenario,
+            speed=speed,
+            loop=loop,
+            api_port=api_port,
+            demo_dir=DEMO_DIR,
+            risk_file=risk_file_of(site),
+            models_dir=DEMO_DIR / "models" if model_lines else None,
+        )
+        for line in model_lines:
+            console.print(f"model {line}", style="dim", markup=False)
         creds = demo_credentials(DEMO_DIR)
         headers = {"Authorization": f"Bearer {creds.token}"}
         with httpx.Client(timeout=HTTP_TIMEOUT_S, headers=headers) as client:
@@ -521,7 +614,9 @@ def _run(
             supervisor.check()
             # The API answers 404 for a site until its first telemetry arrives.
             latest, err1 = _fetch(client, f"{api}/api/v1/latest", {"site": site_id}, True)
-            alarms, err2 = _fetch(client, f"{api}/api/v1/alarms", {"site": site_id, "limit": 5})
+            alarms, err2 = _fetch(
+                client, f"{api}/api/v1/alarms", {"site": site_id, "limit": ALARMS_FETCHED}
+            )
             note = "; ".join(e for e in (err1, err2) if e)
             live.update(render(site, latest, alarms, note))
             supervisor.stop.sleep(REFRESH_S)

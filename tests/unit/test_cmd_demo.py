@@ -23,12 +23,16 @@ from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore, LoginFailed, NotAuthenticated, Role
 from cloud.storage import Store
 from edge.config import load_site
+from edge.inference import TIMELAPSE_NOTE
+from models import load_model
 from safewatch import cmd_demo
 from safewatch.cmd_demo import (
     DEMO_SCENARIO,
     DEMO_SITE,
     Child,
+    DemoError,
     child_commands,
+    prepare_models,
     render,
 )
 from tests.support import free_port, wait_until
@@ -109,6 +113,66 @@ def test_render_joins_api_values_with_site_tags() -> None:
     assert "waiting" in row_co and "ppm" in row_co
     assert "CH4 over cut" in out
     assert "x: boom" in out
+
+
+def test_child_commands_point_the_gateway_at_the_demo_models() -> None:
+    cmds = child_commands(
+        site=Path("s.yaml"),
+        scenario=Path("c.yaml"),
+        speed=1.0,
+        loop=True,
+        api_port=8000,
+        demo_dir=Path("var/demo"),
+        python="py",
+        models_dir=Path("var/demo/models"),
+    )
+    assert cmds["edge"][-2:] == ["--models-dir", "var/demo/models"]
+
+
+def test_prepare_models_installs_timelapse_copies_the_gateway_accepts(tmp_path: Path) -> None:
+    site = load_site(DEMO_SITE)
+    lines = prepare_models(site, tmp_path, 20.0)
+    assert lines == [
+        "methane-forecast: 20x time-lapse copy (one sample per 0.5 s instead of 10 s; "
+        "a window of 60 samples fills in 30 s)"
+    ]
+    card = load_model(tmp_path / "models" / "methane-forecast.card.yaml").card  # verified
+    assert card.features.period_s == 0.5 and card.limitations.startswith(TIMELAPSE_NOTE)
+    # the demo polls the face sensors every 0.5 s: one sample per model period
+    polls = {site.tag(t)[0].poll_ms for a in site.config.inference.assign for t in a.tags}
+    assert polls == {500}
+
+
+def test_prepare_models_names_a_missing_model(tmp_path: Path) -> None:
+    site = load_site(DEMO_SITE)
+    inference = site.config.inference.model_copy(update={"models_dir": str(tmp_path / "none")})
+    site = site.model_copy(
+        update={"config": site.config.model_copy(update={"inference": inference})}
+    )
+    with pytest.raises(DemoError, match="cannot prepare model 'methane-forecast'"):
+        prepare_models(site, tmp_path / "demo", 20.0)
+
+
+def test_render_shows_forecasts_and_the_gateways_pre_alarm() -> None:
+    site = load_site(DEMO_SITE)
+    latest = [
+        {"tag": "CH4_1201_T1", "kind": "ch4", "value": 0.71, "quality": "good"},
+        {"tag": "CH4_1201_T1.p_exceed_10m", "kind": "forecast", "value": 0.62, "quality": "good"},
+        {"tag": "CH4_1201_T2.p_exceed_10m", "kind": "forecast", "value": 0.01, "quality": "good"},
+    ]
+    alarms = [  # newest first, as the API answers
+        {"tag": "CH4_1201_T1", "kind": "forecast", "level": "alarm", "ts_ns": 2,
+         "message": "CH4_1201_T1 in 1201 face: model methane-forecast: pre-alarm: ..."},
+        {"tag": "CH4_1201_T1", "kind": "forecast", "level": "normal", "ts_ns": 1, "message": ""},
+    ]  # fmt: skip
+    out = _text(render(site, latest, alarms))
+    assert "forecasts (models on the gateway; advisory, never a cut)" in out
+    row_t1 = next(line for line in out.splitlines() if "CH4_1201_T1.p_exceed_10m" in line)
+    assert "0.62" in row_t1 and "PRE-ALARM" in row_t1
+    row_t2 = next(line for line in out.splitlines() if "CH4_1201_T2.p_exceed_10m" in line)
+    assert "0.01" in row_t2 and "PRE-ALARM" not in row_t2
+    assert "model methane-forecast: pre-alarm" in out  # in the recent alarms too
+    assert "forecasts (" not in _text(render(site, latest[:1], []))  # none yet: no table
 
 
 def test_render_survives_unexpected_payloads() -> None:
@@ -229,7 +293,9 @@ def test_demo_polls_the_api_and_stops_children_on_sigterm(
     assert "1.23" in out
     # httpx's status error text (a bare "404" matches the tmp dir .../pytest-404/)
     assert "404 Not Found" not in out, "a site without data yet is not an error"
-    assert "/api/v1/alarms?site=demo-mine&limit=5" in requests.read_text()
+    assert "/api/v1/alarms?site=demo-mine&limit=50" in requests.read_text()
+    assert "model methane-forecast: 20x time-lapse copy (one sample per 0.5 s" in out
+    assert (tmp_path / "demo" / "models" / "methane-forecast.card.yaml").is_file()
     api_calls = [line for line in requests.read_text().splitlines() if "/api/v1/" in line]
     assert api_calls and all(" Bearer swt." in line for line in api_calls), api_calls[:3]
     assert "API admin:       admin / " in out
