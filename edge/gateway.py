@@ -71,7 +71,7 @@ from edge.uplink.publisher import MqttPublisher
 
 if TYPE_CHECKING:
     from edge.alarm_notify import Notifier
-    from edge.inference import InferenceRunner
+    from edge.inference import InferenceRunner, WaveformReader
 
 __all__ = ["DriverFactory", "Gateway", "MqttAccess", "command_listener", "mqtt_access"]
 
@@ -228,11 +228,14 @@ class Gateway:
         self.commands.on_action = self._audit_action
         # models (advisory pre-alarms) see a sample only after the safety decision on it
         self.inference: InferenceRunner | None = None
+        self.waveforms: WaveformReader | None = None
         if cfg.inference.assign:
-            from edge.inference import InferenceError, InferenceRunner  # onnxruntime if used
+            from edge.inference import InferenceError, InferenceRunner, WaveformReader
 
             try:
                 self.inference = InferenceRunner(site)
+                if cfg.inference.waveforms:  # blocks for waveform models, own connections
+                    self.waveforms = WaveformReader(site, self.inference, driver_factory)
             except InferenceError as exc:  # unknown or refused model, wrong sensor kind
                 message = str(exc).removeprefix(f"{site.source}: inference: ")
                 raise ConfigError(
@@ -325,6 +328,8 @@ class Gateway:
         }
         if self.inference is not None:
             out.update(self.inference.counters())
+        if self.waveforms is not None:
+            out.update(self.waveforms.counters())
         if self.publisher is not None:
             out["published"] = self.publisher.published
             out["publish_failed"] = self.publisher.failed
@@ -474,6 +479,12 @@ class Gateway:
                 if self.inference is not None:
                     writers.append(
                         tg.create_task(self._supervised("inference", self._infer), name="inference")
+                    )
+                if self.waveforms is not None:
+                    writers.append(
+                        tg.create_task(
+                            self._supervised("waveforms", self.waveforms.run), name="waveforms"
+                        )
                     )
                 uplink = tg.create_task(
                     self._supervised("mqtt-publisher", publisher.run, until_return=True),

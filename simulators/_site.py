@@ -27,7 +27,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType as SimType
 from pymodbus.simulator import SimData, SimDevice
 
-from device_drivers.modbus import decode, encode, from_engineering, to_engineering
+from device_drivers.modbus import DataType, decode, encode, from_engineering, to_engineering
 from edge.config import (
     Device,
     LoadedSite,
@@ -37,6 +37,7 @@ from edge.config import (
     ModbusTag,
     OpcUaBus,
     SerialLineBus,
+    WaveformSource,
 )
 from simulators._pty import NullModem
 
@@ -212,6 +213,7 @@ class SiteSimulator:
         self._units_by_device: dict[str, _Unit] = {}
         self._tags: dict[str, tuple[_Unit, ModbusTag]] = {}
         self._actuators: dict[str, tuple[_Unit, ModbusActuator]] = {}
+        self._waveforms: dict[str, tuple[_Unit, WaveformSource]] = {}
         cfg = site.config
         for bus in cfg.buses:
             if isinstance(bus, OpcUaBus | SerialLineBus):
@@ -245,6 +247,14 @@ class SiteSimulator:
             for tag in tags:
                 self._tags[tag.name] = (unit, tag)
                 self._write(unit, tag, site.profile_of(tag).nominal)
+        for source in cfg.inference.waveforms:  # block registers of vibration sensors
+            found = self._units_by_device.get(site.tag(source.tag)[0].id)
+            if found is None:
+                continue
+            table = found.holding if source.table == "holding" else found.input
+            table.extend([0] * max(0, source.address + source.samples - len(table)))
+            self._waveforms[source.tag] = (found, source)
+            self.set_wear(source.tag, 0)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -391,6 +401,33 @@ class SiteSimulator:
 
     def tags(self) -> list[str]:
         return list(self._tags)
+
+    def set_waveform(self, tag: str, values: Sequence[float]) -> None:
+        """Put one waveform block (engineering units) into ``tag``'s block registers;
+        values past the register type's range are clipped, as a sensor's ADC would."""
+        try:
+            unit, source = self._waveforms[tag]
+        except KeyError:
+            raise KeyError(f"no waveform block for tag {tag!r}") from None
+        if len(values) != source.samples:
+            raise ValueError(f"{tag}: {len(values)} values, the block has {source.samples}")
+        kind = DataType(source.type)
+        low, high = (-32768, 32767) if kind is DataType.INT16 else (0, 65535)
+        table = unit.holding if source.table == "holding" else unit.input
+        table[source.address : source.address + source.samples] = [
+            encode(min(high, max(low, round(from_engineering(v, scale=source.scale)))), kind)[0]
+            for v in values
+        ]
+
+    def set_wear(self, tag: str, stage: int, seed: int = 7) -> None:
+        """Serve a synthetic bearing block of wear ``stage`` (0 healthy .. 3 severe)."""
+        from simulators.synthetic import vibration_blocks  # numpy only when used
+
+        source = self._waveforms[tag][1] if tag in self._waveforms else None
+        if source is None:
+            raise KeyError(f"no waveform block for tag {tag!r}")
+        block = vibration_blocks(seed, [stage], block=source.samples).values[0]
+        self.set_waveform(tag, block.tolist())
 
     def coil(self, actuator_id: str) -> bool:
         """The actuator's coil as last written (by a client, or the initial state)."""

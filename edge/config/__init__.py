@@ -42,6 +42,7 @@ from edge.config._models import (
     Tag,
     TagSpec,
     Thresholds,
+    WaveformSource,
 )
 from edge.config._rules import (
     ISO10816_3,
@@ -116,6 +117,7 @@ __all__ = [
     "Tag",
     "TagSpec",
     "Thresholds",
+    "WaveformSource",
     "ZonesRule",
     "buffer_path_problem",
     "load_model",

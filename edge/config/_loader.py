@@ -429,6 +429,15 @@ def _cross_check(
                     ("inference", "assign", mi, "tags", ti),
                     f"model {assignment.model!r}: unknown tag {tag_name!r}",
                 )
+    assigned = {t for a in config.inference.assign for t in a.tags}
+    for wi, source in enumerate(config.inference.waveforms):
+        if source.tag not in tag_names:
+            yield doc.issue(("inference", "waveforms", wi, "tag"), f"unknown tag {source.tag!r}")
+        elif source.tag not in assigned:
+            yield doc.issue(
+                ("inference", "waveforms", wi, "tag"),
+                f"no model is assigned to tag {source.tag!r}; its blocks would go nowhere",
+            )
 
     coils: dict[tuple[str, int], str] = {}
     for ai, act in enumerate(config.actuators):

@@ -582,6 +582,31 @@ class ModelAssignment(_Frozen):
     tags: tuple[Identifier, ...] = Field(min_length=1)
 
 
+class WaveformSource(_Frozen):
+    """A waveform block a vibration sensor keeps in consecutive Modbus registers
+    (``samples`` registers of ``type`` from ``address``, engineering = raw * ``scale``),
+    read every ``every_s`` on the device of ``tag`` (a Modbus TCP bus) and handed to the
+    waveform model assigned to ``tag`` (``vibration-wear``: 2048 samples in m/s2)."""
+
+    tag: Identifier
+    table: Literal["holding", "input"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    samples: int = Field(default=2048, ge=2, le=8192)
+    type: Literal["int16", "uint16"] = "int16"
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    every_s: float = Field(default=60.0, ge=0.1, le=86_400, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _fits(self) -> WaveformSource:
+        if self.address + self.samples > 65536:
+            raise ValueError(
+                f"address {self.address} + {self.samples} samples passes register 65535"
+            )
+        if self.scale == 0:
+            raise ValueError("scale must not be zero")
+        return self
+
+
 class InferenceSettings(_Frozen):
     """ONNX models on the gateway: advisory pre-alarms and forecasts, never a cut.
 
@@ -595,6 +620,7 @@ class InferenceSettings(_Frozen):
     intra_op_threads: int = Field(default=1, ge=1, le=64)
     max_batch: int = Field(default=256, ge=1, le=65_536)
     assign: tuple[ModelAssignment, ...] = ()
+    waveforms: tuple[WaveformSource, ...] = ()
 
 
 class NotificationRoute(_Frozen):

@@ -3,6 +3,7 @@
 from edge.inference._rules import ForecastRule
 from edge.inference._runner import Batch, InferenceError, InferenceRunner, OutputTag, install
 from edge.inference._timelapse import TIMELAPSE_NOTE, install_timelapse
+from edge.inference._waveform import WaveformReader
 
 __all__ = [
     "TIMELAPSE_NOTE",
@@ -11,6 +12,7 @@ __all__ = [
     "InferenceError",
     "InferenceRunner",
     "OutputTag",
+    "WaveformReader",
     "install",
     "install_timelapse",
 ]

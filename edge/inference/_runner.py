@@ -200,7 +200,8 @@ class InferenceRunner:
         self.slots: dict[str, _ModelSlot] = {}
         self.rules: dict[str, ForecastRule] = {}
         self.outputs: dict[str, OutputTag] = {}
-        self._routes: dict[str, list[tuple[_ModelSlot, int]]] = {}
+        self._routes: dict[str, list[tuple[_ModelSlot, int]]] = {}  # trend models: samples
+        self._block_routes: dict[str, list[tuple[_ModelSlot, int]]] = {}  # waveform: blocks
         self._stamps: dict[str, tuple[float, float]] = {}
         self._pending: dict[str, tuple[float, float]] = {}
         for name, tag_names in grouped.items():
@@ -218,8 +219,10 @@ class InferenceRunner:
             slot = _ModelSlot(model, sources, started)
             self.slots[name] = slot
             self._stamps[name] = self._stamp(name)
+            # a waveform model reads whole blocks, never the tag's scalar readings
+            routes = self._routes if slot.period_s is not None else self._block_routes
             for row, (tag_name, device_id) in enumerate(sources):
-                self._routes.setdefault(tag_name, []).append((slot, row))
+                routes.setdefault(tag_name, []).append((slot, row))
                 self._add_outputs(slot, tag_name, device_id, tags[tag_name][1].location, started)
         self._engine_owned = False
         self.samples_offered = 0
@@ -306,8 +309,13 @@ class InferenceRunner:
         """A whole waveform block (vibration) for ``tag``."""
         now = self._clock() if now is None else now
         arr = np.asarray(block, dtype=np.float64)
-        for slot, row in self._routes.get(tag, ()):
+        for slot, row in self._block_routes.get(tag, ()):
             slot.offer_block(row, arr, now)
+
+    def block_window(self, tag: str) -> int | None:
+        """Samples per block the waveform model on ``tag`` wants (None: no such model)."""
+        routes = self._block_routes.get(tag)
+        return routes[0][0].window if routes else None
 
     # -- the inference task ------------------------------------------------------------
 
