@@ -13,6 +13,14 @@ For each shipped model, on this machine, in one process:
   fresh windows; ``windows_per_s`` = 64 / median tick;
 - **p99 latency** of that batch-64 tick.
 
+The runner's dispatch path (what ``overhead_us`` measures) calls onnxruntime's compiled
+``run`` directly with the input name cached (the Python ``InferenceSession.run`` wrapper
+re-validates the input names on every call; the card check did that once at load), reduces
+the outputs by index with numpy's ufunc methods, builds no per-call dicts besides the feed,
+and hands a waveform model its block without copying it (copied once when it arrives).
+``run_with_ort_values`` and IO binding were measured too: the ``OrtValue.numpy()`` or
+``copy_outputs_to_cpu`` needed to read the answer cost more than they save at batch 1.
+
 Keys: ``overhead_us`` (worst model), ``windows_per_s`` (worst), ``p99_ms`` (worst), and
 ``models`` with every figure per model. Medians of many repetitions; the shared 2-core
 machine is noisy, so compare only figures from the same run.

@@ -58,14 +58,15 @@ class ForecastRule(Rule):
         if sample.tag != self.output_tag:
             return None
         value = sample.value
-        if sample.quality is Quality.BAD or value is None or not math.isfinite(value):
+        if value is None or sample.quality is Quality.BAD or not math.isfinite(value):
             return None  # staleness (tick) reports a model that stopped answering
         self._last = now
         self.last_value = value
         d = self.decision
-        high = d.direction == "high"
-        past = value >= d.threshold if high else value <= d.threshold
-        back = value < d.clear if high else value > d.clear
+        if d.direction == "high":
+            past, back = value >= d.threshold, value < d.clear
+        else:
+            past, back = value <= d.threshold, value > d.clear
         if past:
             return self._move(Condition.ALARM, value, d.threshold, "forecast_over", sample.ts_ns)
         if self.condition is Condition.ALARM and not back:

@@ -76,7 +76,7 @@ class OutputTag:
     position: str
 
 
-@dataclass
+@dataclass(slots=True)
 class Batch:
     """Windows gathered for one model in one tick."""
 
@@ -119,6 +119,9 @@ class _ModelSlot:
         self.next_due = [-math.inf] * n
         self.last_append = [started] * n
         self.ready: dict[int, None] = {}  # rows with a new full window since the last gather
+        # waveform models: each row's last block, copied once when it arrives and never
+        # written again (a new block replaces the array), so gather hands it out uncopied
+        self.blocks: list[NDArray[np.float64]] = [self.buf[0, :window]] * n
 
     def offer(self, row: int, value: float, now: float) -> None:
         period = self.period_s
@@ -149,7 +152,7 @@ class _ModelSlot:
                 f"{self.name}: block of {block.shape} for tag {self.tags[row]!r}; "
                 f"the card wants ({self.window},)"
             )
-        self.buf[row, : self.window] = block
+        self.blocks[row] = np.array(block, dtype=np.float64)  # our own copy
         self.pos[row] = 0
         self.count[row] = self.window
         self.last_append[row] = now
@@ -165,9 +168,16 @@ class _ModelSlot:
             self.dropped_rows += len(ready) - max_batch  # they stay ready for the next tick
             for row in rows:
                 del ready[row]
+        if not rows:
+            return rows, np.empty((0, self.window))
+        if self.period_s is None:  # waveform blocks: no ring buffer, no copy at batch 1
+            if len(rows) == 1:
+                return rows, self.blocks[rows[0]][None, :]
+            return rows, np.stack([self.blocks[r] for r in rows])
         if len(rows) == 1:
             row = rows[0]
-            return rows, self._views[row, self.pos[row]][None, :].copy()
+            p = self.pos[row]
+            return rows, self.buf[row : row + 1, p : p + self.window].copy()
         pos = self.pos
         return rows, self._views[rows, [pos[r] for r in rows]]
 
@@ -347,27 +357,29 @@ class InferenceRunner:
         ts_ns = time.time_ns()
         samples: list[Sample] = []
         changes: list[tuple[ForecastRule, Transition]] = []
+        good = Quality.GOOD
+        judge = not self._engine_owned  # once attached, the engine judges (through sink)
         for batch in batches:
             slot = batch.slot
             if batch.error:
                 self.score_errors += 1
                 log.error("inference: %s", batch.error)
                 continue
-            slot.scored += len(batch.rows)
-            self.windows_scored += len(batch.rows)
+            rows = batch.rows
+            slot.scored += len(rows)
+            self.windows_scored += len(rows)
             devices = slot.devices
             for name, values in batch.outputs.items():
                 tags, rules = slot.published[name]
-                for row, value in zip(batch.rows, values.tolist(), strict=True):
-                    sample = Sample(tags[row], devices[row], value, Quality.GOOD, ts_ns)
+                for row, value in zip(rows, values.tolist(), strict=True):
+                    sample = Sample(tags[row], devices[row], value, good, ts_ns)
                     samples.append(sample)
                     if sink is not None:
                         try:
                             sink(sample)
                         except Exception:  # a full queue or closed buffer must not stop inference
                             self.sink_dropped += 1
-                    rule = rules[row]
-                    if rule is not None and not self._engine_owned:
+                    if judge and (rule := rules[row]) is not None:
                         transition = rule.update(sample, now)
                         if transition is not None:
                             changes.append((rule, transition))
