@@ -62,7 +62,8 @@ def _array_reducer(spec: OutputSpec) -> ArrayReducer:
     elif spec.reduce == "argmax":
 
         def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
-            return arr.argmax(axis=1)  # the method: no dispatch wrapper (bench inference)
+            out: NDArray[np.generic] = arr.argmax(axis=1)  # the method: no dispatch wrapper
+            return out
 
     elif len(cols) == 1:
         col = cols[0]
@@ -74,7 +75,8 @@ def _array_reducer(spec: OutputSpec) -> ArrayReducer:
         lo, hi = cols[0], cols[-1] + 1  # a contiguous run: a slice, not a fancy index
 
         def pick(arr: NDArray[np.generic]) -> NDArray[np.generic]:
-            return np.add.reduce(arr[:, lo:hi], axis=1)  # as .sum(axis=1), without its wrapper
+            out: NDArray[np.generic] = np.add.reduce(arr[:, lo:hi], axis=1)  # .sum, unwrapped
+            return out
 
     else:
         index = list(cols)

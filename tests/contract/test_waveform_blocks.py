@@ -122,9 +122,11 @@ async def test_the_gateway_reads_blocks_and_worn_bearings_pre_alarm(tmp_path: Pa
             )
             assert rule.condition is Condition.NORMAL
             sim.set_wear(TAG, 3)
-            await async_wait_until(
-                lambda: rule.condition is Condition.ALARM, 20, "the worn-bearing pre-alarm"
-            )
+
+            def pre_alarm() -> bool:
+                return rule.condition is Condition.ALARM
+
+            await async_wait_until(pre_alarm, 20, "the worn-bearing pre-alarm")
             assert counters()["waveform_bad_blocks"] == 0
             # the scalar velocity readings are polled as before and never enter the block
             assert counters()["inference_samples"] == 0
