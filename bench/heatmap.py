@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench._harness import percentile
+from cloud import migrations
 from cloud.audit import AuditLog
 from cloud.hazards import HazardGrade, HazardIn, HazardService
 from cloud.risk import RiskModel, RiskService, compute
@@ -84,15 +85,12 @@ def run(
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="safewatch-bench-heatmap-") as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'heat.db'}")
-        store.create_all()
+        migrations.upgrade(store.engine)
         audit = AuditLog(store.engine)
-        audit.create_all()
         hazards = HazardService(store.engine, audit, Path(tmp) / "ev")
-        hazards.create_all()
         model = _model(units, per_area)
         _fill(store, hazards, model, tags_per_area)
         risk = RiskService(store.engine, model, store=store, hazards=hazards)
-        risk.create_all()
         risk.heatmap()  # warm: first history rows, connection pool
         full, pure = [], []
         for _ in range(rounds):

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 import wire
+from cloud import migrations
 from cloud.api import create_app
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore
@@ -187,13 +188,8 @@ class CloudService:
         }
 
     def create_schema(self) -> None:
-        """Every table: the store's, the auth service's and the audit log's (blocking)."""
-        self.store.create_all()
-        self.auth.store.create_all()
-        self.audit.create_all()
-        self.hazards.create_all()
-        if self.risk is not None:
-            self.risk.create_all()
+        """Every service's tables: the database upgraded to the newest Alembic revision."""
+        migrations.upgrade(self.store.engine)
 
     @property
     def started(self) -> bool:

@@ -15,7 +15,7 @@ import typer
 from sqlalchemy.engine import make_url
 
 import wire
-from cloud import CloudService, CloudSettings, IngestService
+from cloud import CloudService, CloudSettings, IngestService, migrations
 from cloud.commands import CommandSigner
 from cloud.ingest import TimeWindow
 from cloud.risk import RiskFileError, load_risk_file
@@ -118,6 +118,7 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # cloud.migrations logs the upgrade
     sqlite_parent(db_url)
     try:
         mqtt_password = wire.read_secret(
@@ -226,6 +227,7 @@ def jetstream_worker(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # cloud.migrations logs the upgrade
     sqlite_parent(db_url)
     store = _open_store(db_url)
     writer = InfluxV1Writer(
@@ -280,7 +282,7 @@ _DB_URL_HELP = "SQLAlchemy URL of the cloud database (as given to 'cloud run')."
 def _open_store(db_url: str) -> Store:
     try:
         store = Store(db_url)
-        store.create_all()
+        migrations.upgrade(store.engine)
     except StoreError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -391,3 +393,79 @@ def dead_letters_replay(
     typer.echo(
         f"replayed {replayed} dead letters: {replayed - failed} stored, {failed} dead letters again"
     )
+
+
+db_app = typer.Typer(no_args_is_help=True)
+app.add_typer(
+    db_app,
+    name="db",
+    help="The cloud database's schema (Alembic revisions shipped with SafeWatch).",
+)
+
+
+def _schema_store(db_url: str) -> Store:
+    try:
+        sqlite_parent(db_url)
+        return Store(db_url)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db_url: str = typer.Option("sqlite:///var/safewatch-cloud.db", help=_DB_URL_HELP),
+    revision: str = typer.Option("head", help="Target revision (default: the newest)."),
+) -> None:
+    """Create or upgrade every service's tables (the cloud service also does this at start)."""
+    store = _schema_store(db_url)
+    try:
+        before = migrations.current(store.engine)
+        migrations.upgrade(store.engine, revision)
+        after = migrations.current(store.engine)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"database {before or 'empty'} -> {after} (head {migrations.head()})")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: str = typer.Argument(..., help="Target revision ('base': drop every table)."),
+    db_url: str = typer.Option("sqlite:///var/safewatch-cloud.db", help=_DB_URL_HELP),
+) -> None:
+    """Step the schema back to REVISION (data in dropped tables is lost)."""
+    store = _schema_store(db_url)
+    try:
+        migrations.downgrade(store.engine, revision)
+        after = migrations.current(store.engine)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"database at {after or 'base'}")
+
+
+@db_app.command("check")
+def db_check(
+    db_url: str = typer.Option("sqlite:///var/safewatch-cloud.db", help=_DB_URL_HELP),
+) -> None:
+    """Exit 0 when the database is at the newest revision and matches the models exactly."""
+    store = _schema_store(db_url)
+    try:
+        at = migrations.current(store.engine)
+        diff = migrations.schema_diff(store.engine)
+    except StoreError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    head = migrations.head()
+    typer.echo(f"database at {at or 'no revision'}, head {head}")
+    for item in diff:
+        typer.echo(f"  differs: {item}")
+    if at != head or diff:
+        raise typer.Exit(1)

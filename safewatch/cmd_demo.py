@@ -33,6 +33,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cloud import migrations
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore, Role
 from cloud.storage import Store, StoreError
@@ -407,10 +408,9 @@ def demo_credentials(demo_dir: Path) -> DemoCredentials:
     demo_dir.mkdir(parents=True, exist_ok=True)
     store = Store(f"sqlite:///{demo_dir / 'cloud.db'}")
     try:
+        migrations.upgrade(store.engine)
         audit = AuditLog(store.engine)
-        audit.create_all()
         auth_store = AuthStore(store.engine)
-        auth_store.create_all()
         auth = Authenticator(auth_store, audit)
         password = secrets.token_urlsafe(12)
         if auth_store.find_user(DEMO_ADMIN) is None:

@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cloud import migrations
 from cloud.audit import AuditLog
 from cloud.auth import (
     Authenticator,
@@ -80,8 +81,7 @@ def open_auth(db_url: str, invalid_exit: int = 1) -> Iterator[Opened]:
     try:
         audit = AuditLog(store.engine)
         auth_store = AuthStore(store.engine)
-        audit.create_all()
-        auth_store.create_all()
+        migrations.upgrade(store.engine)
         yield Opened(store, audit, Authenticator(auth_store, audit))
     except (StoreError, UnknownUser, UnknownToken, DuplicateUser) as exc:
         raise _fail(str(exc)) from exc

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.db_support import drop_made_schemas
 from tests.support import INFLUX_URL, Broker, mosquitto
 
 
@@ -30,3 +31,10 @@ def influx_db() -> Iterator[tuple[str, str]]:
         pytest.fail(f"InfluxDB at {INFLUX_URL} is required for this test: {exc}")
     yield INFLUX_URL, name
     httpx.post(f"{INFLUX_URL}/query", params={"q": f'DROP DATABASE "{name}"'})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _drop_test_schemas() -> Iterator[None]:
+    """With SAFEWATCH_TEST_DB on PostgreSQL: the private schemas of db_url() go at the end."""
+    yield
+    drop_made_schemas()

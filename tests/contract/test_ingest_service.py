@@ -142,9 +142,13 @@ def test_cli_prints_urls_and_stops_on_sigterm(
     )
     assert proc.stdout is not None
     try:
-        first = wait_until(proc.stdout.readline, 20, "the ready line")
-        match = re.search(r"cloud ready: API (http://\S+)", first)
-        assert match, first
+        stdout = proc.stdout
+
+        def ready_line() -> re.Match[str] | None:  # log lines (the schema upgrade) may come first
+            return re.search(r"cloud ready: API (http://\S+)", stdout.readline())
+
+        match = wait_until(ready_line, 20, "the ready line")
+        assert match is not None
         base = match.group(1)
         health = wait_until(
             lambda: httpx.get(f"{base}/health").json()["status"] == "ok", 15, "health ok"

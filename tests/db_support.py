@@ -1,0 +1,82 @@
+"""The cloud database of a test: SQLite in the test's directory, or PostgreSQL.
+
+``SAFEWATCH_TEST_DB`` unset: :func:`db_url` is a SQLite file under the test's tmp_path.
+``SAFEWATCH_TEST_DB=postgresql+psycopg://postgres@127.0.0.1:5432/test``: every cloud
+database of the suite is a private schema there (``search_path`` set in the URL, so
+every connection - also a subprocess given the URL - sees only its own tables), dropped
+at the end of the session. ``scripts/test.sh --postgres`` runs the suite that way.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+__all__ = ["PG_URL", "TEST_DB", "db_url", "drop_made_schemas", "pg_schema", "schema_url"]
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TEST_DB = os.environ.get("SAFEWATCH_TEST_DB", "").strip()
+
+_made: dict[tuple[str, str], tuple[str, str]] = {}  # (tmp_path, name) -> (server url, schema)
+
+
+def schema_url(url: str, schema: str) -> str:
+    """``url`` with every connection's ``search_path`` set to ``schema``."""
+    with_path = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return with_path.render_as_string(hide_password=False)
+
+
+def _create_schema(url: str) -> str:
+    name = f"sw_test_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    except sa.exc.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {url} is required for this test: {exc}")
+    finally:
+        engine.dispose()
+    return name
+
+
+def _drop_schema(url: str, name: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def pg_schema(url: str = PG_URL) -> Iterator[str]:
+    """A fresh schema on the real PostgreSQL, dropped afterwards."""
+    name = _create_schema(url)
+    try:
+        yield name
+    finally:
+        _drop_schema(url, name)
+
+
+def db_url(tmp_path: Path, name: str = "cloud.db") -> str:
+    """The cloud database ``name`` of one test (the same URL when asked again)."""
+    if not TEST_DB:
+        return f"sqlite:///{tmp_path / name}"
+    key = (str(tmp_path), name)
+    if key not in _made:
+        _made[key] = (TEST_DB, _create_schema(TEST_DB))
+    server, schema = _made[key]
+    return schema_url(server, schema)
+
+
+def drop_made_schemas() -> None:
+    """Drop every schema :func:`db_url` made (end of the session)."""
+    while _made:
+        _, (server, schema) = _made.popitem()
+        _drop_schema(server, schema)
