@@ -7,12 +7,12 @@ each service package; ``schema_diff(engine)`` compares a database with them (ale
 autogenerate comparison: an empty list means the database is exactly the models).
 
 A new table or column: change the model, then write a revision under ``versions/``
-(``safewatch cloud db revision -m "what"`` autogenerates a draft to review) and let
+(``cloud.migrations.revision(engine, "what")`` autogenerates a draft to review) and let
 the migration test prove upgrade = models and downgrade/upgrade round-trip.
 
-Databases made before Alembic (by ``create_all``) are adopted: when the store's tables
-exist but ``alembic_version`` does not, the database is stamped at the first revision
-(which is exactly those tables) and upgraded from there.
+Databases made before Alembic (by ``create_all``, all tables or only some, e.g. by
+``safewatch users add``) are adopted: revision ``0001`` creates only the tables that are
+missing and keeps the others with their data.
 """
 
 from __future__ import annotations
@@ -52,8 +52,6 @@ log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 INITIAL_REVISION = "0001"
 VERSION_TABLE = "alembic_version"
-# Present in every database the pre-Alembic create_all made (the store's first table).
-_ADOPT_MARKER = "alarm_events"
 
 
 def target_metadata() -> list[sa.MetaData]:
@@ -147,13 +145,7 @@ def upgrade(engine: Engine, target: str = "head") -> None:
     revision fails (nothing of a failed revision stays on PostgreSQL: DDL is transactional).
     """
     with _connect(engine) as conn:
-        tables = _tables(conn)
         cfg = _config(conn)
-        if VERSION_TABLE not in tables and _ADOPT_MARKER in tables:
-            log.info(
-                "database %s made before Alembic: adopted at %s", _where(engine), INITIAL_REVISION
-            )
-            command.stamp(cfg, INITIAL_REVISION)
         before = _revision(conn)
         command.upgrade(cfg, target)
         after = _revision(conn)

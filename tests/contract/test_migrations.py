@@ -113,6 +113,18 @@ def test_a_create_all_database_is_adopted_with_its_data(store: Store) -> None:
     assert migrations.schema_diff(store.engine) == []
 
 
+def test_a_partial_create_all_database_is_completed(store: Store) -> None:
+    """E.g. ``safewatch users add`` of an older release made only the audit and auth tables."""
+    audit = AuditLog(store.engine)
+    audit.create_all()
+    audit.record("admin", "user_added", "user:ops")
+
+    migrations.upgrade(store.engine)
+
+    assert migrations.schema_diff(store.engine) == []
+    assert audit.verify().rows == 1
+
+
 def test_unreachable_database_names_it() -> None:
     store = Store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     try:
