@@ -25,7 +25,7 @@ from cloud.api import create_app
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore
 from cloud.commands import CommandSender, CommandSigner
-from cloud.hazards import AutoHazards, HazardService
+from cloud.hazards import AutoHazards, DeadlineWatch, HazardService
 from cloud.ingest import IngestService, TimeWindow
 from cloud.risk import RiskService
 from cloud.storage import (
@@ -141,6 +141,8 @@ class CloudService:
         )
         self.hazards = HazardService(self.store.engine, self.audit, Path(settings.evidence_dir))
         self.ingest.alarm_handlers.append(AutoHazards(self.hazards))
+        # Reminders and escalations; started once the schema is there, jobs in the database.
+        self.deadlines = DeadlineWatch(self.hazards)
         self.risk = (
             None
             if settings.risk_file is None
@@ -234,6 +236,7 @@ class CloudService:
             stop_task.cancel()
             announce_task.cancel()
         await self.writer.aclose()
+        await asyncio.to_thread(self.deadlines.stop)
         await asyncio.to_thread(self.store.close)
 
     async def _serve(self) -> None:
@@ -257,6 +260,16 @@ class CloudService:
             except StoreError as exc:
                 delay = backoff.next_delay()
                 log.warning("database not ready (%s); retry in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                break
+        while True:
+            try:
+                await asyncio.to_thread(self.deadlines.start)
+            except Exception as exc:  # the job store is in the database: retry like it
+                delay = backoff.next_delay()
+                log.warning("hazard deadline watch not started (%s); retry in %.1fs", exc, delay)
+                self.deadlines.stop()
                 await asyncio.sleep(delay)
             else:
                 self._schema_ready.set()

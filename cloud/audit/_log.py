@@ -9,10 +9,10 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cloud.storage import StoreError
+
+T = TypeVar("T")
 
 __all__ = [
     "GENESIS",
@@ -60,6 +62,8 @@ class AuditAction(enum.StrEnum):
     CALIBRATION = "calibration"
     LOCKOUT_TEST = "lockout_test"
     HAZARD_TRANSITION = "hazard_transition"
+    HAZARD_REMINDER = "hazard_reminder"
+    HAZARD_ESCALATED = "hazard_escalated"
     BROKER_ACCOUNT_ADDED = "broker_account_added"
 
 
@@ -203,28 +207,69 @@ class AuditLog:
 
     def _append(self, actor: str, action: str, target: str, details: str) -> AuditEntry:
         with self.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
-            head = conn.execute(
-                sa.select(_AUDIT.c.seq, _AUDIT.c.hash).order_by(_AUDIT.c.seq.desc()).limit(1)
-            ).first()
-            seq, prev = (1, GENESIS) if head is None else (int(head.seq) + 1, str(head.hash))
-            at_ns = time.time_ns()
-            digest = entry_hash(seq, at_ns, actor, action, target, details, prev)
-            entry = AuditEntry(seq, at_ns, actor, action, target, details, prev, digest)
-            conn.execute(
-                _AUDIT.insert().values(
-                    seq=seq,
-                    at_ns=at_ns,
-                    actor=actor,
-                    action=action,
-                    target=target,
-                    details=details,
-                    prev_hash=prev,
-                    hash=digest,
-                )
+            return self._append_in(conn, actor, action, target, details)
+
+    def _append_in(
+        self, conn: Connection, actor: str, action: str, target: str, details: str
+    ) -> AuditEntry:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK_KEY)))
+        head = conn.execute(
+            sa.select(_AUDIT.c.seq, _AUDIT.c.hash).order_by(_AUDIT.c.seq.desc()).limit(1)
+        ).first()
+        seq, prev = (1, GENESIS) if head is None else (int(head.seq) + 1, str(head.hash))
+        at_ns = time.time_ns()
+        digest = entry_hash(seq, at_ns, actor, action, target, details, prev)
+        conn.execute(
+            _AUDIT.insert().values(
+                seq=seq,
+                at_ns=at_ns,
+                actor=actor,
+                action=action,
+                target=target,
+                details=details,
+                prev_hash=prev,
+                hash=digest,
             )
-        return entry
+        )
+        return AuditEntry(seq, at_ns, actor, action, target, details, prev, digest)
+
+    def append(
+        self,
+        conn: Connection,
+        actor: str,
+        action: str,
+        target: str = "",
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEntry:
+        """Append one row inside the caller's transaction ``conn``.
+
+        The row commits or rolls back with the caller's own writes (a hazard and its
+        audit row: both or neither). A racing append surfaces as IntegrityError or
+        OperationalError when the caller's transaction ends: run the whole transaction
+        through :meth:`atomic`, which starts it again.
+        """
+        actor, action, target = _clip(actor, 128), _clip(str(action), 64), _clip(target, 256)
+        return self._append_in(conn, actor, action, target, _details_text(details))
+
+    def atomic(self, work: Callable[[Connection], T], what: str = "audit log") -> T:
+        """``work(conn)`` in one transaction, started again when an audit append raced.
+
+        Raises :class:`StoreError` (naming ``what``) when the database fails; an
+        exception ``work`` raises itself rolls the transaction back and propagates.
+        """
+        with self._lock:
+            for attempt in range(_APPEND_ATTEMPTS):
+                try:
+                    with self.engine.begin() as conn:
+                        return work(conn)
+                except (IntegrityError, OperationalError) as exc:
+                    if not _raced(exc) or attempt == _APPEND_ATTEMPTS - 1:
+                        raise StoreError(f"{what}: {exc}") from exc
+                    time.sleep(random.uniform(0.001, 0.005 * (attempt + 1)))
+                except SQLAlchemyError as exc:
+                    raise StoreError(f"{what}: {exc}") from exc
+        raise AssertionError("unreachable")
 
     def entries(
         self,

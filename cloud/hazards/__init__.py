@@ -8,6 +8,12 @@ the hash-chained audit log.
 
 from cloud.hazards._api import hazards_router
 from cloud.hazards._auto import AUTO_ACTOR, AutoHazards, classify
+from cloud.hazards._deadlines import (
+    DEFAULT_REMIND_BEFORE,
+    JOBS_METADATA,
+    DeadlineNotice,
+    DeadlineWatch,
+)
 from cloud.hazards._lifecycle import (
     EVENTS,
     ROLES_FOR,
@@ -18,7 +24,9 @@ from cloud.hazards._lifecycle import (
     next_status,
 )
 from cloud.hazards._service import (
+    DEADLINE_ACTOR,
     DEFAULT_DEADLINES,
+    DeadlineKind,
     EvidenceRecord,
     HazardError,
     HazardFilter,
@@ -33,10 +41,16 @@ from cloud.hazards._service import (
 
 __all__ = [
     "AUTO_ACTOR",
+    "DEADLINE_ACTOR",
     "DEFAULT_DEADLINES",
+    "DEFAULT_REMIND_BEFORE",
     "EVENTS",
+    "JOBS_METADATA",
     "ROLES_FOR",
     "AutoHazards",
+    "DeadlineKind",
+    "DeadlineNotice",
+    "DeadlineWatch",
     "EvidenceRecord",
     "HazardError",
     "HazardEvent",

@@ -95,6 +95,8 @@ class HazardOut(BaseModel):
     updated_at: dt.datetime
     closed_at: dt.datetime | None
     overdue: bool
+    reminded_at: dt.datetime | None = None  # the deadline reminder went out
+    escalated_at: dt.datetime | None = None  # overdue: escalated to supervisor/responsible
 
 
 class HazardPage(BaseModel):

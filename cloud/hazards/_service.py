@@ -9,9 +9,11 @@ in the hash-chained audit log (who, when, event, before/after).
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
+import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cloud.audit import AuditAction, AuditLog
@@ -35,7 +37,9 @@ from cloud.hazards._lifecycle import (
 from cloud.storage import StoreError
 
 __all__ = [
+    "DEADLINE_ACTOR",
     "DEFAULT_DEADLINES",
+    "DeadlineKind",
     "EvidenceRecord",
     "HazardBase",
     "HazardError",
@@ -49,11 +53,14 @@ __all__ = [
     "InvalidTransition",
 ]
 
+log = logging.getLogger(__name__)
+
 # Rectification deadline from discovery, by grade (site settings may override).
 DEFAULT_DEADLINES: dict[HazardGrade, dt.timedelta] = {
     HazardGrade.GENERAL: dt.timedelta(hours=72),
     HazardGrade.MAJOR: dt.timedelta(days=15),
 }
+DEADLINE_ACTOR = "deadline-watch"
 MAX_EVIDENCE_BYTES = 20 * 1024 * 1024
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -77,6 +84,11 @@ def _utc(value: dt.datetime) -> dt.datetime:
         return value.astimezone(dt.UTC)
     except OverflowError:  # year 1 or 9999 with an offset
         return value.replace(tzinfo=dt.UTC)
+
+
+class DeadlineKind(enum.StrEnum):
+    REMIND = "remind"  # the deadline is near
+    ESCALATE = "escalate"  # the deadline has passed
 
 
 class HazardError(Exception):
@@ -129,6 +141,9 @@ class HazardRow(HazardBase):
     rejections: Mapped[int] = mapped_column(sa.Integer, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True))
     closed_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    # Set once by the deadline watch (cloud/hazards/_deadlines.py); a new deadline clears them.
+    reminded_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class EvidenceRow(HazardBase):
@@ -187,6 +202,8 @@ class HazardRecord:
     updated_at: dt.datetime
     closed_at: dt.datetime | None
     overdue: bool
+    reminded_at: dt.datetime | None = None
+    escalated_at: dt.datetime | None = None
 
     @property
     def open(self) -> bool:
@@ -256,6 +273,8 @@ def _record(row: Any, now: dt.datetime) -> HazardRecord:
         updated_at=updated_at,
         closed_at=closed_at,
         overdue=row.status != HazardStatus.CLOSED and now > deadline,
+        reminded_at=_aware(row.reminded_at),
+        escalated_at=_aware(row.escalated_at),
     )
 
 
@@ -276,6 +295,15 @@ class HazardService:
         self.evidence_dir = Path(evidence_dir)
         self.deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
         self._clock = clock
+        # Called after each committed creation or transition (the deadline watch).
+        self.listeners: list[Callable[[HazardRecord], None]] = []
+
+    def _changed(self, record: HazardRecord) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(record)
+            except Exception:  # a listener's fault never undoes a committed change
+                log.exception("hazard %d: listener %r failed", record.id, listener)
 
     def now(self) -> dt.datetime:
         value: dt.datetime = self._clock()
@@ -309,10 +337,6 @@ class HazardService:
         found_at = now
         deadline = data.deadline or found_at + self.deadlines[data.grade]
         deadline = _utc(deadline)
-        if dedup_key is not None:
-            existing = self._open_by_key(dedup_key)
-            if existing is not None:
-                return existing, False
         values = {
             "title": data.title,
             "description": data.description,
@@ -332,37 +356,42 @@ class HazardService:
             "rejections": 0,
             "updated_at": now,
         }
-        try:
-            with self._begin() as conn:
-                hazard_id = conn.execute(sa.insert(_HAZARDS).values(**values)).inserted_primary_key
-        except StoreError as exc:
-            if dedup_key is not None and isinstance(exc.__cause__, IntegrityError):
-                raced = self._open_by_key(dedup_key)
-                if raced is not None:
-                    return raced, False
-            raise
-        assert hazard_id is not None
-        record = self.get(int(hazard_id[0]))
-        self.audit.record(
-            actor,
-            AuditAction.HAZARD_TRANSITION,
-            f"hazard:{record.id}",
-            {
-                "event": "found",
-                "before": None,
-                "after": HazardStatus.FOUND.value,
-                "grade": record.grade,
-                "area": record.area,
-                "source": source,
-                "deadline": record.deadline.isoformat(),
-            },
-        )
-        return record, True
 
-    def _open_by_key(self, key: str) -> HazardRecord | None:
-        with self._begin() as conn:
-            row = conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.dedup_key == key)).first()
-        return None if row is None else _record(row, self.now())
+        def work(conn: Connection) -> tuple[HazardRecord, bool]:
+            # The hazard and its audit row in one transaction: both or neither. A racing
+            # twin of an automatic hazard (unique dedup_key) starts this again and finds it.
+            if dedup_key is not None:
+                row = conn.execute(
+                    sa.select(_HAZARDS).where(_HAZARDS.c.dedup_key == dedup_key)
+                ).first()
+                if row is not None:
+                    return _record(row, now), False
+            key = conn.execute(sa.insert(_HAZARDS).values(**values)).inserted_primary_key
+            assert key is not None
+            record = _record(
+                conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == key[0])).one(), now
+            )
+            self.audit.append(
+                conn,
+                actor,
+                AuditAction.HAZARD_TRANSITION,
+                f"hazard:{record.id}",
+                {
+                    "event": "found",
+                    "before": None,
+                    "after": HazardStatus.FOUND.value,
+                    "grade": record.grade,
+                    "area": record.area,
+                    "source": source,
+                    "deadline": record.deadline.isoformat(),
+                },
+            )
+            return record, True
+
+        record, created = self.audit.atomic(work, "hazards")
+        if created:
+            self._changed(record)
+        return record, created
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -527,6 +556,8 @@ class HazardService:
                     changes[name] = value
             if deadline is not None:
                 changes["deadline"] = _utc(deadline)
+                changes["reminded_at"] = None  # the new deadline gets its own reminder
+                changes["escalated_at"] = None
             if before.grade == HazardGrade.MAJOR:
                 missing = [
                     name
@@ -548,32 +579,81 @@ class HazardService:
         elif event is HazardEvent.CLOSE:
             changes["closed_at"] = now
             changes["dedup_key"] = None  # a later occurrence is a new hazard
-        with self._begin() as conn:
+
+        def work(conn: Connection) -> HazardRecord:
+            # The new status and its audit row in one transaction: both or neither.
             done = conn.execute(
                 sa.update(_HAZARDS)
                 .where(_HAZARDS.c.id == hazard_id, _HAZARDS.c.status == before.status)
                 .values(**changes)
             ).rowcount
-        if done != 1:
-            raise InvalidTransition(f"hazard {hazard_id} changed meanwhile: try again")
-        after = self.get(hazard_id)
-        self.audit.record(
-            actor,
-            AuditAction.HAZARD_TRANSITION,
-            f"hazard:{hazard_id}",
-            {
-                "event": event.value,
-                "role": role.value,
-                "before": before.status,
-                "after": after.status,
-                "changed": {
-                    k: (v.isoformat() if isinstance(v, dt.datetime) else v)
-                    for k, v in changes.items()
-                    if k != "updated_at"
+            if done != 1:
+                raise InvalidTransition(f"hazard {hazard_id} changed meanwhile: try again")
+            row = conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == hazard_id)).one()
+            after = _record(row, now)
+            self.audit.append(
+                conn,
+                actor,
+                AuditAction.HAZARD_TRANSITION,
+                f"hazard:{hazard_id}",
+                {
+                    "event": event.value,
+                    "role": role.value,
+                    "before": before.status,
+                    "after": after.status,
+                    "changed": {
+                        k: (v.isoformat() if isinstance(v, dt.datetime) else v)
+                        for k, v in changes.items()
+                        if k != "updated_at"
+                    },
                 },
-            },
-        )
+            )
+            return after
+
+        after = self.audit.atomic(work, "hazards")
+        self._changed(after)
         return after
+
+    def mark_deadline(self, hazard_id: int, kind: DeadlineKind) -> HazardRecord | None:
+        """Record a reminder or an escalation once, with its audit row (one transaction).
+
+        None when there is nothing to do: the hazard is closed or gone, already marked,
+        or (escalation) not overdue after all (its deadline moved).
+        """
+        now = self.now()
+        c = _HAZARDS.c
+        column = c.reminded_at if kind is DeadlineKind.REMIND else c.escalated_at
+        where = [c.id == hazard_id, c.status != HazardStatus.CLOSED.value, column.is_(None)]
+        if kind is DeadlineKind.ESCALATE:
+            where.append(c.deadline <= now)
+        action = (
+            AuditAction.HAZARD_REMINDER
+            if kind is DeadlineKind.REMIND
+            else AuditAction.HAZARD_ESCALATED
+        )
+
+        def work(conn: Connection) -> HazardRecord | None:
+            done = conn.execute(sa.update(_HAZARDS).where(*where).values({column.name: now}))
+            if done.rowcount != 1:
+                return None
+            record = _record(conn.execute(sa.select(_HAZARDS).where(c.id == hazard_id)).one(), now)
+            self.audit.append(
+                conn,
+                DEADLINE_ACTOR,
+                action,
+                f"hazard:{hazard_id}",
+                {
+                    "deadline": record.deadline.isoformat(),
+                    "grade": record.grade,
+                    "status": record.status,
+                    "assignee": record.assignee,
+                    "responsible": record.responsible,
+                    "supervisor": record.supervisor,
+                },
+            )
+            return record
+
+        return self.audit.atomic(work, "hazards")
 
     def add_evidence(
         self,
@@ -608,8 +688,15 @@ class HazardService:
             raise StoreError(f"evidence store {self.evidence_dir}: {exc}") from exc
         name = _SAFE_NAME.sub("_", filename)[-200:] or "evidence"
         now = self.now()
-        try:
-            with self._begin() as conn:
+
+        def work(conn: Connection) -> None:
+            # The evidence row and its audit row in one transaction: both or neither.
+            known = conn.execute(
+                sa.select(_EVIDENCE.c.id).where(
+                    _EVIDENCE.c.hazard_id == hazard_id, _EVIDENCE.c.sha256 == digest
+                )
+            ).first()
+            if known is None:
                 conn.execute(
                     sa.insert(_EVIDENCE).values(
                         hazard_id=hazard_id,
@@ -621,22 +708,22 @@ class HazardService:
                         uploaded_at=now,
                     )
                 )
-        except StoreError as exc:
-            if not isinstance(exc.__cause__, IntegrityError):
-                raise
-        self.audit.record(
-            actor,
-            AuditAction.HAZARD_TRANSITION,
-            f"hazard:{hazard_id}",
-            {
-                "event": "evidence",
-                "before": hazard.status,
-                "after": hazard.status,
-                "sha256": digest,
-                "size": len(data),
-                "filename": name,
-            },
-        )
+            self.audit.append(
+                conn,
+                actor,
+                AuditAction.HAZARD_TRANSITION,
+                f"hazard:{hazard_id}",
+                {
+                    "event": "evidence",
+                    "before": hazard.status,
+                    "after": hazard.status,
+                    "sha256": digest,
+                    "size": len(data),
+                    "filename": name,
+                },
+            )
+
+        self.audit.atomic(work, "hazards")
         return next(e for e in self.evidence(hazard_id) if e.sha256 == digest)
 
     def evidence_path(self, digest: str) -> Path:

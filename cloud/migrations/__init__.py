@@ -58,6 +58,7 @@ def target_metadata() -> list[sa.MetaData]:
     """The models of every service: what ``upgrade`` to head must yield."""
     from cloud.audit._log import AuditBase
     from cloud.auth._store import AuthBase
+    from cloud.hazards._deadlines import JOBS_METADATA
     from cloud.hazards._service import HazardBase
     from cloud.risk._service import RiskBase
     from cloud.storage.db import Base
@@ -68,6 +69,7 @@ def target_metadata() -> list[sa.MetaData]:
         AuditBase.metadata,
         HazardBase.metadata,
         RiskBase.metadata,
+        JOBS_METADATA,
     ]
 
 
