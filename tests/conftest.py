@@ -35,6 +35,6 @@ def influx_db() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(autouse=True, scope="session")
 def _drop_test_schemas() -> Iterator[None]:
-    """With SAFEWATCH_TEST_DB on PostgreSQL: the private schemas of db_url() go at the end."""
+    """With SAFEWATCH_TEST_DB on PostgreSQL: the private schemas of cloud_db_url() go at the end."""
     yield
     drop_made_schemas()

@@ -1,10 +1,11 @@
 """The cloud database of a test: SQLite in the test's directory, or PostgreSQL.
 
-``SAFEWATCH_TEST_DB`` unset: :func:`db_url` is a SQLite file under the test's tmp_path.
+``SAFEWATCH_TEST_DB`` unset: :func:`cloud_db_url` is a SQLite file under the test's tmp_path.
 ``SAFEWATCH_TEST_DB=postgresql+psycopg://postgres@127.0.0.1:5432/test``: every cloud
 database of the suite is a private schema there (``search_path`` set in the URL, so
 every connection - also a subprocess given the URL - sees only its own tables), dropped
-at the end of the session. ``scripts/test.sh --postgres`` runs the suite that way.
+at the end of the session. Run the suite that way with
+``SAFEWATCH_TEST_DB=postgresql+psycopg://postgres@127.0.0.1:5432/test scripts/test.sh``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-__all__ = ["PG_URL", "TEST_DB", "db_url", "drop_made_schemas", "pg_schema", "schema_url"]
+__all__ = ["PG_URL", "TEST_DB", "cloud_db_url", "drop_made_schemas", "pg_schema", "schema_url"]
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TEST_DB = os.environ.get("SAFEWATCH_TEST_DB", "").strip()
@@ -64,7 +65,7 @@ def pg_schema(url: str = PG_URL) -> Iterator[str]:
         _drop_schema(url, name)
 
 
-def db_url(tmp_path: Path, name: str = "cloud.db") -> str:
+def cloud_db_url(tmp_path: Path, name: str = "cloud.db") -> str:
     """The cloud database ``name`` of one test (the same URL when asked again)."""
     if not TEST_DB:
         return f"sqlite:///{tmp_path / name}"
@@ -76,7 +77,7 @@ def db_url(tmp_path: Path, name: str = "cloud.db") -> str:
 
 
 def drop_made_schemas() -> None:
-    """Drop every schema :func:`db_url` made (end of the session)."""
+    """Drop every schema :func:`cloud_db_url` made (end of the session)."""
     while _made:
         _, (server, schema) = _made.popitem()
         _drop_schema(server, schema)

@@ -29,7 +29,7 @@ from cloud.storage import StoreError
 __all__ = ["hazards_router"]
 
 _TEXT = 256
-_ID = Path(ge=1, le=2**62)
+_ID = Path(ge=1, le=2**31 - 1)  # hazards.id is INTEGER (int4 on PostgreSQL)
 
 
 def _utc_deadline(value: dt.datetime | None) -> dt.datetime | None:

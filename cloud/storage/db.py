@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import sqlalchemy as sa
+from psycopg.abc import Buffer
+from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -51,6 +53,9 @@ SEEN_SEQ_WINDOW = 100_000
 _PRUNE_EVERY = 1000
 # Lines per spool row: the drainer writes whole rows to InfluxDB.
 SPOOL_CHUNK_LINES = 5000
+
+
+NUL_REPLACEMENT = "\ufffd"  # what a NUL in text becomes on PostgreSQL
 
 
 def _utcnow() -> dt.datetime:
@@ -299,6 +304,25 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
     return value
 
 
+class _NulSafeText(StrDumperUnknown):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", NUL_REPLACEMENT))
+
+
+class _NulSafeTextBinary(StrBinaryDumper):
+    def dump(self, obj: str) -> Buffer | None:
+        return super().dump(obj.replace("\x00", NUL_REPLACEMENT))
+
+
+def _pg_nul_safe_text(dbapi_conn: Any, _record: Any) -> None:
+    """PostgreSQL text cannot hold a NUL byte: psycopg would refuse the whole statement
+    (a filter ``?site=a%00b`` answered 503, a hazard title with one could not be stored).
+    NUL becomes U+FFFD on the way in: no stored name holds one, so a lookup finds
+    nothing, and stored text keeps a visible mark where the NUL was."""
+    dbapi_conn.adapters.register_dumper(str, _NulSafeText)
+    dbapi_conn.adapters.register_dumper(str, _NulSafeTextBinary)
+
+
 class Store:
     """Alarm history, latest values and gateway bookkeeping on SQLite or PostgreSQL.
 
@@ -334,6 +358,8 @@ class Store:
         self.dialect = backend
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine, "connect", _pg_nul_safe_text)
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         self._since_prune = 0
         self._advance_seq = _advance_seq_statement()

@@ -23,6 +23,7 @@ from cloud.auth import Role
 from cloud.commands import CommandSender, CommandSigner, generate_command_key
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 from tests.factories import alarm, point, telemetry
 from tests.support import Broker
 
@@ -32,7 +33,7 @@ EXAMPLES_PER_OPERATION = 10
 
 
 def test_no_operation_answers_a_server_error(tmp_path: Path, broker: Broker) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'fuzz.db'}")
+    store = Store(cloud_db_url(tmp_path, "fuzz.db"))
     store.create_all()
     store.record_alarm(alarm(1))
     store.upsert_latest(telemetry(2, point("CH4-1", 0.4, 1_700_000_000_000_000_000)))

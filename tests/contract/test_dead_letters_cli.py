@@ -15,6 +15,7 @@ from cloud import IngestService
 from cloud.ingest import TimeWindow
 from cloud.storage import InfluxV1Writer, Store
 from safewatch.cli import app
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, point, telemetry
 
 pytestmark = pytest.mark.contract
@@ -35,7 +36,7 @@ async def _dead_letter_three(db_url: str, influx_url: str, db: str) -> None:
 
 def test_list_and_replay_dead_letters(tmp_path: Path, influx_db: tuple[str, str]) -> None:
     influx_url, db = influx_db
-    db_url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    db_url = cloud_db_url(tmp_path, "cloud.db")
     asyncio.run(_dead_letter_three(db_url, influx_url, db))
 
     runner = CliRunner()

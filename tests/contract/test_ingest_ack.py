@@ -13,6 +13,7 @@ import wire
 from cloud import IngestService
 from cloud.ingest import TimeWindow
 from cloud.storage import BatchCommit, InfluxV1Writer, Store
+from tests.db_support import cloud_db_url
 from tests.factories import alarm
 from tests.support import Broker, async_wait_until
 
@@ -40,7 +41,7 @@ class CrashingStore(Store):
 async def test_alarm_lost_mid_store_is_redelivered_to_the_next_ingest(
     tmp_path: Path, broker: Broker, influx_db: tuple[str, str]
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    url = cloud_db_url(tmp_path, "cloud.db")
     Store(url).create_all()
     writer = InfluxV1Writer(*influx_db)
     crashing = CrashingStore(url)

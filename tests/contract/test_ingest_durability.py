@@ -15,6 +15,7 @@ import wire
 from cloud import IngestService
 from cloud.ingest import TimeWindow
 from cloud.storage import BatchCommit, InfluxV1Writer, Store, StoreError
+from tests.db_support import cloud_db_url
 from tests.factories import alarm, point, telemetry
 from tests.support import Broker, async_wait_until
 
@@ -46,7 +47,7 @@ async def publish(broker: Broker, *messages: wire.Message) -> None:
 async def test_a_locked_database_delays_the_alarm_but_never_drops_it(
     tmp_path: Path, broker: Broker, influx_db: tuple[str, str]
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    url = cloud_db_url(tmp_path, "cloud.db")
     store = LockedStore(url, failures=3)
     store.create_all()
     writer = InfluxV1Writer(*influx_db)
@@ -86,7 +87,7 @@ async def test_lines_influx_refuses_are_counted_as_refused_not_written(
             f"{url}/write", params={"db": db}, content=f'ch4,tag=X value="text" {now}\n'
         )
     assert r.status_code == 204
-    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}")
+    store = Store(cloud_db_url(tmp_path, "cloud.db"))
     store.create_all()
     writer = InfluxV1Writer(url, db)
     ingest = IngestService("127.0.0.1", 1, store, writer, ts_window=TimeWindow(None, None))

@@ -14,6 +14,7 @@ import wire
 from cloud import IngestService
 from cloud.ingest import TimeWindow
 from cloud.storage import InfluxV1Writer, Store
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, gateway_status, point, telemetry
 from tests.support import Broker, async_wait_until
 
@@ -33,7 +34,7 @@ async def test_ingest_stores_alarms_once_latest_and_points(
     broker: Broker, influx_db: tuple[str, str], tmp_path: Path
 ) -> None:
     influx_url, db = influx_db
-    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}")
+    store = Store(cloud_db_url(tmp_path, "cloud.db"))
     store.create_all()
     writer = InfluxV1Writer(influx_url, db, flush_interval_s=0.05)
     ingest = IngestService(
@@ -101,7 +102,7 @@ async def test_ingest_survives_a_broker_that_is_not_there_yet(
     from tests.support import free_port, start_mosquitto
 
     port = free_port()
-    store = Store(f"sqlite:///{tmp_path / 'late.db'}")
+    store = Store(cloud_db_url(tmp_path, "late.db"))
     store.create_all()
     writer = InfluxV1Writer(*influx_db)
     ingest = IngestService("127.0.0.1", port, store, writer, backoff_cap_s=0.5)
@@ -127,7 +128,7 @@ async def test_alarms_published_while_ingest_is_away_arrive_after_it_returns(
     also across a restart of the broker itself (persistence on)."""
     from tests.support import start_mosquitto
 
-    store = Store(f"sqlite:///{tmp_path / 'away.db'}")
+    store = Store(cloud_db_url(tmp_path, "away.db"))
     store.create_all()
     writer = InfluxV1Writer(*influx_db)
 

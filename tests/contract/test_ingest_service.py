@@ -19,6 +19,7 @@ import pytest
 import wire
 from cloud import CloudService, CloudSettings
 from cloud.auth import Role
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, point, telemetry
 from tests.support import Broker, async_wait_until, free_port, wait_until
 
@@ -55,7 +56,7 @@ async def test_service_ingests_serves_and_stops_in_order(
         mqtt_port=broker.port,
         influx_url=influx_url,
         influx_db=db,
-        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        db_url=cloud_db_url(tmp_path, "cloud.db"),
         port=0,
         accept_past_s=None,  # the messages are stamped in 2023
     )
@@ -93,7 +94,7 @@ async def test_service_starts_degraded_when_broker_and_influx_are_down(tmp_path:
     settings = CloudSettings(
         mqtt_port=free_port(),
         influx_url=f"http://127.0.0.1:{free_port()}",
-        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        db_url=cloud_db_url(tmp_path, "cloud.db"),
         port=0,
     )
     async with serving(settings) as (_service, api):

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from cloud.storage import Store
+from cloud.storage.db import AlarmEventRow
 from tests.factories import T0, alarm, gap, gateway_status, point, telemetry
 
 pytestmark = pytest.mark.contract
@@ -83,3 +84,16 @@ def test_status_only_newer_and_gaps(store: Store) -> None:
     store.record_gap(gap(9, first_seq=2, last_seq=8, dropped=7))
     (gw,) = store.gateways()
     assert (gw.state, gw.dropped) == ("offline", 7)
+
+
+def test_nul_bytes_in_text_neither_fail_nor_match(store: Store) -> None:
+    """PostgreSQL text cannot hold NUL: a filter with one finds nothing (it used to fail the
+    statement, an API 503), and text stored with one keeps U+FFFD in its place."""
+    store.record_alarm(alarm(1))
+    assert store.latest("mine-a\x00") == []
+    assert store.alarms(site="mine-a\x00x") == []
+    table = AlarmEventRow.__table__
+    with store.engine.begin() as conn:
+        conn.execute(sa.update(AlarmEventRow).where(table.c.seq == 1).values(message="bad\x00text"))
+    (stored,) = store.alarms()
+    assert stored.message == "bad\ufffdtext"

@@ -33,6 +33,7 @@ from edge.remote_commands import CommandListener, CommandVerifier, load_public_k
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
 from safewatch.cli import app as cli
+from tests.db_support import cloud_db_url
 from tests.factories import alarm, gateway_status, point, telemetry
 from tests.support import async_wait_until, free_port, port_open, wait_until
 from tests.tls_support import Pki, make_pki
@@ -175,7 +176,7 @@ async def _cloud(
         mqtt_ca_file=str(b.pki.ca),
         influx_url=influx_db[0],
         influx_db=influx_db[1],
-        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        db_url=cloud_db_url(tmp_path, "cloud.db"),
         port=0,
     )
     service = CloudService(settings)
@@ -316,7 +317,7 @@ def test_an_unreadable_tls_file_is_named_before_the_cloud_starts(tmp_path: Path)
     result = CliRunner().invoke(
         cli,
         ["cloud", "run", "--mqtt-ca-file", str(tmp_path / "missing-ca.pem"),
-         "--db-url", f"sqlite:///{tmp_path / 'c.db'}"],
+         "--db-url", cloud_db_url(tmp_path, "c.db")],
     )  # fmt: skip
     assert result.exit_code == 2
     assert "missing-ca.pem" in result.output
@@ -397,7 +398,7 @@ async def test_api_command_reaches_the_gateway_signed_and_audited(
         commander_password=b.passwords[COMMANDER],
         influx_url=influx_db[0],
         influx_db=influx_db[1],
-        db_url=f"sqlite:///{tmp_path / 'cloud.db'}",
+        db_url=cloud_db_url(tmp_path, "cloud.db"),
         port=0,
     )
     service = CloudService(settings)

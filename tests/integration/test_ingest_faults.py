@@ -33,6 +33,7 @@ import pytest
 
 import wire
 from cloud.storage import Store
+from tests.db_support import cloud_db_url
 from tests.support import (
     Broker,
     InfluxServer,
@@ -76,7 +77,7 @@ class Cloud:
             "--influx-db",
             DB,
             "--db-url",
-            f"sqlite:///{tmp / 'cloud.db'}",
+            cloud_db_url(tmp, "cloud.db"),
             "--client-id",
             "faults-ingest",
             "--log-level",
@@ -355,7 +356,7 @@ async def test_nothing_accepted_is_lost_or_duplicated_and_the_cloud_keeps_servin
                 influx.url, f"SELECT count(value) FROM ch4 WHERE gateway='{gateway}'"
             )
             assert count == POINTS * len(gateways.telemetry[gateway])
-    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}")
+    store = Store(cloud_db_url(tmp_path, "cloud.db"))
     try:
         for gateway in GATEWAYS:
             alarms = store.alarms(gateway=gateway, limit=100_000)
@@ -384,7 +385,7 @@ async def _counter(cloud: Cloud, name: str, at_least: int = 1) -> int:
 
 async def _caught_up(cloud: Cloud, tmp: Path, expected: dict[str, int]) -> bool:
     def last_seqs() -> dict[str, int | None]:
-        store = Store(f"sqlite:///{tmp / 'cloud.db'}")
+        store = Store(cloud_db_url(tmp, "cloud.db"))
         try:
             return {g.gateway: g.last_seq for g in store.gateways()}
         finally:

@@ -26,6 +26,7 @@ from cloud import IngestService
 from cloud.ingest import TimeWindow
 from cloud.jetstream import JetStreamIngest, subject_to_topic, topic_to_subject
 from cloud.storage import InfluxV1Writer, Store
+from tests.db_support import cloud_db_url
 from tests.support import async_wait_until, free_port, port_open, wait_until
 
 pytestmark = pytest.mark.integration
@@ -133,7 +134,7 @@ async def test_a_worker_and_a_node_die_and_nothing_is_lost_or_duplicated(
     tmp_path: Path, influx_db: tuple[str, str]
 ) -> None:
     url, db = influx_db
-    db_url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    db_url = cloud_db_url(tmp_path, "cloud.db")
     Store(db_url).create_all()
     with nats_cluster(tmp_path) as nodes:
         servers = [f"nats://127.0.0.1:{n.client}" for n in nodes]

@@ -23,6 +23,7 @@ from ruamel.yaml import YAML
 from bench._harness import EDGE_NICE, PLANT_NICE, child, priority
 from edge.config import load_model, load_site
 from simulators import Scenario, ScenarioPlayer, SiteSimulator
+from tests.db_support import cloud_db_url
 from tests.support import Broker, async_wait_until, free_port, start_mosquitto
 
 pytestmark = pytest.mark.integration
@@ -97,7 +98,7 @@ async def test_methane_scenario_end_to_end(
     api = f"http://127.0.0.1:{api_port}"
     cloud_args = [
         "cloud", "run", "--mqtt-port", str(broker.port), "--influx-url", influx_url,
-        "--influx-db", influx_name, "--db-url", f"sqlite:///{tmp_path / 'cloud.db'}",
+        "--influx-db", influx_name, "--db-url", cloud_db_url(tmp_path, "cloud.db"),
         "--port", str(api_port),
     ]  # fmt: skip
     edge_args = ["edge", "run", "--config", str(site_path), "--buffer", str(tmp_path / "b.db")]
@@ -105,7 +106,7 @@ async def test_methane_scenario_end_to_end(
     made = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-m", "safewatch.cli", "tokens", "create", "integration-test",
-         "--role", "viewer", "--db-url", f"sqlite:///{tmp_path / 'cloud.db'}"],
+         "--role", "viewer", "--db-url", cloud_db_url(tmp_path, "cloud.db")],
         capture_output=True, text=True, check=True, timeout=60,
     )  # fmt: skip
     token = made.stdout.strip()

@@ -12,11 +12,12 @@ from cloud import create_app
 from cloud.auth import Role
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 from tests.factories import SITE, alarm
 
 
 async def test_kpi_route_counts_raises_floods_chatter_and_standing(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'api.db'}")
+    store = Store(cloud_db_url(tmp_path, "api.db"))
     store.create_all()
     t0 = (time.time_ns() // 10**9 - 3600) * 10**9  # an hour ago: a 10-minute window starts here
     seq = 0

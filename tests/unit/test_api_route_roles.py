@@ -24,6 +24,7 @@ from cloud.api import PUBLIC_ROUTES
 from cloud.auth import ALL_ROLES, Authenticator, Role, RoleGuard
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 
 A, SE, RE, RV, V = (
     Role.ADMIN,
@@ -76,7 +77,7 @@ PATH_VALUES = {
 
 @pytest.fixture
 def app_and_auth(tmp_path: Path) -> Iterator[tuple[FastAPI, Authenticator]]:
-    store = Store(f"sqlite:///{tmp_path / 'api.db'}")
+    store = Store(cloud_db_url(tmp_path, "api.db"))
     store.create_all()
     auth = make_authenticator(store.engine)
     health = {"db": True, "influx": True, "mqtt": True, "counters": {}}

@@ -14,13 +14,14 @@ from typer.testing import CliRunner
 from cloud.audit import GENESIS, AuditAction, AuditLog, entry_hash
 from cloud.storage import Store
 from safewatch.cli import app as cli
+from tests.db_support import cloud_db_url
 
 AUDIT_ROWS = 6
 
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'audit.db'}"
+    return cloud_db_url(tmp_path, "audit.db")
 
 
 @pytest.fixture

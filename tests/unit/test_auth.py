@@ -25,6 +25,7 @@ from cloud.auth import (
 )
 from cloud.storage import Store
 from tests.auth_support import PASSWORD, fast_hasher, headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 
 
 class FakeClock:
@@ -37,7 +38,7 @@ class FakeClock:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'auth.db'}")
+    s = Store(cloud_db_url(tmp_path, "auth.db"))
     s.create_all()
     yield s
     s.close()

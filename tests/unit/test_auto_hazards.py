@@ -12,13 +12,14 @@ from cloud.audit import AuditLog
 from cloud.hazards import AUTO_ACTOR, AutoHazards, HazardFilter, HazardService, classify
 from cloud.ingest import Incoming, IngestService
 from cloud.storage import Store
+from tests.db_support import cloud_db_url
 from tests.factories import alarm
 from tests.unit.test_cloud_ingest import ANY_TIME, RecordingWriter
 
 
 @pytest.fixture
 def setup(tmp_path: Path) -> tuple[IngestService, HazardService, AutoHazards]:
-    store = Store(f"sqlite:///{tmp_path / 'auto.db'}")
+    store = Store(cloud_db_url(tmp_path, "auto.db"))
     store.create_all()
     audit = AuditLog(store.engine)
     audit.create_all()

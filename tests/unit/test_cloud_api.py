@@ -15,6 +15,7 @@ from cloud.api import iso_utc
 from cloud.auth import Role
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 from tests.factories import alarm, gateway_status, point, telemetry
 
 T0 = 1_700_000_000_123_456_789  # has microseconds, unlike tests.factories.T0
@@ -22,7 +23,7 @@ T0 = 1_700_000_000_123_456_789  # has microseconds, unlike tests.factories.T0
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'api.db'}")
+    s = Store(cloud_db_url(tmp_path, "api.db"))
     s.create_all()
     return s
 
@@ -156,7 +157,7 @@ async def test_gateways_listed(client: httpx.AsyncClient, store: Store) -> None:
 
 
 async def test_database_failure_is_a_503(tmp_path: Path, health_state: dict[str, Any]) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'never-created.db'}")  # only the auth tables
+    store = Store(cloud_db_url(tmp_path, "never-created.db"))  # only the auth tables
     async with asgi_client(store, health_state) as client:
         response = await client.get("/api/v1/alarms")
     assert response.status_code == 503

@@ -12,6 +12,7 @@ import wire
 from cloud import IngestService
 from cloud.ingest import TimeWindow
 from cloud.storage import InfluxUnavailable, Store, StoreError, WriteResult
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, gap, gateway_status, point, telemetry
 
 ANY_TIME = TimeWindow(past_s=None, future_s=None)
@@ -67,7 +68,7 @@ class RecordingWriter:
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'ingest.db'}")
+    s = Store(cloud_db_url(tmp_path, "ingest.db"))
     s.create_all()
     return s
 

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 
 from cloud.storage import Store
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, gap, gateway_status, point, telemetry
 
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cloud.db'}"
+    return cloud_db_url(tmp_path, "cloud.db")
 
 
 @pytest.fixture
@@ -23,6 +24,8 @@ def store(db_url: str) -> Store:
 
 
 def test_sqlite_runs_in_wal_mode(store: Store) -> None:
+    if store.dialect != "sqlite":
+        pytest.skip("SQLite only (SAFEWATCH_TEST_DB points at PostgreSQL)")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
 

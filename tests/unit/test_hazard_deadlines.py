@@ -25,7 +25,7 @@ from cloud.hazards import (
 )
 from cloud.hazards._deadlines import JOBS_TABLE, job_id
 from cloud.storage import Store
-from tests.db_support import db_url
+from tests.db_support import cloud_db_url
 from tests.support import wait_until
 
 G = HazardGrade.GENERAL
@@ -52,7 +52,7 @@ class Opened:
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
-    value = db_url(tmp_path)
+    value = cloud_db_url(tmp_path)
     store = Store(value)
     migrations.upgrade(store.engine)
     store.close()

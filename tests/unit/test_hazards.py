@@ -25,6 +25,7 @@ from cloud.hazards import (
 )
 from cloud.hazards._lifecycle import TransitionNotAllowed
 from cloud.storage import Store
+from tests.db_support import cloud_db_url
 
 S, E = HazardStatus, HazardEvent
 A, SE, RE, RV, V = Role.ADMIN, Role.SAFETY_ENGINEER, Role.RECTIFIER, Role.REVIEWER, Role.VIEWER
@@ -73,7 +74,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def service(tmp_path: Path, clock: Clock) -> Iterator[HazardService]:
-    store = Store(f"sqlite:///{tmp_path / 'hz.db'}")
+    store = Store(cloud_db_url(tmp_path, "hz.db"))
     audit = AuditLog(store.engine)
     audit.create_all()
     svc = HazardService(store.engine, audit, tmp_path / "evidence", clock=clock)

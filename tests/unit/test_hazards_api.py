@@ -18,13 +18,14 @@ from cloud.hazards import HazardService
 from cloud.risk import RiskModel, RiskService
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 
 
 @pytest.fixture
 async def env(
     tmp_path: Path,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Authenticator, HazardService]]:
-    store = Store(f"sqlite:///{tmp_path / 'api.db'}")
+    store = Store(cloud_db_url(tmp_path, "api.db"))
     store.create_all()
     auth = make_authenticator(store.engine)
     hazards = HazardService(store.engine, auth.audit, tmp_path / "evidence")

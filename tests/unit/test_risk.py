@@ -23,6 +23,7 @@ from cloud.risk import (
     matrix_score,
 )
 from cloud.storage import Store
+from tests.db_support import cloud_db_url
 
 RED, ORANGE, YELLOW, BLUE = RiskGrade.RED, RiskGrade.ORANGE, RiskGrade.YELLOW, RiskGrade.BLUE
 
@@ -129,7 +130,7 @@ def test_live_factors_raise_grades_and_are_explained(tmp_path: Path) -> None:
 
 
 def test_risk_service_counts_open_hazards_and_keeps_grade_history(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store = Store(cloud_db_url(tmp_path, "r.db"))
     store.create_all()
     audit = AuditLog(store.engine)
     audit.create_all()
