@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import socket
 import ssl
@@ -25,7 +26,7 @@ from cloud.api import create_app
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore
 from cloud.commands import CommandSender, CommandSigner
-from cloud.hazards import AutoHazards, DeadlineWatch, HazardService
+from cloud.hazards import AutoHazards, DeadlineWatch, HazardService, OfflineHazards
 from cloud.ingest import IngestService, TimeWindow
 from cloud.risk import RiskService
 from cloud.storage import (
@@ -83,6 +84,8 @@ class CloudSettings:
     evidence_dir: str = "var/evidence"
     # Risk units (areas, polygons, LEC / 5x5 assessments) for the heatmap; None: not configured.
     risk_file: str | None = None
+    # A monitoring sensor in fault, or a gateway offline, this long opens an automatic hazard.
+    sensor_offline_s: float = 600.0
 
 
 class _QuietServer(uvicorn.Server):
@@ -143,6 +146,9 @@ class CloudService:
         self.ingest.alarm_handlers.append(AutoHazards(self.hazards))
         # Reminders and escalations; started once the schema is there, jobs in the database.
         self.deadlines = DeadlineWatch(self.hazards)
+        self.offline = OfflineHazards(
+            self.hazards, after=dt.timedelta(seconds=settings.sensor_offline_s)
+        )
         self.risk = (
             None
             if settings.risk_file is None
@@ -220,6 +226,7 @@ class CloudService:
                 tg.create_task(self._ensure_influx_database(), name="influx-database"),
             ]
             ingest_task = tg.create_task(self._ingest_when_ready(), name="mqtt-ingest")
+            setup_tasks.append(tg.create_task(self._offline_sweeps(), name="offline-hazards"))
             announce_task = tg.create_task(self._announce(on_ready), name="announce")
 
             stop_task = tg.create_task(self._stop.wait(), name="stop-request")
@@ -286,6 +293,22 @@ class CloudService:
                 await asyncio.sleep(delay)
             else:
                 return
+
+    async def _offline_sweeps(self) -> None:
+        """Open hazards for monitoring blind too long; a failed sweep is retried next time."""
+        await self._schema_ready.wait()
+        while True:
+            try:
+                await asyncio.to_thread(self.offline.sweep)
+            except StoreError as exc:
+                log.warning("offline-hazard sweep failed (%s); next in %.0fs", exc, self._sweep_s)
+            except Exception:  # a sweep's own fault never stops the ingest and the API
+                log.exception("offline-hazard sweep failed; next in %.0fs", self._sweep_s)
+            await asyncio.sleep(self._sweep_s)
+
+    @property
+    def _sweep_s(self) -> float:
+        return self.offline.interval_s
 
     async def _ingest_when_ready(self) -> None:
         await self._schema_ready.wait()

@@ -111,6 +111,12 @@ def run(
     risk_file: str | None = typer.Option(
         None, help="Risk units (areas, LEC / 5x5 assessments) for the heatmap, e.g. site.risk.yaml."
     ),
+    sensor_offline_min: float = typer.Option(
+        10.0,
+        min=0.1,
+        help="Minutes a monitoring sensor (in fault) or a gateway (offline) may stay blind "
+        "before an automatic hazard is opened.",
+    ),
     log_level: str = typer.Option("INFO", help="Logging level."),
 ) -> None:
     """Run MQTT ingest, the InfluxDB writer and the HTTP API until SIGINT/SIGTERM."""
@@ -159,6 +165,7 @@ def run(
         commander_password=commander_password,
         evidence_dir=evidence_dir,
         risk_file=risk_file,
+        sensor_offline_s=sensor_offline_min * 60,
     )
 
     def ready(service: CloudService) -> None:

@@ -23,6 +23,7 @@ from cloud.hazards._lifecycle import (
     HazardStatus,
     next_status,
 )
+from cloud.hazards._offline import DEFAULT_OFFLINE_AFTER, OfflineHazards
 from cloud.hazards._service import (
     DEADLINE_ACTOR,
     DEFAULT_DEADLINES,
@@ -43,6 +44,7 @@ __all__ = [
     "AUTO_ACTOR",
     "DEADLINE_ACTOR",
     "DEFAULT_DEADLINES",
+    "DEFAULT_OFFLINE_AFTER",
     "DEFAULT_REMIND_BEFORE",
     "EVENTS",
     "JOBS_METADATA",
@@ -65,6 +67,7 @@ __all__ = [
     "HazardService",
     "HazardStatus",
     "InvalidTransition",
+    "OfflineHazards",
     "classify",
     "hazards_router",
     "next_status",
