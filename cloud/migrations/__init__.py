@@ -176,11 +176,30 @@ def schema_diff(engine: Engine) -> list[Any]:
             conn,
             opts={
                 "compare_type": True,
-                "compare_server_default": True,
+                "compare_server_default": _compare_server_default,
                 "include_name": _include_name,
             },
         )
         return list(compare_metadata(ctx, merged_metadata()))
+
+
+def _compare_server_default(
+    context: Any,
+    inspected_column: Any,
+    metadata_column: Any,
+    inspected_default: str | None,
+    metadata_default: Any,
+    rendered_metadata_default: str | None,
+) -> bool | None:
+    """An empty-string default reads back as ``('')`` (SQLite) or ``''::text`` (PostgreSQL):
+    the same default, not a difference. Anything else: alembic's own comparison."""
+
+    def empty(value: str | None) -> bool:
+        return value is not None and value.removesuffix("::text").strip("()'\"") == ""
+
+    if empty(inspected_default) and empty(rendered_metadata_default):
+        return False
+    return None
 
 
 def _include_name(name: str | None, type_: str, parent_names: Any) -> bool:
