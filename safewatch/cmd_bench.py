@@ -67,6 +67,25 @@ def heatmap(
     emit(run(units=units, rounds=rounds))
 
 
+@app.command("api")
+def api(
+    rate: Annotated[float, typer.Option("--rate", min=1, help="Requests per second.")] = 500.0,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="Per phase.")] = 5.0,
+    units: Annotated[int, typer.Option("--units", min=10, help="Risk units.")] = 1000,
+    hazards: Annotated[int, typer.Option("--hazards", min=0, help="Hazards stored.")] = 2000,
+) -> None:
+    """p99 of the hazard list and the heatmap at a fixed request rate, load from this process
+    and the API in a child process; /health at the same rate is the baseline."""
+    from bench._harness import emit
+    from bench.api import run
+
+    typer.echo(
+        f"api: {rate:g} requests/s for {seconds:g} s per phase (health, hazard list, heatmap); "
+        f"{units} risk units, {hazards} hazards, SQLite store, one uvicorn worker"
+    )
+    emit(run(rate=rate, seconds=seconds, units=units, hazards=hazards))
+
+
 @app.command("uplink")
 def uplink(
     points: Annotated[

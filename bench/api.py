@@ -1,0 +1,215 @@
+"""``safewatch bench api``: p99 latency of the hazard list and the heatmap at a fixed rate.
+
+The API (uvicorn, one worker, the cloud's own ``create_app`` over a SQLite store filled
+like ``bench heatmap``'s site plus a page of hazards) runs in a child process; this process
+is the load: an open loop that sends each request at its scheduled time (500/s by
+default), whatever the answers before it did, and measures from that scheduled time, so a
+slow server cannot hide its queue (no coordinated omission). Three phases of
+``--seconds`` each: ``/health`` (the baseline: server and client overhead), then
+``GET /api/v1/hazards?limit=50``, then ``GET /api/v1/risk/heatmap``. A request still
+unanswered ``--timeout-s`` after its time counts as a timeout at that latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench._harness import free_port, percentile, workdir
+
+_TOKEN_ENV = "SAFEWATCH_BENCH_TOKEN"
+
+
+def _prepare(work: Path, units: int, hazards_n: int) -> str:
+    """Fill the store (risk picture and hazards); return a viewer API token."""
+    from bench.heatmap import _fill, _model
+    from cloud import migrations
+    from cloud.audit import AuditLog
+    from cloud.auth import Authenticator, AuthStore, Role
+    from cloud.hazards import HazardGrade, HazardIn, HazardService
+    from cloud.storage import Store
+
+    store = Store(f"sqlite:///{work / 'cloud.db'}")
+    try:
+        migrations.upgrade(store.engine)
+        audit = AuditLog(store.engine)
+        hazards = HazardService(store.engine, audit, work / "evidence")
+        model = _model(units, 10)
+        _fill(store, hazards, model, 20)
+        for i in range(hazards_n):
+            hazards.create(
+                HazardIn(
+                    title=f"bench hazard {i}",
+                    area=model.areas[i % len(model.areas)].id,
+                    grade=HazardGrade.MAJOR if i % 5 == 0 else HazardGrade.GENERAL,
+                    site="bench",
+                ),
+                "bench",
+            )
+        (work / "risk.yaml").write_text(model.model_dump_json(), encoding="utf-8")
+        auth = Authenticator(AuthStore(store.engine), audit)
+        token, _ = auth.create_token("bench", Role.VIEWER, "bench")
+        return token
+    finally:
+        store.close()
+
+
+def serve(work: Path, port: int) -> None:
+    """The child: the cloud API over the prepared store, until killed."""
+    import uvicorn
+
+    from cloud.api import create_app
+    from cloud.audit import AuditLog
+    from cloud.auth import Authenticator, AuthStore
+    from cloud.hazards import HazardService
+    from cloud.risk import RiskModel, RiskService
+    from cloud.storage import Store
+
+    store = Store(f"sqlite:///{work / 'cloud.db'}")
+    audit = AuditLog(store.engine)
+    hazards = HazardService(store.engine, audit, work / "evidence")
+    model = RiskModel.model_validate_json((work / "risk.yaml").read_text(encoding="utf-8"))
+    risk = RiskService(store.engine, model, store=store, hazards=hazards)
+    app = create_app(
+        store,
+        lambda: {"db": True, "influx": True, "mqtt": True, "counters": {}},
+        authenticator=Authenticator(AuthStore(store.engine), audit),
+        audit=audit,
+        hazards=hazards,
+        risk=risk,
+    )
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+async def _phase(
+    client: httpx.AsyncClient, path: str, rate: float, seconds: float, timeout_s: float
+) -> dict[str, Any]:
+    n = max(1, int(rate * seconds))
+    latencies: list[float] = []
+    errors = 0
+    timeouts = 0
+
+    async def one(at: float) -> None:
+        nonlocal errors, timeouts
+        # Never cancelled (a cancelled request costs a connection and a new handshake,
+        # which only feeds the overload); one answered after timeout_s counts as a timeout.
+        try:
+            r = await client.get(path)
+            if r.status_code != 200:
+                errors += 1
+            latency = (time.perf_counter() - at) * 1000
+            timeouts += latency > timeout_s * 1000
+            latencies.append(latency)
+        except httpx.HTTPError:
+            errors += 1
+            latencies.append((time.perf_counter() - at) * 1000)
+
+    start = time.perf_counter() + 0.05
+    tasks = []
+    for i in range(n):
+        at = start + i / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(at)))
+    sent_s = time.perf_counter() - start
+    await asyncio.gather(*tasks)
+    done_s = time.perf_counter() - start
+    return {
+        "requests": n,
+        "offered_rps": round(n / max(sent_s, 1e-9), 1),
+        "rps": round(n / max(done_s, 1e-9), 1),
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+        "max_ms": round(max(latencies), 2),
+        "errors": errors,
+        "timeouts": timeouts,
+    }
+
+
+async def _load(
+    base: str, token: str, rate: float, seconds: float, timeout_s: float
+) -> dict[str, dict[str, Any]]:
+    # A fixed pool: requests beyond it wait in the client's queue (and that wait counts).
+    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=600.0
+    ) as client:
+        deadline = time.monotonic() + 30
+        while True:  # the server is up once /health answers
+            try:
+                if (await client.get("/health")).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"bench api: the API at {base} did not start")
+            await asyncio.sleep(0.1)
+        for path in ("/api/v1/hazards?limit=50", "/api/v1/risk/heatmap"):  # warm
+            (await client.get(path)).raise_for_status()
+        out = {}
+        for name, path in (
+            ("health", "/health"),
+            ("hazards", "/api/v1/hazards?limit=50"),
+            ("heatmap", "/api/v1/risk/heatmap"),
+        ):
+            out[name] = await _phase(client, path, rate, seconds, timeout_s)
+            print(f"bench api: {name}: {out[name]}", flush=True)
+        return out
+
+
+def run(
+    *,
+    rate: float = 500.0,
+    seconds: float = 5.0,
+    units: int = 1000,
+    hazards: int = 2000,
+    timeout_s: float = 5.0,
+) -> dict[str, Any]:
+    with workdir() as work:
+        token = _prepare(work, units, hazards)
+        port = free_port()
+        log = (work / "api.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.api", str(work), str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            phases = asyncio.run(_load(f"http://127.0.0.1:{port}", token, rate, seconds, timeout_s))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+    worst = max(phases["hazards"]["p99_ms"], phases["heatmap"]["p99_ms"])
+    return {
+        "target_rps": rate,
+        "seconds_per_phase": seconds,
+        "units": units,
+        "hazards": hazards,
+        "baseline_health": phases["health"],
+        "hazard_list": phases["hazards"],
+        "heatmap": phases["heatmap"],
+        "p99_ms": worst,
+        "rps": min(phases["hazards"]["rps"], phases["heatmap"]["rps"]),
+        "goal_p99_ms": 50,
+        "goal_met": worst <= 50,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+if __name__ == "__main__":
+    serve(Path(sys.argv[1]), int(sys.argv[2]))
