@@ -90,20 +90,6 @@ class _NeverQuiet:
 _NEVER_QUIET = _NeverQuiet()
 
 
-def _without(block: SampleBlock, drop: list[int]) -> SampleBlock:
-    """The block less the samples at ``drop`` (sorted)."""
-    gone = set(drop)
-    keep = [i for i in range(len(block)) if i not in gone]
-    odd = {n: block.odd[i] for n, i in enumerate(keep) if i in block.odd}
-    return SampleBlock(
-        tuple(block.tags[i] for i in keep),
-        block.device,
-        [block.values[i] for i in keep],
-        [block.stamps[i] for i in keep],
-        odd,
-    )
-
-
 log = logging.getLogger("safewatch.edge.engine")
 
 
@@ -311,6 +297,9 @@ class SafetyEngine:
         """
         rules = self._by_tag.get(sample.tag)
         if rules is None:
+            # no rule judges this tag (a profile without limits): still a reading to keep
+            self.samples += 1
+            self._to_uplink(self._mark(self._classify(sample), ()))
             return None
         own, marked = self._decide(sample, rules)
         self._to_uplink(marked)
@@ -341,18 +330,16 @@ class SafetyEngine:
             if not rule.quiet(value, now)
         ]
         self.samples += len(route) - len(slow)
-        dropped: list[int] = []
         if slow:
             odd = samples.odd
             for index in slow:
                 sample = samples[index]
                 rules = self._by_tag.get(sample.tag)
-                if rules is None:
-                    dropped.append(index)  # no rule: not counted, not sent (as handle)
+                if rules is None:  # no rule: counted and sent as it reads (as handle)
+                    self.samples += 1
+                    odd[index] = self._mark(self._classify(sample), ())
                     continue
                 _, odd[index] = self._decide(sample, rules)
-        if dropped:
-            samples = _without(samples, dropped)
         if samples.tags:
             self._block_to_uplink(samples)
 

@@ -316,12 +316,17 @@ def test_quiet_band_opens_only_in_the_steady_normal_state() -> None:
     assert twin.engine._route(("CH4R",))[0].quiet(0.3, twin.now) is False
 
 
-def test_a_tag_without_rules_is_neither_counted_nor_sent_from_a_block() -> None:
-    twin = _Twin(_site())
+def test_a_tag_without_rules_is_still_counted_and_sent_by_both_paths() -> None:
+    """Every reading is kept until the cloud has it, judged or not."""
+    block_twin, sample_twin = _Twin(_site()), _Twin(_site())
     block = SampleBlock(("CH4", "NOPE"), "gas", [0.3, 0.5], [5, 5])
-    twin.engine.handle_block(block)
-    assert twin.engine.samples == 1
-    assert [s[0] for s in twin.sent()] == ["CH4"]
+    block_twin.engine.handle_block(block)
+    for sample in SampleBlock(("CH4", "NOPE"), "gas", [0.3, 0.5], [5, 5]):
+        sample_twin.engine.handle(sample)
+    assert block_twin.engine.samples == sample_twin.engine.samples == 2
+    sent = block_twin.sent()
+    assert [s[:3] for s in sent] == [("CH4", "gas", 0.3), ("NOPE", "gas", 0.5)]
+    assert sent == sample_twin.sent()
 
 
 # -- uplink hand-off ----------------------------------------------------------------
