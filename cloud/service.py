@@ -61,7 +61,6 @@ class CloudSettings:
     port: int = 8000
     group: str | None = None  # MQTT shared-subscription group for several workers
     client_id: str | None = None  # default: <group>-<hostname>, a persistent MQTT session
-    shutdown_flush_s: float = 5.0
     # Timestamps accepted around receive time (None: no limit on that side).
     accept_past_s: float | None = 30 * 86_400.0
     accept_future_s: float | None = 300.0
@@ -186,7 +185,6 @@ class CloudService:
     def health(self) -> dict[str, Any]:
         counters = {f"ingest_{k}": v for k, v in self.ingest.counters().items()}
         counters.update({f"influx_{k}": v for k, v in self.writer.counters().items()})
-        counters["influx_pending"] = self.writer.pending
         counters["influx_spooled_pending"] = self.ingest.spool_pending
         return {
             "db": self._schema_ready.is_set() and self.store.ping(),
@@ -238,7 +236,6 @@ class CloudService:
             await asyncio.gather(ingest_task, *setup_tasks, return_exceptions=True)
             writer_task.cancel()
             await asyncio.gather(writer_task, return_exceptions=True)
-            await self._final_flush()
             self._server.should_exit = True
             stop_task.cancel()
             announce_task.cancel()
@@ -313,15 +310,6 @@ class CloudService:
     async def _ingest_when_ready(self) -> None:
         await self._schema_ready.wait()
         await self.ingest.run()
-
-    async def _final_flush(self) -> None:
-        if not self.writer.pending:
-            return
-        try:
-            async with asyncio.timeout(self.settings.shutdown_flush_s):
-                await self.writer.flush()
-        except (InfluxError, TimeoutError) as exc:
-            log.error("shutdown: %d lines not written to InfluxDB (%s)", self.writer.pending, exc)
 
 
 def _tls_context(settings: CloudSettings) -> ssl.SSLContext | None:

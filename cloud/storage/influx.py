@@ -4,10 +4,12 @@
 (one measurement per sensor kind; tags site, gateway, area, position, device,
 tag, unit; fields value, quality, reason; nanosecond timestamps).
 
-Writers keep a bounded queue of lines and send it in batches. When the queue
-is full the oldest lines are dropped and counted (``dropped_queue_full``); a
-server that is down keeps lines queued (``InfluxUnavailable``), a server that
-refuses them (4xx) makes them dropped and counted (``InfluxRejected``).
+Writers hold no lines of their own: :meth:`write` sends what it is given, now, in
+requests of ``batch_lines`` side by side, and reports InfluxDB's real answer (what
+it stored and refused); a server that cannot answer raises ``InfluxUnavailable``
+and the caller keeps every line (the ingest spools them on disk, in the same
+transaction as the sequence marks). An in-memory queue that acked lines before
+InfluxDB had them was removed with the ack-after-durable ingest.
 
 - :class:`InfluxV1Writer` speaks the v1 HTTP API (``/write``, ``/query``,
   ``/ping``) with gzip bodies; InfluxDB 2.x/3.x serve that API too.
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import gzip
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -149,20 +151,15 @@ class PointWriter(Protocol):
     @property
     def reachable(self) -> bool: ...
 
-    @property
-    def pending(self) -> int: ...
-
     def counters(self) -> dict[str, int]: ...
 
-    def enqueue(self, lines: Iterable[str]) -> None: ...
-
     async def write(self, lines: Sequence[str]) -> WriteResult:
-        """Write now, bypassing the queue; :class:`InfluxUnavailable` when it cannot."""
+        """Write now; :class:`InfluxUnavailable` when it cannot."""
         ...
 
-    async def flush(self) -> None: ...
-
-    async def run(self) -> None: ...
+    async def run(self) -> None:
+        """Keep :attr:`reachable` current (pings while idle or down); forever."""
+        ...
 
     async def ensure_database(self) -> None: ...
 
@@ -178,28 +175,14 @@ class _ServerError(Exception):
     """A 5xx answer: worth retrying."""
 
 
-class _QueuedWriter:
-    """Bounded line queue, batching and the flush loop shared by both writers."""
+class _BatchWriter:
+    """Batching, counters and the health loop shared by both writers."""
 
-    def __init__(
-        self,
-        *,
-        batch_lines: int,
-        flush_interval_s: float,
-        max_pending_lines: int,
-        max_requests: int = 3,
-    ) -> None:
-        if batch_lines < 1 or max_pending_lines < batch_lines or flush_interval_s <= 0:
-            raise ValueError(
-                "need batch_lines >= 1, max_pending_lines >= batch_lines, flush_interval_s > 0"
-            )
+    def __init__(self, *, batch_lines: int, max_requests: int = 3) -> None:
+        if batch_lines < 1:
+            raise ValueError("need batch_lines >= 1")
         self.batch_lines = batch_lines
-        self.flush_interval_s = flush_interval_s
-        self.max_pending_lines = max_pending_lines
-        self._queue: collections.deque[str] = collections.deque()
         self._counters: collections.Counter[str] = collections.Counter()
-        self._wakeup = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
         # Requests in flight from write(): InfluxDB answers fastest with a few, not many.
         self._requests = asyncio.Semaphore(max_requests)
         self._reachable = False
@@ -210,29 +193,9 @@ class _QueuedWriter:
         """True after the last contact with the server succeeded."""
         return self._reachable
 
-    @property
-    def pending(self) -> int:
-        return len(self._queue)
-
     def counters(self) -> dict[str, int]:
-        """written, rejected, dropped_queue_full, unavailable (failed sends), enqueued."""
+        """written, rejected, unavailable (failed writes)."""
         return dict(self._counters)
-
-    def enqueue(self, lines: Iterable[str]) -> None:
-        """Queue lines; never blocks. When full, the oldest lines are dropped and counted."""
-        added = 0
-        for line in lines:
-            self._queue.append(line)
-            added += 1
-        self._counters["enqueued"] += added
-        overflow = len(self._queue) - self.max_pending_lines
-        if overflow > 0:
-            for _ in range(overflow):
-                self._queue.popleft()
-            self._counters["dropped_queue_full"] += overflow
-            log.warning("influx queue full: dropped %d oldest lines", overflow)
-        if len(self._queue) >= self.batch_lines:
-            self._wakeup.set()
 
     async def _send(self, lines: list[str]) -> None:
         raise NotImplementedError
@@ -268,6 +231,7 @@ class _QueuedWriter:
             if result.error:
                 errors.append(result.error)
         self._reachable = True
+        self._last_contact = time.monotonic()
         self._counters["written"] += written
         self._counters["rejected"] += refused
         return WriteResult(written, refused, "; ".join(errors))
@@ -281,68 +245,20 @@ class _QueuedWriter:
             return WriteResult(len(chunk) - exc.rejected, exc.rejected, str(exc))
         return WriteResult(len(chunk))
 
-    async def flush(self) -> None:
-        """Send every queued line in batches.
-
-        Raises :class:`InfluxUnavailable` when the server cannot take them (the
-        unsent lines stay queued). Rejected batches are dropped, counted and
-        logged; flushing goes on with the next batch.
-        """
-        async with self._flush_lock:
-            while self._queue:
-                batch = [self._queue[i] for i in range(min(self.batch_lines, len(self._queue)))]
-                try:
-                    await self._send(batch)
-                except InfluxUnavailable:
-                    self._reachable = False
-                    self._counters["unavailable"] += 1
-                    raise
-                except InfluxRejected as exc:
-                    self._reachable = True
-                    self._drop_front(len(batch))
-                    self._counters["rejected"] += exc.rejected
-                    self._counters["written"] += len(batch) - exc.rejected
-                    log.error("influx rejected %d of %d lines: %s", exc.rejected, len(batch), exc)
-                    continue
-                self._reachable = True
-                self._drop_front(len(batch))
-                self._counters["written"] += len(batch)
-
-    def _drop_front(self, count: int) -> None:
-        for _ in range(min(count, len(self._queue))):
-            self._queue.popleft()
-
     async def run(self) -> None:
-        """Flush every ``flush_interval_s`` (sooner when a batch is full), forever.
-
-        While the server is down, waits with capped jittered backoff; lines stay queued.
-        """
-        backoff = Backoff(initial=self.flush_interval_s, cap=30.0)
-        loop = asyncio.get_running_loop()
+        """Ping while the server is down (capped jittered backoff) or no write reached it
+        for a while, so ``reachable`` stays honest when no telemetry flows; forever."""
+        backoff = Backoff(initial=1.0, cap=30.0)
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.flush_interval_s):
-                    await self._wakeup.wait()
-            self._wakeup.clear()
-            try:
-                if self._queue:
-                    await self.flush()
-                    self._last_contact = loop.time()
-                elif not self._reachable or loop.time() - self._last_contact > _IDLE_PING_S:
-                    # Keep health honest while no telemetry flows.
-                    await self.ping()
-                    self._last_contact = loop.time()
-            except InfluxUnavailable as exc:
-                delay = backoff.next_delay()
-                log.warning(
-                    "influx unavailable (%s); %d lines queued; retry in %.1fs",
-                    exc,
-                    len(self._queue),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-            else:
-                backoff.reset()
+            delay = 1.0
+            if not self._reachable or time.monotonic() - self._last_contact > _IDLE_PING_S:
+                if await self.ping():
+                    self._last_contact = time.monotonic()
+                    backoff.reset()
+                else:
+                    delay = backoff.next_delay()
+                    log.warning("influx unavailable; next ping in %.1fs", delay)
+            await asyncio.sleep(delay)
 
     async def ping(self) -> bool:
         raise NotImplementedError
@@ -354,7 +270,7 @@ class _QueuedWriter:
         return None
 
 
-class InfluxV1Writer(_QueuedWriter):
+class InfluxV1Writer(_BatchWriter):
     """Batched gzip line-protocol writes to the v1 HTTP API (``/write?db=..&precision=ns``).
 
     Credentials are passed in by the caller (read from the environment, never YAML).
@@ -370,18 +286,12 @@ class InfluxV1Writer(_QueuedWriter):
         username: str | None = None,
         password: str | None = None,
         batch_lines: int = 5000,
-        flush_interval_s: float = 1.0,
-        max_pending_lines: int = 200_000,
         timeout_s: float = 10.0,
         retry_attempts: int = 3,
         retry_wait_max_s: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(
-            batch_lines=batch_lines,
-            flush_interval_s=flush_interval_s,
-            max_pending_lines=max_pending_lines,
-        )
+        super().__init__(batch_lines=batch_lines)
         self.url = url.rstrip("/")
         self.database = database
         self.timeout_s = timeout_s
@@ -422,7 +332,7 @@ class InfluxV1Writer(_QueuedWriter):
             headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
         )
         if response.status_code in (401, 403, 404):
-            # Wrong credentials or a missing database: the data is fine, keep it queued.
+            # Wrong credentials or a missing database: the data is fine, the caller keeps it.
             raise InfluxUnavailable(
                 f"InfluxDB refused access (HTTP {response.status_code}): {_error_text(response)}"
             )
@@ -481,7 +391,7 @@ class _V2WriteApi(Protocol):
     def write(self, bucket: str, org: str, record: list[str], write_precision: str) -> Any: ...
 
 
-class InfluxV2Writer(_QueuedWriter):
+class InfluxV2Writer(_BatchWriter):
     """Batched writes through ``influxdb-client`` (token auth, org, bucket) for 2.x/3.x.
 
     The blocking client runs in a worker thread. ``write_api_factory`` is the
@@ -496,16 +406,10 @@ class InfluxV2Writer(_QueuedWriter):
         org: str,
         bucket: str,
         batch_lines: int = 5000,
-        flush_interval_s: float = 1.0,
-        max_pending_lines: int = 200_000,
         timeout_s: float = 10.0,
         write_api_factory: Callable[[], _V2WriteApi] | None = None,
     ) -> None:
-        super().__init__(
-            batch_lines=batch_lines,
-            flush_interval_s=flush_interval_s,
-            max_pending_lines=max_pending_lines,
-        )
+        super().__init__(batch_lines=batch_lines)
         self.url = url.rstrip("/")
         self.org = org
         self.bucket = bucket

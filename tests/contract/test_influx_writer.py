@@ -71,11 +71,11 @@ async def test_batch_round_trips_with_escaped_tags_and_strings(influx_db: tuple[
     batch = wire.TelemetryBatch(gateway="gw-1", site="north mine", seq=1, sent_ns=T0, points=points)
     writer = InfluxV1Writer(url, db, batch_lines=2)
     try:
-        writer.enqueue(to_lines(batch))
-        await writer.flush()
+        result = await writer.write(to_lines(batch))  # two requests of 2 and 1 lines
     finally:
         await writer.aclose()
-    assert writer.counters()["written"] == 3 and writer.pending == 0
+    assert (result.written, result.refused) == (3, 0)
+    assert writer.counters()["written"] == 3
 
     ch4 = query(url, db, 'SELECT * FROM "ch4" ORDER BY time')
     assert [(r["time"], r["value"], r["quality"], r["reason"]) for r in ch4] == [
@@ -102,16 +102,17 @@ async def test_field_type_conflict_is_rejected_and_counted_with_influx_message(
     url, db = influx_db
     writer = InfluxV1Writer(url, db)
     try:
-        writer.enqueue([f"ch4,tag=T1 value=1.0 {T0}"])
-        await writer.flush()
-        writer.enqueue([f'ch4,tag=T1 value="text" {T0 + 1}', f"ch4,tag=T1 value=2.0 {T0 + 2}"])
-        await writer.flush()
+        await writer.write([f"ch4,tag=T1 value=1.0 {T0}"])
+        result = await writer.write(
+            [f'ch4,tag=T1 value="text" {T0 + 1}', f"ch4,tag=T1 value=2.0 {T0 + 2}"]
+        )
     finally:
         await writer.aclose()
+    assert (result.written, result.refused) == (1, 1)  # from InfluxDB's partial-write answer
+    assert "field type conflict" in result.error
     counters = writer.counters()
     assert counters["rejected"] == 1
     assert counters["written"] == 2
-    assert writer.pending == 0
     assert "field type conflict" in caplog.text
     assert [r["value"] for r in query(url, db, 'SELECT value FROM "ch4"')] == [1.0, 2.0]
 
@@ -131,19 +132,18 @@ async def test_ensure_database_creates_once_and_is_idempotent() -> None:
         query(url, name, f'DROP DATABASE "{name}"')
 
 
-async def test_influx_down_counts_unavailable_and_keeps_every_line() -> None:
+async def test_influx_down_is_unavailable_and_nothing_counts_as_written() -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     writer = InfluxV1Writer(closed, "nowhere", retry_attempts=2, retry_wait_max_s=0.01)
     try:
         lines = [f"ch4,tag=T{i} value={i}.0 {T0 + i}" for i in range(10)]
-        writer.enqueue(lines)
         with pytest.raises(InfluxUnavailable):
-            await writer.flush()
+            await writer.write(lines)  # the caller keeps the lines (the ingest spools them)
         assert await writer.ping() is False
     finally:
         await writer.aclose()
-    assert writer.pending == 10
     assert writer.counters()["unavailable"] == 1
+    assert "written" not in writer.counters()
     assert not writer.reachable
 
 
@@ -168,22 +168,22 @@ async def _start_proxy(port: int, target_port: int) -> asyncio.Server:
     return await asyncio.start_server(handle, "127.0.0.1", port)
 
 
-async def test_run_keeps_lines_while_down_and_delivers_when_influx_comes_back(
+async def test_run_reports_reachable_only_once_influx_is_back(
     influx_db: tuple[str, str],
 ) -> None:
     url, db = influx_db
     port = free_port()
-    writer = InfluxV1Writer(f"http://127.0.0.1:{port}", db, flush_interval_s=0.05, retry_attempts=1)
-    writer.enqueue([f"ch4,tag=T1 value=3.5 {T0}", f"ch4,tag=T1 value=4.5 {T0 + 1}"])
+    writer = InfluxV1Writer(f"http://127.0.0.1:{port}", db, retry_attempts=1)
+    lines = [f"ch4,tag=T1 value=3.5 {T0}", f"ch4,tag=T1 value=4.5 {T0 + 1}"]
     async with asyncio.TaskGroup() as tg:
-        task = tg.create_task(writer.run(), name="influx-writer")
-        await async_wait_until(
-            lambda: writer.counters().get("unavailable", 0) >= 1, 10, "a failed flush"
-        )
-        assert writer.pending == 2
+        task = tg.create_task(writer.run(), name="influx-health")
+        with pytest.raises(InfluxUnavailable):
+            await writer.write(lines)
+        assert not writer.reachable
         proxy = await _start_proxy(port, int(url.rsplit(":", 1)[1]))
         try:
-            await async_wait_until(lambda: writer.pending == 0, 40, "queued lines delivered")
+            await async_wait_until(lambda: writer.reachable, 40, "a ping through the proxy")
+            assert (await writer.write(lines)).written == 2
         finally:
             task.cancel()
             proxy.close()

@@ -36,7 +36,7 @@ async def test_ingest_stores_alarms_once_latest_and_points(
     influx_url, db = influx_db
     store = Store(cloud_db_url(tmp_path, "cloud.db"))
     store.create_all()
-    writer = InfluxV1Writer(influx_url, db, flush_interval_s=0.05)
+    writer = InfluxV1Writer(influx_url, db)
     ingest = IngestService(
         broker.host, broker.port, store, writer, group="contract", ts_window=ANY_TIME
     )

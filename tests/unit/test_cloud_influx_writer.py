@@ -1,4 +1,4 @@
-"""Influx writers against fakes at the HTTP / client seam: batching, gzip, errors, queue bound."""
+"""Influx writers against fakes at the HTTP / client seam: batching, gzip, errors, answers."""
 
 from __future__ import annotations
 
@@ -41,7 +41,6 @@ class FakeInflux:
 def writer(fake: Callable[[httpx.Request], httpx.Response], **kw: Any) -> InfluxV1Writer:
     options: dict[str, Any] = {
         "batch_lines": 2,
-        "max_pending_lines": 10,
         "retry_attempts": 2,
         "retry_wait_max_s": 0.01,
     }
@@ -51,17 +50,16 @@ def writer(fake: Callable[[httpx.Request], httpx.Response], **kw: Any) -> Influx
     )
 
 
-async def test_flush_sends_gzip_batches_with_db_and_ns_precision() -> None:
+async def test_write_sends_gzip_batches_with_db_and_ns_precision() -> None:
     fake = FakeInflux()
     w = writer(fake, username="reader", password="s3cret")
-    w.enqueue(LINES)
-    await w.flush()
-    assert fake.bodies == [LINES[0:2], LINES[2:4], LINES[4:5]]
+    result = await w.write(LINES)
+    assert sorted(fake.bodies) == sorted([LINES[0:2], LINES[2:4], LINES[4:5]])
     first = fake.requests[0]
     assert first.method == "POST"
     assert dict(first.url.params) == {"db": "plant", "precision": "ns"}
     assert first.headers["authorization"].startswith("Basic ")
-    assert w.pending == 0
+    assert (result.written, result.refused) == (5, 0)
     assert w.counters()["written"] == 5
     assert w.reachable
 
@@ -69,21 +67,18 @@ async def test_flush_sends_gzip_batches_with_db_and_ns_precision() -> None:
 async def test_5xx_is_retried_then_delivered() -> None:
     fake = FakeInflux((503, {"error": "busy"}))
     w = writer(fake, batch_lines=5)
-    w.enqueue(LINES)
-    await w.flush()
+    assert (await w.write(LINES)).written == 5
     assert fake.bodies == [LINES, LINES]
     assert w.counters()["written"] == 5
 
 
-async def test_unreachable_keeps_every_line_queued() -> None:
+async def test_unreachable_raises_and_counts_nothing_written() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
     w = writer(refuse)
-    w.enqueue(LINES)
     with pytest.raises(InfluxUnavailable, match="connection refused"):
-        await w.flush()
-    assert w.pending == 5
+        await w.write(LINES)
     assert w.counters()["unavailable"] == 1
     assert "written" not in w.counters()
     assert not w.reachable
@@ -92,10 +87,9 @@ async def test_unreachable_keeps_every_line_queued() -> None:
 async def test_missing_database_is_unavailable_not_rejected() -> None:
     fake = FakeInflux((404, {"error": 'database not found: "plant"'}))
     w = writer(fake)
-    w.enqueue(LINES[:2])
     with pytest.raises(InfluxUnavailable, match="database not found"):
-        await w.flush()
-    assert w.pending == 2
+        await w.write(LINES[:2])
+    assert "written" not in w.counters()
     assert len(fake.requests) == 1  # 4xx never retried
 
 
@@ -105,24 +99,13 @@ async def test_4xx_is_counted_as_rejected_with_partial_write_count_and_not_retri
     conflict = 'partial write: field type conflict: input field "value" is type string dropped=1'
     fake = FakeInflux((400, {"error": conflict}), (400, {"error": "unable to parse"}))
     w = writer(fake)
-    w.enqueue(LINES)
-    await w.flush()  # rejections do not stop the rest of the queue
+    result = await w.write(LINES)  # a rejected request does not stop the others
     assert len(fake.requests) == 3
-    assert w.pending == 0
+    assert (result.written, result.refused) == (1 + 1, 1 + 2)
     assert w.counters()["rejected"] == 1 + 2
     assert w.counters()["written"] == 1 + 1
     assert "field type conflict" in caplog.text
     assert "unable to parse" in caplog.text
-
-
-async def test_full_queue_drops_oldest_and_counts_them() -> None:
-    fake = FakeInflux()
-    w = writer(fake, batch_lines=2, max_pending_lines=3)
-    w.enqueue(LINES)
-    assert w.pending == 3
-    assert w.counters()["dropped_queue_full"] == 2
-    await w.flush()
-    assert [line for body in fake.bodies for line in body] == LINES[2:]
 
 
 async def test_ensure_database_creates_it_via_query_and_ping() -> None:
@@ -165,8 +148,7 @@ async def test_v2_writer_hands_batches_to_the_client() -> None:
         write_api_factory=lambda: api,
     )
     assert isinstance(w, PointWriter)
-    w.enqueue(LINES)
-    await w.flush()
+    assert (await w.write(LINES)).written == 5
     assert api.calls == [
         ("telemetry", "mines", LINES[:3], "ns"),
         ("telemetry", "mines", LINES[3:], "ns"),
@@ -182,9 +164,8 @@ async def test_v2_writer_translates_client_errors() -> None:
         bucket="b",
         write_api_factory=lambda: FakeWriteApi(fail_status=400),
     )
-    rejected.enqueue(LINES[:2])
-    await rejected.flush()
-    assert rejected.counters()["rejected"] == 2 and rejected.pending == 0
+    assert (await rejected.write(LINES[:2])).refused == 2
+    assert rejected.counters()["rejected"] == 2
 
     down = InfluxV2Writer(
         "http://x",
@@ -193,10 +174,9 @@ async def test_v2_writer_translates_client_errors() -> None:
         bucket="b",
         write_api_factory=lambda: FakeWriteApi(fail_status=503),
     )
-    down.enqueue(LINES[:2])
     with pytest.raises(InfluxUnavailable):
-        await down.flush()
-    assert down.pending == 2
+        await down.write(LINES[:2])
+    assert "written" not in down.counters()
 
 
 def test_v1_writer_is_a_point_writer() -> None:
