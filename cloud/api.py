@@ -136,8 +136,8 @@ class GatewayOut(_FromRecord):
     state: str
     version: str
     last_seq: int | None
-    gaps: int
-    dropped: int
+    gaps: int  # sequence numbers below last_seq never received
+    dropped: int  # sequence numbers the gateway marked lost (GapEvent.dropped), not points
     last_seen: dt.datetime | None
 
 

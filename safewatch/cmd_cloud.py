@@ -216,7 +216,14 @@ def jetstream_worker(
         "sqlite:///var/safewatch-cloud.db", help="SQLAlchemy URL (sqlite or postgresql+psycopg)."
     ),
     durable: str = typer.Option("safewatch-ingest", help="Durable consumer the workers share."),
-    replicas: int = typer.Option(3, min=1, max=5, help="Replicas of the SAFEWATCH stream."),
+    mqtt_listeners: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mqtt",
+            help="HOST:PORT of a node's MQTT listener (repeatable): lets the worker have "
+            "nats-server create its $MQTT_msgs stream before any gateway connects.",
+        ),
+    ] = None,
     ack_wait_s: float = typer.Option(
         60.0, help="Seconds before a message a worker holds goes to another worker."
     ),
@@ -230,6 +237,13 @@ def jetstream_worker(
     """
     from cloud.jetstream import JetStreamIngest
 
+    mqtt: list[tuple[str, int]] = []
+    for listener in mqtt_listeners or []:
+        host, _, port = listener.rpartition(":")
+        if not host or not port.isdigit():
+            typer.echo(f"error: --mqtt {listener!r}: expected HOST:PORT", err=True)
+            raise typer.Exit(2)
+        mqtt.append((host, int(port)))
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -251,7 +265,7 @@ def jetstream_worker(
         ts_window=TimeWindow(accept_past_s or None, accept_future_s or None),
     )
     worker = JetStreamIngest(
-        nats_servers, ingest, durable=durable, replicas=replicas, ack_wait_s=ack_wait_s
+        nats_servers, ingest, durable=durable, ack_wait_s=ack_wait_s, mqtt=mqtt
     )
 
     async def main() -> None:

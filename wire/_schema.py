@@ -146,7 +146,14 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
 
 
 class GapEvent(msgspec.Struct, frozen=True, tag="gap"):
-    """Telemetry that the gateway had to drop (buffer full) before sending."""
+    """Telemetry that the gateway lost before sending, as a range of its sequence numbers.
+
+    ``dropped`` counts **sequence numbers** (``last_seq - first_seq + 1``), not points: a
+    lost telemetry batch, whatever its size, is one number (a ``restart`` gap for a killed
+    run's unflushed tail is one number of unknown size). The gateway logs and counts the
+    points (``points_lost``). In the cloud, a gateway's ``gaps`` (numbers never received)
+    minus its ``dropped`` (numbers the gateway marked) is the unexplained loss.
+    """
 
     gateway: Id
     site: Id
