@@ -235,6 +235,21 @@ def ingest(
     emit(run(points=points, batch=batch, gateways=gateways, workers=workers, influx_url=influx_url))
 
 
+@app.command("ingest-cpu")
+def ingest_cpu(
+    points: Annotated[int, typer.Option("--points", min=1000, help="Points to process.")] = 300_000,
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, max=10_000, help="Points per message.")
+    ] = 500,
+) -> None:
+    """The cloud ingest's own cost per point (no broker, InfluxDB answering at once)."""
+    from bench._harness import emit
+    from bench.ingest_cpu import run
+
+    typer.echo(f"ingest-cpu: {points} points in messages of {batch}, SQLite store, no InfluxDB")
+    emit(run(points=points, batch=batch))
+
+
 @app.command("inference")
 def inference(
     seconds: Annotated[
