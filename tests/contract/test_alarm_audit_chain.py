@@ -41,7 +41,7 @@ async def test_a_local_cli_ack_and_a_calibration_end_up_in_the_verified_cloud_ch
     audit.create_all()
     mirror = AlarmMirror(store.engine, audit)
     mirror.create_all()
-    writer = InfluxV1Writer(influx_url, db, flush_interval_s=0.05)
+    writer = InfluxV1Writer(influx_url, db)
     ingest = IngestService("127.0.0.1", broker.port, store, writer, group="audit-chain",
                            ts_window=TimeWindow(past_s=None, future_s=None))  # fmt: skip
     ingest.alarm_handlers.append(mirror)
