@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,27 +12,15 @@ from cloud.audit import AuditAction, AuditLog
 from cloud.auth import Role
 from cloud.storage import Store
 from tests.auth_support import PASSWORD, make_authenticator
+from tests.db_support import PG_URL, pg_schema
 
 pytestmark = pytest.mark.contract
-
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
 def schema() -> Iterator[str]:
-    name = f"sw_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_URL} is required for this test: {exc}")
-    try:
+    with pg_schema(PG_URL) as name:
         yield name
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        engine.dispose()
 
 
 def test_racing_appenders_keep_one_chain_and_tampering_is_caught(schema: str) -> None:

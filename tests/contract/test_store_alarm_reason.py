@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from cloud.storage import Store
+from tests.db_support import PG_URL, pg_schema
 from tests.factories import alarm
 
 pytestmark = pytest.mark.contract
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
 def schema() -> Iterator[str]:
-    name = f"sw_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_URL} is required for this test: {exc}")
-    try:
+    with pg_schema(PG_URL) as name:
         yield name
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        engine.dispose()
 
 
 def test_alarm_reason_on_postgres_and_added_to_an_older_table(schema: str) -> None:

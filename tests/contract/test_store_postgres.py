@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -10,28 +9,16 @@ import sqlalchemy as sa
 
 from cloud.storage import Store
 from cloud.storage.db import AlarmEventRow
+from tests.db_support import PG_URL, pg_schema
 from tests.factories import T0, alarm, gap, gateway_status, point, telemetry
 
 pytestmark = pytest.mark.contract
 
-PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
 def schema() -> Iterator[str]:
-    name = f"sw_test_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
-    except sa.exc.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {PG_URL} is required for this test: {exc}")
-    try:
+    with pg_schema(PG_URL) as name:
         yield name
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
-        engine.dispose()
 
 
 @pytest.fixture
