@@ -1,25 +1,92 @@
 """``GET /api/v1/alarms/kpi``: EEMUA 191 / ISA-18.2 alarm-rate figures for the walls.
 
 Computed from the stored alarm events with the same arithmetic as
-``safewatch alarms kpi`` on a gateway (:mod:`wire.alarm_kpi`). A raise is an event
-whose previous level was ``normal``; gateways' ``alarm_state`` events with reason
-``alarm_suppress`` name the alarms suppressed for chattering.
+``safewatch alarms kpi`` on a gateway (:mod:`wire.alarm_kpi`), counting what the
+gateway counts (:func:`raises_of`): a raise is an alarm (by its stable ``alarm_id``)
+going from not active to active while annunciated. A condition a restarted gateway
+re-reports (``previous`` normal again, but the same alarm id, still active) is the same
+alarm and not a new raise; nor is a raise while the alarm is shelved, out of service or
+suppressed. Gateways' ``alarm_state`` events name those states and the alarms
+suppressed for chattering.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the Annotated guards evaluated.
 
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
 from cloud.auth import ALL_ROLES, Guards, error_responses
-from cloud.storage import Store
+from cloud.storage import AlarmRecord, Store
 from wire.alarm_kpi import alarm_kpis
 
-__all__ = ["alarm_kpi_router"]
+__all__ = ["RaiseCount", "alarm_kpi_router", "raises_of"]
 
 MAX_EVENTS = 100_000
+_ACTIVE = frozenset({"alarm", "cut", "fault"})
+# ISA-18.2 states in which a raise is not annunciated (the gateway does not count it)
+_SILENT = frozenset({"shelved", "out_of_service", "suppressed"})
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseCount:
+    raises: list[tuple[int, str]]  # (ts_ns, gateway|tag|kind) of each raise in the period
+    suppressed: list[str]  # gateway|tag of the alarms suppressed for chattering
+    standing: list[tuple[str, int]]  # (key, active since) of the alarms active at the end
+    floods: int  # flood summaries started in the period
+
+
+def _named_state(message: str) -> str:
+    """The state an ``alarm_state`` event's message names (``...: <from> -> <to>``)."""
+    _, sep, tail = message.rpartition(" -> ")
+    return tail.strip() if sep else ""
+
+
+def raises_of(records: Iterable[AlarmRecord], start_ns: int, end_ns: int) -> RaiseCount:
+    """Replay a site's stored alarm events per alarm id (gateway time, then arrival).
+
+    An event is a raise when its alarm was not active before it (by the alarm's own
+    earlier events, whatever their ``previous`` says) and it is annunciated: a restarted
+    gateway re-reports an active condition as ``normal -> cut`` under the same alarm id,
+    and that is no new alarm. Events of alarms whose earlier events fell out of the scan
+    count as raises when their ``previous`` is ``normal``.
+    """
+    raises: list[tuple[int, str]] = []
+    suppressed: list[str] = []
+    active: dict[tuple[str, str], bool] = {}  # (gateway, alarm id) -> active now
+    state: dict[tuple[str, str], str] = {}  # (gateway, alarm id) -> ISA state named last
+    latest: dict[tuple[str, str], tuple[str, int]] = {}  # active alarm -> (key, since)
+    floods = 0
+    for r in sorted(records, key=lambda r: (r.ts_ns, r.id)):
+        if r.ts_ns >= end_ns:
+            break  # the figures are those of the period: standing at its end
+        ident = (r.gateway, r.alarm_id)
+        inside = start_ns <= r.ts_ns
+        if r.kind == "flood":  # the gateway's flood summary is not an alarm of its own
+            if inside and r.level != "normal":
+                floods += 1
+            continue
+        if r.kind == "alarm_state":
+            named = _named_state(r.message)
+            if named:
+                state[ident] = named
+            if inside and ") suppress by " in r.message:
+                suppressed.append(f"{r.gateway}|{r.tag}")
+            continue
+        now_active = r.level in _ACTIVE
+        was_active = active.get(ident, r.previous in _ACTIVE)
+        key = f"{r.gateway}|{r.tag}|{r.kind}"
+        if now_active:
+            if not was_active and state.get(ident) not in _SILENT:
+                raises.append((r.ts_ns, key))
+            latest.setdefault(ident, (key, r.ts_ns))
+        else:
+            latest.pop(ident, None)
+        active[ident] = now_active
+    return RaiseCount(raises, suppressed, list(latest.values()), floods)
 
 
 def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
@@ -42,34 +109,16 @@ def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
         end = time.time_ns() if until_ns is None else until_ns
         start = end - int(hours * 3600e9)
         records = store.alarms(site=site, limit=MAX_EVENTS)
-        raises: list[tuple[int, str]] = []
-        suppressed: list[str] = []
-        latest: dict[str, tuple[int, str, str]] = {}  # alarm id -> (ts, key, level)
-        first: dict[str, int] = {}
-        floods = 0
-        for r in sorted(records, key=lambda r: (r.ts_ns, r.id)):
-            key = f"{r.gateway}|{r.tag}|{r.kind}"
-            if r.kind == "flood":  # the gateway's flood summary is not an alarm of its own
-                if start <= r.ts_ns < end and r.level != "normal":
-                    floods += 1
-                continue
-            if r.kind == "alarm_state":
-                if start <= r.ts_ns < end and ") suppress by " in r.message:
-                    suppressed.append(f"{r.gateway}|{r.tag}")
-                continue
-            first.setdefault(r.alarm_id, r.ts_ns)
-            latest[r.alarm_id] = (r.ts_ns, key, r.level)
-            if r.previous == "normal" and r.level != "normal":
-                raises.append((r.ts_ns, key))
-        standing = [
-            (key, first[alarm_id])
-            for alarm_id, (_, key, level) in latest.items()
-            if level != "normal"
-        ]
+        counted = raises_of(records, start, end)
         figures = alarm_kpis(
-            raises, start, end, operators=operators, suppressed=suppressed, standing=standing
+            counted.raises,
+            start,
+            end,
+            operators=operators,
+            suppressed=counted.suppressed,
+            standing=counted.standing,
         )
-        figures["flood_summaries"] = floods
+        figures["flood_summaries"] = counted.floods
         figures["events_considered"] = len(records)
         figures["truncated"] = len(records) >= MAX_EVENTS
         return figures

@@ -39,6 +39,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 import wire
 from cloud.audit import AuditAction, AuditLog
 from cloud.auth import ALL_ROLES, Guards, error_responses
+from cloud.commands import AUDIT_OF
 from cloud.storage import StoreError
 
 __all__ = [
@@ -56,18 +57,7 @@ log = logging.getLogger(__name__)
 OPERATOR_KINDS = frozenset({"alarm_state", "operator_action"})
 # gateway-made changes (chatter suppression, shelve expiry) are not operator actions
 _GATEWAY_ACTORS = frozenset({"", "gateway"})
-_AUDIT_ACTIONS = {
-    "acknowledge": AuditAction.ALARM_ACKNOWLEDGED,
-    "shelve": AuditAction.ALARM_SHELVED,
-    "unshelve": "alarm_unshelved",
-    "out_of_service": "alarm_out_of_service",
-    "return_to_service": "alarm_returned_to_service",
-    "calibrate": AuditAction.CALIBRATION,
-    "end_calibration": AuditAction.CALIBRATION,
-    "reset": AuditAction.OVERRIDE,
-    "lockout_test": AuditAction.LOCKOUT_TEST,
-    "config_deployed": AuditAction.CONFIG_CHANGED,
-}
+_AUDIT_ACTIONS = {**AUDIT_OF, "config_deployed": AuditAction.CONFIG_CHANGED}
 
 
 class AlarmStateBase(DeclarativeBase):

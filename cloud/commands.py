@@ -20,7 +20,8 @@ from cloud.audit import AuditAction, AuditLog
 
 __all__ = ["AUDIT_OF", "CommandSender", "CommandSigner", "generate_command_key", "send_command"]
 
-# The audit action recorded for each command sent to a gateway.
+# The audit action recorded for each command sent to a gateway (and, by the alarm-state
+# mirror, for the same action applied on the gateway: cloud/alarm_states.py).
 AUDIT_OF: dict[str, str] = {
     "ping": "command_sent",
     "reset": AuditAction.OVERRIDE,
@@ -29,7 +30,9 @@ AUDIT_OF: dict[str, str] = {
     "lockout_test": AuditAction.LOCKOUT_TEST,
     "acknowledge": AuditAction.ALARM_ACKNOWLEDGED,
     "shelve": AuditAction.ALARM_SHELVED,
-    "unshelve": AuditAction.ALARM_SHELVED,
+    "unshelve": "alarm_unshelved",
+    "out_of_service": "alarm_out_of_service",
+    "return_to_service": "alarm_returned_to_service",
     "config_push": AuditAction.CONFIG_CHANGED,
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -60,3 +61,64 @@ async def test_kpi_route_counts_raises_floods_chatter_and_standing(tmp_path: Pat
     assert [k.split("|")[1] for k in body["chattering"]] == ["FLAP"]
     assert [k.split("|")[1] for k in body["standing"]] == ["STAND"]
     assert body["stale"] == []
+
+
+def _stored(store: Store, events: list[wire.AlarmEvent]) -> None:
+    for ev in events:
+        assert store.record_alarm(ev)
+
+
+async def test_a_restart_re_report_is_the_same_alarm_and_a_shelved_raise_is_not_annunciated(
+    tmp_path: Path,
+) -> None:
+    store = Store(cloud_db_url(tmp_path, "api.db"))
+    store.create_all()
+    t0 = (time.time_ns() // 10**9 - 3600) * 10**9
+    s = 10**9
+
+    def ev(seq: int, tag: str, at: int, level: wire.AlarmLevel, previous: wire.AlarmLevel,
+           alarm_id: str, **kw: str) -> wire.AlarmEvent:  # fmt: skip
+        base = alarm(seq, tag=tag, ts_ns=t0 + at * s, level=level, previous=previous,
+                     alarm_id=alarm_id)  # fmt: skip
+        fields = {f: getattr(base, f) for f in base.__struct_fields__}
+        return wire.AlarmEvent(**{**fields, **kw})
+
+    _stored(store, [
+        ev(1, "CUT", 10, "cut", "normal", "c1"),
+        # the gateway restarted: its engine reports the standing cut from normal again,
+        # under the same alarm id (twice: two restarts)
+        ev(2, "CUT", 100, "cut", "normal", "c1"),
+        ev(3, "CUT", 200, "cut", "normal", "c1"),
+        # cleared unacknowledged, then active again before anyone acknowledged: a raise
+        ev(4, "CUT", 300, "normal", "cut", "c1"),
+        ev(5, "CUT", 310, "cut", "normal", "c1"),
+        # an alarm shelved by an operator: its next activation is not annunciated
+        ev(6, "SHELF", 20, "alarm", "normal", "s1"),
+        ev(7, "SHELF", 30, "alarm", "alarm", "s1", kind="alarm_state",
+           message="SHELF (rule SHELF) shelve by cloud:op: unacknowledged -> shelved"),
+        ev(8, "SHELF", 40, "normal", "alarm", "s1"),
+        ev(9, "SHELF", 50, "alarm", "normal", "s1"),
+    ])  # fmt: skip
+    auth = make_authenticator(store.engine)
+    app = create_app(store, dict, authenticator=auth, audit=auth.audit)
+
+    async def figures(until_s: int) -> dict[str, Any]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://api",
+            headers=headers_for(auth, Role.VIEWER),
+        ) as client:
+            got = await client.get(
+                "/api/v1/alarms/kpi",
+                params={"site": SITE, "hours": 1, "until_ns": t0 + until_s * s},
+            )
+        assert got.status_code == 200, got.text
+        body: dict[str, Any] = got.json()
+        return body
+
+    before_clear = await figures(250)
+    assert before_clear["alarms"] == 2, "the cut once and the shelf alarm once; no re-reports"
+    assert [t["count"] for t in before_clear["top10"]] == [1, 1]
+    assert sorted(k.split("|")[1] for k in before_clear["standing"]) == ["CUT", "SHELF"]
+    after = await figures(400)
+    assert after["alarms"] == 3, "the re-activation after the clear is a raise"
