@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -51,6 +50,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerRTU, FramerType
 
+from device_drivers._connection import LazyConnection
 from device_drivers._driver import DeviceSpec, OutputSpec, ReadPlan
 from device_drivers._errors import (
     DecodeError,
@@ -62,6 +62,7 @@ from device_drivers._errors import (
 )
 from device_drivers._logs import limit_library_logs
 from device_drivers._sample import Sample, SampleBlock
+from device_drivers._tty import line_parity
 from device_drivers.modbus._plan import (
     MAX_READ_REGISTERS,
     ModbusCoil,
@@ -165,7 +166,7 @@ def make_client(
         framer=FramerType.RTU,
         baudrate=link.baudrate,
         bytesize=link.bytesize,
-        parity=link.parity,
+        parity=line_parity(link.port, link.parity),
         stopbits=link.stopbits,
         **common,
     )
@@ -218,7 +219,7 @@ def _guard_framing(
     ctx.callback_data = guarded
 
 
-class ModbusDriver:
+class ModbusDriver(LazyConnection):
     """Modbus client for one bus, with our timeouts, error tree, plan and decoding.
 
     Implements :class:`device_drivers.DeviceDriver`. Errors (all
@@ -244,19 +245,14 @@ class ModbusDriver:
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
-        if not 0 < backoff_initial_s <= backoff_max_s:
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        super().__init__(
+            name, str(link), backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s
+        )
         # pymodbus logs every bad frame, with hex dumps: one line, a few per minute
         limit_library_logs("pymodbus.logging", "pymodbus")
-        self.name = name
         self.link = link
         self.timeout_s = timeout_s
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
-        self._failures = 0  # consecutive failed connects
-        self._next_attempt = 0.0  # time.monotonic() before which we do not try to connect
-        self._connect_lock: asyncio.Lock | None = None
         self._in_flight = False  # a request is waiting for its answer
         self._gap_s = link.gap_s if isinstance(link, ModbusSerialLink) else 0.0
         self._quiet_from = 0.0  # monotonic time the line was last busy (RTU gap)
@@ -270,18 +266,9 @@ class ModbusDriver:
     def connected(self) -> bool:
         return self._client is not None and bool(self._client.connected)
 
-    # -- connection ------------------------------------------------------------------
+    # -- connection (open(), backoff: LazyConnection) -----------------------------------
 
-    async def open(self) -> None:
-        """Connect now (ignoring any backoff); raise :class:`DeviceUnavailable` on failure."""
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
-        async with self._connect_lock:
-            if self.connected:
-                return
-            await self._open()
-
-    connect = open  # the register-level API's name
+    connect = LazyConnection.open  # the register-level API's name
 
     async def close(self) -> None:
         """Close the connection; a later call reconnects."""
@@ -289,7 +276,7 @@ class ModbusDriver:
         if client is not None:
             client.close()
 
-    async def _open(self) -> None:
+    async def _connect(self) -> None:
         await self.close()
         client = make_client(
             self.link,
@@ -302,23 +289,18 @@ class ModbusDriver:
                 ok = await client.connect()
         except TimeoutError as exc:
             client.close()
-            self._connect_failed()
             raise DeviceUnavailable(self.name, f"connect to {self.link} timed out") from exc
         except OSError as exc:
             client.close()
-            self._connect_failed()
             raise DeviceUnavailable(self.name, f"cannot connect to {self.link}: {exc}") from exc
         if not ok:
             client.close()
-            self._connect_failed()
             # pymodbus logs and swallows the OSError; keep a library exception as the cause
             raise DeviceUnavailable(
                 self.name, f"cannot connect to {self.link} (refused or unreachable)"
             ) from ConnectionException(f"connect to {self.link} failed")
         _guard_framing(client, self._garbage, self._bad_crc)
         self._client = client
-        self._failures = 0
-        self._next_attempt = 0.0
 
     def _garbage(self, what: str) -> None:
         self.garbage_frames += 1
@@ -334,28 +316,12 @@ class ModbusDriver:
         if isinstance(future, asyncio.Future) and not future.done():
             future.set_exception(ConnectionException("connection closed by the peer"))
 
-    def _connect_failed(self) -> None:
-        self._failures += 1
-        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (self._failures - 1))
-        # "equal jitter": at least half the step, so retries from many gateways spread out
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        self._next_attempt = time.monotonic() + delay
-
     async def _ready_client(self, device: str) -> Any:
         client = self._client
-        if client is not None and client.connected:
-            return client
-        wait = self._next_attempt - time.monotonic()
-        if wait > 0:
-            raise DeviceUnavailable(
-                device, f"{self.link} not connected; next reconnect attempt in {wait:.2f} s"
-            )
-        try:
-            await self.open()
-        except DeviceUnavailable as exc:
-            raise DeviceUnavailable(device, exc.message) from exc.__cause__
-        assert self._client is not None
-        return self._client
+        if client is None or not client.connected:
+            await self.ensure_open(device)
+            client = self._client
+        return client
 
     # -- requests --------------------------------------------------------------------
 

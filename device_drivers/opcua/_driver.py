@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from asyncua.crypto import security_policies
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography import x509
 
+from device_drivers._connection import LazyConnection
 from device_drivers._driver import DeviceSpec, OutputSpec, PointSpec, ReadPlan
 from device_drivers._errors import (
     DecodeError,
@@ -218,7 +218,7 @@ def _application_uri(certificate: str, fallback: str) -> str:
     return uris[0] if uris else fallback
 
 
-class OpcUaDriver:
+class OpcUaDriver(LazyConnection):
     """OPC UA client for one server endpoint. Implements :class:`device_drivers.DeviceDriver`.
 
     Errors (all :class:`device_drivers.DriverError`, cause kept):
@@ -242,19 +242,14 @@ class OpcUaDriver:
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
-        if not 0 < backoff_initial_s <= backoff_max_s:
-            raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        super().__init__(
+            name, str(endpoint), backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s
+        )
         quieten_asyncua()
-        self.name = name
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
         self._client: Client | None = None
         self._lost = False
-        self._failures = 0
-        self._next_attempt = 0.0
-        self._connect_lock: asyncio.Lock | None = None
         self._generation = 0  # bumped for every new session
         self._node_ids: dict[str, ua.NodeId] = {}
         self._namespace_index: int | None = None
@@ -274,16 +269,7 @@ class OpcUaDriver:
     def connected(self) -> bool:
         return self._client is not None and not self._lost
 
-    # -- connection ------------------------------------------------------------------
-
-    async def open(self) -> None:
-        """Connect now (ignoring any backoff); raise :class:`DeviceUnavailable` on failure."""
-        if self._connect_lock is None:
-            self._connect_lock = asyncio.Lock()
-        async with self._connect_lock:
-            if self.connected:
-                return
-            await self._open()
+    # -- connection (open(), backoff: LazyConnection) -----------------------------------
 
     async def close(self) -> None:
         """Close the session; a later call reconnects."""
@@ -299,7 +285,7 @@ class OpcUaDriver:
         self._node_ids.clear()
         self._namespace_index = None
 
-    async def _open(self) -> None:
+    async def _connect(self) -> None:
         await self.close()
         ep = self.endpoint
         sec = ep.security
@@ -334,16 +320,12 @@ class OpcUaDriver:
                 await client.connect()
         except TimeoutError as exc:
             await _discard(client, 0.5)
-            self._connect_failed()
             raise DeviceUnavailable(self.name, f"connect to {ep} timed out") from exc
         except (OSError, UaError, ValueError) as exc:
             await _discard(client, 0.5)
-            self._connect_failed()
             raise DeviceUnavailable(self.name, f"cannot connect to {ep}: {_describe(exc)}") from exc
         self._client = client
         self._lost = False
-        self._failures = 0
-        self._next_attempt = 0.0
         self._generation += 1
         self.sessions += 1
         if self.sessions > 1:
@@ -355,28 +337,13 @@ class OpcUaDriver:
             log.warning("%s: connection to %s lost: %s", self.name, self.endpoint, _describe(exc))
         self._lost = True
 
-    def _connect_failed(self) -> None:
-        self._failures += 1
-        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (self._failures - 1))
-        delay = ceiling / 2 + random.uniform(0, ceiling / 2)
-        self._next_attempt = time.monotonic() + delay
-
     async def _ready(self, device: str) -> Client:
         client = self._client
         if client is not None and not self._lost:
             return client
-        if client is not None:  # lost: drop it, then reconnect (subject to backoff)
+        if client is not None:  # lost: drop it, then reconnect at once
             await self.close()
-            self._next_attempt = max(self._next_attempt, 0.0)
-        wait = self._next_attempt - time.monotonic()
-        if wait > 0:
-            raise DeviceUnavailable(
-                device, f"{self.endpoint} not connected; next reconnect attempt in {wait:.2f} s"
-            )
-        try:
-            await self.open()
-        except DeviceUnavailable as exc:
-            raise DeviceUnavailable(device, exc.message) from exc.__cause__
+        await self.ensure_open(device)
         assert self._client is not None
         return self._client
 

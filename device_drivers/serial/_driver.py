@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +29,11 @@ from typing import Literal
 
 import serial
 
+from device_drivers._connection import LazyConnection
 from device_drivers._driver import DeviceSpec, OutputSpec, ReadPlan
 from device_drivers._errors import DeviceException, DeviceUnavailable
 from device_drivers._sample import Quality, Reason, Sample
+from device_drivers._tty import line_parity
 from device_drivers.serial._formats import MAX_LINE, LineError, LineFormat, parse_line
 
 __all__ = ["SerialLineDriver", "SerialLink", "SerialPlan", "SerialPoint"]
@@ -78,7 +79,7 @@ class SerialPlan:
         return 0
 
 
-class SerialLineDriver:
+class SerialLineDriver(LazyConnection):
     """Implements :class:`device_drivers.DeviceDriver` for a streaming text-line detector."""
 
     def __init__(
@@ -93,19 +94,17 @@ class SerialLineDriver:
     ) -> None:
         if max_age_s <= 0:
             raise ValueError("max_age_s must be > 0")
-        self.name = name
+        super().__init__(
+            name, link.port, backoff_initial_s=backoff_initial_s, backoff_max_s=backoff_max_s
+        )
         self.link = link
         self.format = fmt
         self.max_age_s = max_age_s
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
         self._port: serial.Serial | None = None
         self._fd: int | None = None
         self._buffer = bytearray()
         self._latest: dict[str, tuple[float, float]] = {}  # key -> (value, monotonic)
         self._last_error: tuple[str, float] | None = None  # (reason, monotonic)
-        self._failures = 0
-        self._next_attempt = 0.0
         self.lines = 0
         self.garbled_lines = 0
         self.checksum_errors = 0
@@ -119,31 +118,26 @@ class SerialLineDriver:
     def connected(self) -> bool:
         return self._port is not None
 
-    # -- the port ----------------------------------------------------------------------
+    # -- the port (open(), backoff: LazyConnection) ---------------------------------------
 
-    async def open(self) -> None:
-        if self._port is not None:
-            return
+    async def _connect(self) -> None:
         link = self.link
         try:
             port = serial.Serial(
                 link.port,
                 baudrate=link.baudrate,
-                parity=link.parity,
+                parity=line_parity(link.port, link.parity),
                 stopbits=link.stopbits,
                 bytesize=link.bytesize,
                 timeout=0,
                 exclusive=True,
             )
         except (serial.SerialException, OSError, ValueError) as exc:
-            self._failed()
             raise DeviceUnavailable(self.name, f"cannot open {link}: {exc}") from exc
         self._port = port
         self._fd = port.fileno()
         self._buffer.clear()
         asyncio.get_running_loop().add_reader(self._fd, self._readable)
-        self._failures = 0
-        self._next_attempt = 0.0
         self._opened += 1
         if self._opened > 1:
             self.reopens += 1
@@ -162,11 +156,6 @@ class SerialLineDriver:
             with contextlib.suppress(serial.SerialException, OSError):
                 port.close()
 
-    def _failed(self) -> None:
-        self._failures += 1
-        ceiling = min(self._backoff_max_s, self._backoff_initial_s * 2 ** (self._failures - 1))
-        self._next_attempt = time.monotonic() + ceiling / 2 + random.uniform(0, ceiling / 2)
-
     def _readable(self) -> None:
         """Called by the event loop when the port has bytes (or has gone away)."""
         port = self._port
@@ -178,7 +167,7 @@ class SerialLineDriver:
             log.warning("%s: %s lost: %s", self.name, self.link.port, exc)
             self._last_error = (Reason.COMMS_LOST, time.monotonic())
             self._drop()
-            self._failed()
+            self.connect_failed()
             return
         if not data:
             return
@@ -226,15 +215,7 @@ class SerialLineDriver:
             raise TypeError(f"{self.name}: not a serial plan: {plan!r}")
         device = plan.device.id
         if self._port is None:
-            wait = self._next_attempt - time.monotonic()
-            if wait > 0:
-                raise DeviceUnavailable(
-                    device, f"{self.link.port} not open; next attempt in {wait:.2f} s"
-                )
-            try:
-                await self.open()
-            except DeviceUnavailable as exc:
-                raise DeviceUnavailable(device, exc.message) from exc.__cause__
+            await self.ensure_open(device)
         now = time.monotonic()
         ts = time.time_ns()
         error = self._last_error
