@@ -1,10 +1,14 @@
-"""``safewatch demo``: simulator, edge gateway and cloud on one machine.
+"""``safewatch demo``: simulator, edge gateway and cloud on one machine, for any site file.
 
 Starts three child processes with the ordinary CLI (``safewatch sim run``,
-``safewatch cloud run``, ``safewatch edge run``), waits until the simulated
-devices and the API answer, then shows the latest values and alarms from the
-cloud API until Ctrl-C or SIGTERM. Children are stopped in reverse start order;
-if one dies, the demo stops the others and exits non-zero with its last output.
+``safewatch cloud run``, ``safewatch edge run``), waits until every simulated
+bus (Modbus TCP, RTU lines, OPC UA servers, serial detectors) and the API
+answer, then shows the latest values and alarms from the cloud API until
+Ctrl-C or SIGTERM. The cloud ingests from the broker the site's ``mqtt``
+section names (host, port, TLS, account), as the gateway publishes there. The
+simulator plays the site's own scenario (:func:`default_scenario`) unless
+``--scenario`` names another. Children are stopped in reverse start order; if
+one dies, the demo stops the others and exits non-zero with its last output.
 State lives under ``var/demo/`` in the current directory.
 """
 
@@ -44,6 +48,7 @@ from edge.config import (
     ModbusRtuBus,
     ModbusRtuOverTcpBus,
     ModbusTcpBus,
+    MqttSettings,
     OpcUaBus,
     SerialLineBus,
     load_site,
@@ -51,7 +56,11 @@ from edge.config import (
 
 FIRMWARE_CONFIGS = PACKAGED_PROFILES.parent
 DEMO_SITE = FIRMWARE_CONFIGS / "sites" / "demo-mine.yaml"
-DEMO_SCENARIO = FIRMWARE_CONFIGS / "scenarios" / "methane-buildup.yaml"
+SCENARIOS_DIR = FIRMWARE_CONFIGS / "scenarios"
+DEMO_SCENARIO = SCENARIOS_DIR / "methane-buildup.yaml"
+# the scenario a site plays unless --scenario says otherwise: scenarios/<site file stem>.yaml;
+# the demo mine's is the build-up its forecast model needs
+SITE_SCENARIOS: Mapping[str, Path] = {"demo-mine": DEMO_SCENARIO}
 DEMO_DIR = Path("var/demo")
 INFLUX_DB = "safewatch_demo"
 DEMO_ADMIN = "admin"
@@ -60,7 +69,7 @@ MODEL_TIMELAPSE = 20.0  # the demo's trend models see time this much faster (10 
 ALARMS_FETCHED = 50  # enough to find each forecast's newest pre-alarm event
 ALARMS_SHOWN = 5
 
-STARTUP_TIMEOUT_S = 30.0
+STARTUP_TIMEOUT_S = 60.0  # asyncua builds a server's address space in 6-10 s on a loaded VM
 STOP_TIMEOUT_S = 10.0
 REFRESH_S = 1.0
 HTTP_TIMEOUT_S = 2.0
@@ -135,10 +144,42 @@ class Child:
             self._log = None
 
 
+def default_scenario(site_file: Path) -> Path | None:
+    """The scenario the demo plays on ``site_file``: ``scenarios/<stem>.yaml`` of the packaged
+    firmware configs (the demo mine: its methane build-up), or None (tags hold nominal)."""
+    known = SITE_SCENARIOS.get(site_file.stem)
+    if known is not None:
+        return known
+    own = SCENARIOS_DIR / f"{site_file.stem}.yaml"
+    return own if own.is_file() else None
+
+
+def broker_args(mqtt: MqttSettings) -> list[str]:
+    """``cloud run`` options for the broker the site's gateway publishes to: host, port, TLS
+    and, where the site names them, the same account (user from ``username_env``, password
+    from ``password_file`` or ``password_env``)."""
+    args = ["--mqtt-host", mqtt.host, "--mqtt-port", str(mqtt.port)]
+    tls = mqtt.tls
+    if tls is not None:
+        args.append("--mqtt-tls")
+        if tls.ca_file is not None:
+            args += ["--mqtt-ca-file", tls.ca_file]
+        if tls.cert_file is not None and tls.key_file is not None:
+            args += ["--mqtt-cert-file", tls.cert_file, "--mqtt-key-file", tls.key_file]
+    username = os.environ.get(mqtt.username_env) if mqtt.username_env else None
+    if username:
+        args += ["--mqtt-username", username]
+    if mqtt.password_file is not None:
+        args += ["--mqtt-password-file", mqtt.password_file]
+    elif mqtt.password_env is not None:
+        args += ["--mqtt-password-env", mqtt.password_env]
+    return args
+
+
 def child_commands(
     *,
     site: Path,
-    scenario: Path,
+    scenario: Path | None,
     speed: float,
     loop: bool,
     api_port: int,
@@ -146,11 +187,14 @@ def child_commands(
     python: str = sys.executable,
     risk_file: Path | None = None,
     models_dir: Path | None = None,
+    mqtt: MqttSettings | None = None,
 ) -> dict[str, list[str]]:
     """The argv of each child, in start order: sim, cloud, edge (``models_dir``: the
-    gateway reads its models there, see :func:`prepare_models`)."""
+    gateway reads its models there, see :func:`prepare_models`; ``mqtt``: the site's broker,
+    which the cloud then ingests from; None: the cloud's default, 127.0.0.1:1883)."""
     cli = [python, "-m", "safewatch.cli"]
     risk = [] if risk_file is None else ["--risk-file", str(risk_file)]
+    played = [] if scenario is None else ["--scenario", str(scenario)]
     return {
         "sim": [
             *cli,
@@ -158,8 +202,7 @@ def child_commands(
             "run",
             "--config",
             str(site),
-            "--scenario",
-            str(scenario),
+            *played,
             "--speed",
             repr(speed),
             "--loop" if loop else "--no-loop",
@@ -174,6 +217,7 @@ def child_commands(
             f"sqlite:///{demo_dir / 'cloud.db'}",
             "--influx-db",
             INFLUX_DB,
+            *([] if mqtt is None else broker_args(mqtt)),
             *risk,
         ],
         "edge": [
@@ -452,9 +496,10 @@ def _print_urls(
     )
     console.print(f"  latest values:   {api}/api/v1/latest?site={site_id}")
     console.print(f"  alarms:          {api}/api/v1/alarms?site={site_id}")
+    kind = next((site.profile_of(tag).kind for _, tag in site.tags()), "ch4")
     console.print(
         f"  InfluxDB:        curl -G http://127.0.0.1:8086/query --data-urlencode db={INFLUX_DB} "
-        '--data-urlencode "q=SELECT * FROM ch4 ORDER BY time DESC LIMIT 5"',
+        f'--data-urlencode "q=SELECT * FROM {kind} ORDER BY time DESC LIMIT 5"',
         markup=False,
     )
     if site.config.inference.assign:
@@ -464,7 +509,11 @@ def _print_urls(
             'LIMIT 5"',
             markup=False,
         )
-    console.print("  MQTT:            mosquitto_sub -v -t 'safewatch/v1/#'", markup=False)
+    mqtt = site.config.mqtt
+    console.print(
+        f"  MQTT:            mosquitto_sub -h {mqtt.host} -p {mqtt.port} -v -t 'safewatch/v1/#'",
+        markup=False,
+    )
     console.print(f"  logs:            {demo_dir}/{{sim,cloud,edge}}.log")
     console.print("Press Ctrl-C to stop.", style="dim")
 
@@ -484,7 +533,14 @@ def _fetch(
 
 
 SiteOpt = Annotated[Path, typer.Option("--site", help="Site YAML the simulator and gateway use.")]
-ScenarioOpt = Annotated[Path, typer.Option("--scenario", help="Scenario YAML the simulator plays.")]
+ScenarioOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--scenario",
+        help="Scenario YAML the simulator plays (default: the site's own, "
+        "firmware_configs/scenarios/<site file name>).",
+    ),
+]
 SpeedOpt = Annotated[float, typer.Option("--speed", min=0.01, help="Scenario time multiplier.")]
 PortOpt = Annotated[int, typer.Option("--api-port", min=1, max=65535, help="Cloud API port.")]
 LoopOpt = Annotated[bool, typer.Option("--loop/--no-loop", help="Repeat the scenario.")]
@@ -501,20 +557,28 @@ TimelapseOpt = Annotated[
 def demo(
     speed: SpeedOpt = 1.0,
     site: SiteOpt = DEMO_SITE,
-    scenario: ScenarioOpt = DEMO_SCENARIO,
+    scenario: ScenarioOpt = None,
     api_port: PortOpt = 8000,
     loop: LoopOpt = True,
     model_timelapse: TimelapseOpt = MODEL_TIMELAPSE,
 ) -> None:
-    """Start simulator, gateway and cloud locally and play the methane build-up scenario;
-    the gateway runs the site's models (time-lapse copies) and the table shows forecasts.
+    """Start simulator, gateway and cloud locally for any site file (every bus simulated) and
+    play the site's scenario; the gateway runs the site's models (time-lapse copies) and the
+    table shows forecasts.
 
-    Needs Mosquitto on 127.0.0.1:1883 and InfluxDB on 127.0.0.1:8086
-    (`make demo` starts them).
+    Needs the site's MQTT broker (its `mqtt` section; 127.0.0.1:1883 by default) and
+    InfluxDB on 127.0.0.1:8086 (`make demo` starts both on this machine).
     """
+    # the simulator's scenario model, imported here: the CLI starts without it
+    from simulators import load_scenario
+
     console = Console()
+    if scenario is None:
+        scenario = default_scenario(site)
     try:
         loaded = load_site(site)
+        if scenario is not None:
+            load_scenario(scenario, loaded)  # refused here, not by a dying child
     except ConfigError as exc:
         for issue in exc.issues:
             console.print(str(issue), markup=False, highlight=False, soft_wrap=True)
@@ -535,7 +599,10 @@ def demo(
             demo_dir=DEMO_DIR,
             risk_file=risk_file_of(site),
             models_dir=DEMO_DIR / "models" if model_lines else None,
+            mqtt=loaded.config.mqtt,
         )
+        if scenario is None:
+            console.print("no scenario for this site: tags hold their nominal values", style="dim")
         for line in model_lines:
             console.print(f"model {line}", style="dim", markup=False)
         creds = demo_credentials(DEMO_DIR)
@@ -581,6 +648,12 @@ def _run(
 ) -> None:
     if _port_open("127.0.0.1", api_port):
         raise DemoError(f"port {api_port} is already in use; pass --api-port")
+    mqtt = site.config.mqtt
+    if not _port_open(mqtt.host, mqtt.port):
+        raise DemoError(
+            f"no MQTT broker answers on {mqtt.host}:{mqtt.port} (the site's mqtt section); "
+            "start it (`make demo` starts Mosquitto on 127.0.0.1:1883)"
+        )
     tcp_buses = [b for b in site.config.buses if isinstance(b, ModbusTcpBus | ModbusRtuOverTcpBus)]
     for bus in tcp_buses:
         if _port_open(bus.host, bus.port):

@@ -108,6 +108,7 @@ class Scenario(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str = Field(min_length=1)
+    site: str | None = None  # the site id it was written for; refused on another site
     duration_s: float = Field(gt=0)
     tags: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
     faults: list[Fault] = Field(default_factory=list)
@@ -172,40 +173,139 @@ class Scenario(BaseModel):
         return [tag for tag in dict.fromkeys(named) if tag not in known]
 
 
-def _tag_lines(path: Path) -> dict[str, int]:
-    """1-based line of each key under ``tags:`` (the file already parsed once)."""
-    root = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
-    tags = root.get("tags") if isinstance(root, CommentedMap) else None
-    if not isinstance(tags, CommentedMap):
-        return {}
-    return {str(k): tags.lc.key(k)[0] + 1 for k in tags}
+# the bus types each bus fault can act on (the simulator has the fault for those only)
+FAULT_BUS_TYPES: dict[str, tuple[str, ...]] = {
+    "garbled": ("serial", "modbus_rtu", "modbus_rtu_over_tcp"),
+    "cable_pulled": ("serial",),
+    "opcua_restart": ("opcua",),
+}
+
+
+class _Lines:
+    """1-based lines of a scenario file's keys (the file already parsed once)."""
+
+    def __init__(self, path: Path) -> None:
+        root = YAML(typ="rt").load(path.read_text(encoding="utf-8"))
+        self.root = root if isinstance(root, CommentedMap) else CommentedMap()
+
+    def key(self, key: str) -> int | None:
+        return self.root.lc.key(key)[0] + 1 if key in self.root else None
+
+    def tag(self, tag: str) -> int | None:
+        tags = self.root.get("tags")
+        if isinstance(tags, CommentedMap) and tag in tags:
+            return int(tags.lc.key(tag)[0]) + 1
+        return None
+
+    def fault(self, index: int, field: str) -> int | None:
+        faults = self.root.get("faults")
+        try:
+            entry = faults[index]
+        except (TypeError, IndexError, KeyError):
+            return None
+        if isinstance(entry, CommentedMap) and field in entry:
+            return int(entry.lc.key(field)[0]) + 1
+        return int(faults.lc.item(index)[0]) + 1
+
+
+def site_issues(path: Path, scenario: Scenario, site: LoadedSite) -> list[ConfigIssue]:
+    """Everything in ``scenario`` that ``site`` cannot play: another site's scenario, tags,
+    devices or buses it does not have, a bus fault on a bus of the wrong protocol."""
+    lines = _Lines(path)
+    site_id = site.config.site.id
+    file = str(path)
+    issues: list[ConfigIssue] = []
+    if scenario.site is not None and scenario.site != site_id:
+        issues.append(
+            ConfigIssue(
+                file,
+                lines.key("site"),
+                None,
+                "site",
+                f"scenario is for site {scenario.site!r}, not {site_id!r}",
+            )
+        )
+    known = {tag.name for _, tag in site.tags()}
+    listing = ", ".join(sorted(known))
+    for tag in scenario.tags:
+        if tag not in known:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    lines.tag(tag),
+                    None,
+                    f"tags.{tag}",
+                    f"unknown tag {tag!r} in site {site_id!r}; known: {listing}",
+                )
+            )
+    devices = {d.id: d for d in site.config.devices}
+    buses = {b.id: b for b in site.config.buses}
+    for i, fault in enumerate(scenario.faults):
+        where = f"faults.{i}"
+        if fault.tag is not None and fault.tag not in known:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    lines.fault(i, "tag"),
+                    None,
+                    f"{where}.tag",
+                    f"fault {fault.kind!r}: unknown tag {fault.tag!r} in site {site_id!r}; "
+                    f"known: {listing}",
+                )
+            )
+        if fault.device is not None and fault.device not in devices:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    lines.fault(i, "device"),
+                    None,
+                    f"{where}.device",
+                    f"fault {fault.kind!r}: unknown device {fault.device!r} in site "
+                    f"{site_id!r}; known: {', '.join(sorted(devices))}",
+                )
+            )
+        if fault.bus is None:
+            continue
+        bus = buses.get(fault.bus)
+        if bus is None:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    lines.fault(i, "bus"),
+                    None,
+                    f"{where}.bus",
+                    f"fault {fault.kind!r}: unknown bus {fault.bus!r} in site {site_id!r}; "
+                    f"known: {', '.join(sorted(buses))}",
+                )
+            )
+            continue
+        types = FAULT_BUS_TYPES.get(fault.kind, ())
+        if types and bus.type not in types:
+            issues.append(
+                ConfigIssue(
+                    file,
+                    lines.fault(i, "bus"),
+                    None,
+                    f"{where}.bus",
+                    f"fault {fault.kind!r} acts on a bus of type {' or '.join(types)}; "
+                    f"bus {fault.bus!r} is {bus.type}",
+                )
+            )
+    return issues
 
 
 def load_scenario(path: str | Path, site: LoadedSite | None = None) -> Scenario:
-    """Load a scenario file; with ``site``, also check that every tag exists there.
+    """Load a scenario file; with ``site``, also check that the site can play it
+    (:func:`site_issues`).
 
     Raises :class:`edge.config.ConfigError` whose issues name file, line and field.
     """
     path = Path(path)
     scenario = load_model(path, Scenario)
     if site is not None:
-        known = {tag.name for _, tag in site.tags()}
-        unknown = scenario.unknown_tags(known)
-        if unknown:
-            lines = _tag_lines(path)
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        str(path),
-                        lines.get(tag),
-                        None,
-                        f"tags.{tag}",
-                        f"unknown tag {tag!r} in site {site.config.site.id!r}; "
-                        f"known: {', '.join(sorted(known))}",
-                    )
-                    for tag in unknown
-                ]
-            )
+        issues = site_issues(path, scenario, site)
+        if issues:
+            raise ConfigError(issues)
     return scenario
 
 

@@ -9,7 +9,9 @@ without the real simulator, gateway and cloud.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import sys
 import textwrap
 import threading
@@ -22,7 +24,7 @@ from rich.console import Console
 from cloud.audit import AuditLog
 from cloud.auth import Authenticator, AuthStore, LoginFailed, NotAuthenticated, Role
 from cloud.storage import Store
-from edge.config import load_site
+from edge.config import MqttSettings, load_site
 from edge.inference import TIMELAPSE_NOTE
 from models import load_model
 from safewatch import cmd_demo
@@ -35,6 +37,7 @@ from safewatch.cmd_demo import (
     prepare_models,
     render,
 )
+from simulators import load_scenario
 from tests.support import free_port, wait_until
 
 
@@ -70,6 +73,69 @@ def test_child_commands_use_the_agreed_cli() -> None:
         *cli,
         *("edge", "run", "--config", "s.yaml", "--buffer", "var/demo/buffer.db"),
     ]
+
+
+def test_every_example_site_has_its_own_scenario_that_it_can_play() -> None:
+    sites = [p for p in (DEMO_SITE.parent).glob("*.yaml") if not p.name.endswith(".risk.yaml")]
+    assert len(sites) >= 4
+    for site_file in sites:
+        scenario = cmd_demo.default_scenario(site_file)
+        assert scenario is not None, f"no scenario for {site_file.name}"
+        played = load_scenario(scenario, load_site(site_file))  # refused if it cannot
+        assert played.site in (None, load_site(site_file).config.site.id)
+    assert cmd_demo.default_scenario(DEMO_SITE) == DEMO_SCENARIO
+    assert cmd_demo.default_scenario(Path("/elsewhere/my-own-site.yaml")) is None
+
+
+def test_the_cloud_ingests_from_the_sites_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = MqttSettings(host="10.1.2.3", port=1884)
+    assert cmd_demo.broker_args(plain) == ["--mqtt-host", "10.1.2.3", "--mqtt-port", "1884"]
+    monkeypatch.setenv("SITE_MQTT_USER", "gw-1302")
+    secured = MqttSettings.model_validate(
+        {
+            "host": "broker.mine", "port": 8883, "username_env": "SITE_MQTT_USER",
+            "password_env": "SITE_MQTT_PASSWORD",
+            "tls": {"ca_file": "ca.pem", "cert_file": "c.pem", "key_file": "k.pem"},
+        }
+    )  # fmt: skip
+    assert cmd_demo.broker_args(secured) == [
+        *("--mqtt-host", "broker.mine", "--mqtt-port", "8883", "--mqtt-tls"),
+        *("--mqtt-ca-file", "ca.pem", "--mqtt-cert-file", "c.pem", "--mqtt-key-file", "k.pem"),
+        *("--mqtt-username", "gw-1302", "--mqtt-password-env", "SITE_MQTT_PASSWORD"),
+    ]
+    cmds = child_commands(
+        site=Path("s.yaml"), scenario=None, speed=1.0, loop=True, api_port=8000, mqtt=plain
+    )
+    assert cmds["cloud"][-4:] == ["--mqtt-host", "10.1.2.3", "--mqtt-port", "1884"]
+    assert "--scenario" not in cmds["sim"]  # no scenario: the simulator holds nominal values
+
+
+def test_the_demo_refuses_a_scenario_of_another_site_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cmd_demo, "DEMO_DIR", tmp_path / "demo")
+    tank_farm = DEMO_SITE.parent / "tank-farm.yaml"
+    with pytest.raises(typer.Exit) as exc_info:
+        cmd_demo.demo(speed=1.0, site=tank_farm, scenario=DEMO_SCENARIO, api_port=free_port())
+    assert exc_info.value.exit_code == 2
+    out = capsys.readouterr().out
+    assert "methane-buildup.yaml:" in out and "tags.CH4_1201_T1: unknown tag" in out
+    assert not (tmp_path / "demo").exists(), "nothing started"
+
+
+def test_the_demo_says_when_the_sites_broker_is_not_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site, api_port, _ = _fake_demo(tmp_path, monkeypatch, "import time; time.sleep(60)")
+    dead = free_port()
+    text = site.read_text()
+    mqtt_at = text.index("mqtt:")  # the site's broker moves to a port nobody listens on
+    site.write_text(text[:mqtt_at] + re.sub(r"port: \d+", f"port: {dead}", text[mqtt_at:], count=1))
+    with pytest.raises(typer.Exit) as exc_info:
+        cmd_demo.demo(speed=1.0, site=site, scenario=DEMO_SCENARIO, api_port=api_port)
+    assert exc_info.value.exit_code == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"no MQTT broker answers on 127.0.0.1:{dead} (the site's mqtt section)" in out
 
 
 def test_the_demo_site_brings_its_risk_map_to_the_cloud() -> None:
@@ -232,13 +298,19 @@ HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
 
 
+_LISTENERS: list[socket.socket] = []  # open until the test process ends
+
+
 def _fake_demo(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edge_code: str
 ) -> tuple[Path, int, Path]:
     """A site on a free port and fake children; returns (site, api_port, request log)."""
     sim_port, api_port = free_port(), free_port()
     site = tmp_path / "site.yaml"
-    site.write_text(DEMO_SITE.read_text().replace("port: 5020", f"port: {sim_port}"))
+    broker = socket.create_server(("127.0.0.1", 0))  # the site's broker: it only must answer
+    _LISTENERS.append(broker)
+    text = DEMO_SITE.read_text().replace("port: 5020", f"port: {sim_port}")
+    site.write_text(text.replace("port: 1883", f"port: {broker.getsockname()[1]}"))
     (tmp_path / "sim.py").write_text(FAKE_SIM)
     (tmp_path / "cloud.py").write_text(FAKE_CLOUD)
     requests = tmp_path / "requests.log"
@@ -289,7 +361,7 @@ def test_demo_polls_the_api_and_stops_children_on_sigterm(
     assert all(c.exit_code() is not None for c in children), "every child stopped"
     out = capsys.readouterr().out
     assert f"http://127.0.0.1:{api_port}/docs" in out
-    assert "mosquitto_sub -v -t 'safewatch/v1/#'" in out
+    assert "mosquitto_sub -h 127.0.0.1 -p " in out and " -v -t 'safewatch/v1/#'" in out
     assert "1.23" in out
     # httpx's status error text (a bare "404" matches the tmp dir .../pytest-404/)
     assert "404 Not Found" not in out, "a site without data yet is not an error"

@@ -158,6 +158,96 @@ def test_unknown_site_tag_names_its_line(tmp_path: Path, site: LoadedSite) -> No
     assert load_scenario(path).tags.keys() == {"CH4_1201_T1", "CH4_9999"}  # no site: no check
 
 
+LONGWALL = ROOT / "firmware_configs" / "sites" / "longwall-panel.yaml"
+HEADING = ROOT / "firmware_configs" / "sites" / "heading-face.yaml"
+
+
+def _site_issues(path: Path, site: Path) -> list[tuple[int | None, str, str]]:
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path, load_site(site))
+    assert all(i.file == str(path) for i in info.value.issues)
+    return [(i.line, i.field, i.message) for i in info.value.issues]
+
+
+def test_a_scenario_written_for_another_site_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\nsite: tank-farm-t100\nduration_s: 5\n")
+    assert _site_issues(path, LONGWALL) == [
+        (2, "site", "scenario is for site 'tank-farm-t100', not 'longwall-1302'")
+    ]
+
+
+def test_faults_name_devices_buses_and_tags_the_site_has(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: x\n"
+        "duration_s: 5\n"
+        "faults:\n"
+        "  - {kind: slow, device: face-t9, at_s: 0}\n"  # line 4
+        "  - kind: garbled\n"
+        "    at_s: 1\n"
+        "    bus: no-such-bus\n"  # line 7
+        "  - {kind: stuck, tag: CH4_9999, at_s: 0}\n",  # line 8
+    )
+    issues = _site_issues(path, LONGWALL)
+    assert [(line, field) for line, field, _ in issues] == [
+        (4, "faults.0.device"),
+        (7, "faults.1.bus"),
+        (8, "faults.2.tag"),
+    ]
+    assert issues[0][2].startswith("fault 'slow': unknown device 'face-t9' in site")
+    assert "known: face-t1, intake-env, panel-breaker" in issues[0][2]
+    assert issues[1][2].startswith("fault 'garbled': unknown bus 'no-such-bus'")
+    assert issues[2][2].startswith("fault 'stuck': unknown tag 'CH4_9999'")
+
+
+def test_a_bus_fault_must_fit_the_bus_protocol(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: x\n"
+        "duration_s: 5\n"
+        "faults:\n"
+        "  - {kind: opcua_restart, bus: shearer, at_s: 0}\n"
+        "  - {kind: cable_pulled, bus: panel-plc, at_s: 0}\n"
+        "  - {kind: garbled, bus: face-net, at_s: 0}\n"
+        # fit: CRC-bad RTU frames, garbled serial lines, an OPC UA restart, a pulled cable
+        "  - {kind: garbled, bus: old-panel, at_s: 0}\n"
+        "  - {kind: garbled, bus: shearer, at_s: 0}\n"
+        "  - {kind: opcua_restart, bus: panel-plc, at_s: 0}\n"
+        "  - {kind: cable_pulled, bus: shearer, at_s: 0}\n",
+    )
+    assert _site_issues(path, LONGWALL) == [
+        (4, "faults.0.bus", "fault 'opcua_restart' acts on a bus of type opcua; bus 'shearer' "
+         "is serial"),
+        (5, "faults.1.bus", "fault 'cable_pulled' acts on a bus of type serial; bus "
+         "'panel-plc' is opcua"),
+        (6, "faults.2.bus", "fault 'garbled' acts on a bus of type serial or modbus_rtu or "
+         "modbus_rtu_over_tcp; bus 'face-net' is modbus_tcp"),
+    ]  # fmt: skip
+    rtu = _write(
+        tmp_path, "name: x\nduration_s: 5\nfaults: [{kind: garbled, bus: heading-rtu, at_s: 0}]\n"
+    )
+    assert load_scenario(rtu, load_site(HEADING)).faults[0].bus == "heading-rtu"
+
+
+def test_a_fault_without_its_target_or_ending_before_it_starts(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "name: x\nduration_s: 5\nfaults:\n"
+        "  - {kind: cable_pulled, at_s: 0}\n"
+        "  - {kind: dead, device: face-t1, at_s: 3, until_s: 2}\n"
+        "  - {kind: meltdown, device: face-t1, at_s: 0}\n",
+    )
+    issues = _issues(path)
+    assert [(line, field) for line, field, _ in issues] == [
+        (4, "faults.0"),
+        (5, "faults.1"),
+        (6, "faults.2.kind"),
+    ]
+    assert "fault 'cable_pulled' needs a 'bus'" in issues[0][2]
+    assert "until_s 2.0 must be after at_s 3.0" in issues[1][2]
+    assert "meltdown" in issues[2][2] or "'dead'" in issues[2][2]
+
+
 # -- playback ------------------------------------------------------------------------
 
 
