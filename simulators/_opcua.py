@@ -12,7 +12,9 @@ Fault injection: :meth:`OpcUaSimulator.set_status` gives a tag a StatusCode
 (``BadSensorFailure``, ``UncertainLastUsableValue``...);
 :meth:`OpcUaSimulator.restart` stops a server and starts it again (every
 client session and subscription is lost; values are kept);
-:meth:`OpcUaSimulator.set_offline` stops it until brought back.
+:meth:`OpcUaSimulator.set_offline` stops it until brought back;
+:meth:`OpcUaSimulator.set_slow` makes a server send every answer (reads,
+publish responses, keep-alives) late.
 
 Security (:class:`ServerSecurity`): Basic256Sha256 Sign & Encrypt only, the
 server's certificate and key, a directory of trusted client certificates
@@ -35,6 +37,7 @@ from asyncua import Server, ua
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.crypto.truststore import TrustStore
 from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+from asyncua.server.uaprocessor import UaProcessor
 
 from device_drivers.opcua import parse_browse_path, quieten_asyncua
 from edge.config import LoadedSite, OpcUaActuator, OpcUaBus, OpcUaTag
@@ -48,6 +51,34 @@ OutputWriteHook = Callable[[str, bool, int], None]
 
 DEFAULT_NAMESPACE = "urn:safewatch:sim"
 _LOG_LENGTH = 100_000
+
+
+# id(InternalServer) -> seconds each answer of that server is held back (a slow PLC)
+_SLOW: dict[int, float] = {}
+
+
+def _hold_back_answers() -> None:
+    """asyncua has no hook on a server's answers: wrap ``UaProcessor.send_response`` once,
+    in the process that simulates (never a gateway), so that a server in ``_SLOW`` writes
+    each answer that much later. Answers keep their order; a closed connection drops them."""
+    if getattr(UaProcessor.send_response, "safewatch_slow", False):
+        return
+    original = UaProcessor.send_response
+
+    def late(processor: UaProcessor, *args: Any) -> None:
+        transport = processor._transport
+        if transport is not None and not transport.is_closing():
+            original(processor, *args)
+
+    def send_response(processor: UaProcessor, *args: Any) -> None:
+        delay = _SLOW.get(id(processor.iserver), 0.0)
+        if delay <= 0:
+            original(processor, *args)
+            return
+        asyncio.get_running_loop().call_later(delay, late, processor, *args)
+
+    send_response.safewatch_slow = True  # type: ignore[attr-defined]
+    UaProcessor.send_response = send_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +440,18 @@ class OpcUaSimulator:
                 self._dirty.add(name)
         self._wake.set()
         self.restarts += 1
+
+    def set_slow(self, bus_id: str, delay_s: float) -> None:
+        """Every answer of this bus's server goes out ``delay_s`` late (0: on time)."""
+        for served in self._bus(bus_id):
+            if served.server is None:
+                raise RuntimeError(f"OPC UA bus {bus_id!r} is not started")
+            key = id(served.server.iserver)
+            if delay_s > 0:
+                _hold_back_answers()
+                _SLOW[key] = delay_s
+            else:
+                _SLOW.pop(key, None)
 
     async def set_offline(self, bus_id: str, offline: bool) -> None:
         """An offline server is stopped (connections refused) until set online again."""

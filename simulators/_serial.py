@@ -9,7 +9,8 @@ Faults: :meth:`SerialLineSimulator.pull_cable` closes the pty and removes the
 link (the gateway's port errors, the path is gone) until
 :meth:`SerialLineSimulator.plug_cable`; :meth:`set_garbled` damages every
 n-th line (noise bytes, or a wrong checksum for ``kv_xor``);
-:meth:`set_silent` stops the detector talking with the cable still in.
+:meth:`set_silent` stops the detector talking with the cable still in;
+:meth:`set_slow` makes it send a line only every ``delay_s`` (a sluggish detector).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,8 @@ class _Line:
     plugged: bool = True
     silent: bool = False
     garble_every: int = 0
+    slow_s: float = 0.0  # while > 0: a line at most every slow_s
+    last_sent: float = 0.0  # time.monotonic() of the last line
     sent: int = 0
     garbled_sent: int = 0
     units: dict[str, str] = field(default_factory=dict)
@@ -127,6 +131,10 @@ class SerialLineSimulator:
     def _send(self, line: _Line) -> None:
         if line.master is None or line.silent or not line.raw:
             return
+        now = time.monotonic()
+        if line.slow_s > 0 and now - line.last_sent < line.slow_s:
+            return
+        line.last_sent = now
         fmt = LineFormat(line.bus.format)
         data = format_line(line.raw, fmt, line.units)
         line.sent += 1
@@ -184,6 +192,10 @@ class SerialLineSimulator:
     def set_garbled(self, bus_id: str, every: int) -> None:
         """Damage every ``every``-th line (0: none)."""
         self._line(bus_id).garble_every = max(0, every)
+
+    def set_slow(self, bus_id: str, delay_s: float) -> None:
+        """Send a line at most every ``delay_s`` (0: every ``interval_s`` again)."""
+        self._line(bus_id).slow_s = max(0.0, delay_s)
 
     def set_silent(self, bus_id: str, silent: bool) -> None:
         self._line(bus_id).silent = silent

@@ -8,7 +8,9 @@ Reads outside those ranges answer "illegal data address".
 Fault injection: :meth:`SiteSimulator.set_offline` makes one unit stay silent
 (the client times out) while its bus-mates keep answering;
 :meth:`SiteSimulator.set_failing` makes it answer every request with
-"server device failure".
+"server device failure"; :meth:`SiteSimulator.set_slow` answers late;
+:meth:`SiteSimulator.set_garbled` sends every n-th answer of an RTU-framed bus
+(RTU line or RTU over TCP) with a bad CRC, as line noise would.
 """
 
 from __future__ import annotations
@@ -182,6 +184,19 @@ class _Bus:
     units: dict[int, _Unit] = field(default_factory=dict)
     server: ModbusTcpServer | ModbusSerialServer | None = None
     modem: NullModem | None = None
+    garble_every: int = 0  # RTU framing: every n-th answer goes out with a bad CRC
+    answers: int = 0
+    crc_bad_sent: int = 0
+
+    def trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus's hook on every frame in and out: damage the CRC of every n-th answer."""
+        if not sending or not self.rtu_framing or not data:
+            return data
+        self.answers += 1
+        if self.garble_every and self.answers % self.garble_every == 0:
+            self.crc_bad_sent += 1
+            return data[:-1] + bytes([data[-1] ^ 0xFF])
+        return data
 
     @property
     def where(self) -> str:
@@ -309,6 +324,7 @@ class SiteSimulator:
                     address=(bus.host, bus.port),
                     framer=FramerType.RTU if bus.rtu_framing else FramerType.SOCKET,
                     ignore_missing_devices=True,  # offline units stay silent
+                    trace_packet=bus.trace_packet,
                 )
                 try:
                     await server.serve_forever(background=True)
@@ -347,6 +363,7 @@ class SiteSimulator:
             stopbits=line.stopbits,
             bytesize=line.bytesize,
             ignore_missing_devices=True,
+            trace_packet=bus.trace_packet,
         )
         try:
             await server.serve_forever(background=True)
@@ -475,6 +492,23 @@ class SiteSimulator:
     def set_slow(self, device_id: str, delay_s: float) -> None:
         """Answer every request of this unit ``delay_s`` late (0: on time)."""
         self._unit_of(device_id).slow_s = max(0.0, delay_s)
+
+    def _bus(self, bus_id: str) -> _Bus:
+        try:
+            return self._buses[bus_id]
+        except KeyError:
+            raise KeyError(f"unknown Modbus bus {bus_id!r}") from None
+
+    def set_garbled(self, bus_id: str, every: int) -> None:
+        """Send every ``every``-th answer on this RTU-framed bus with a bad CRC (0: none)."""
+        bus = self._bus(bus_id)
+        if not bus.rtu_framing:
+            raise ValueError(f"bus {bus_id!r} has no CRC to damage (Modbus TCP framing)")
+        bus.garble_every = max(0, every)
+
+    def crc_bad_sent(self, bus_id: str) -> int:
+        """Answers sent with a damaged CRC so far on this bus."""
+        return self._bus(bus_id).crc_bad_sent
 
     def set_failing(self, device_id: str, failing: bool) -> None:
         """A failing unit answers every request with exception 4 (server device failure)."""

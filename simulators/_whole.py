@@ -119,10 +119,24 @@ class WholeSiteSimulator:
             self.modbus.set_offline(device_id, dead)
 
     def set_slow(self, device_id: str, delay_s: float) -> None:
-        self.modbus.set_slow(device_id, delay_s)
+        """The device answers ``delay_s`` late: a Modbus unit's answers, every answer of an
+        OPC UA server (reads, publishes, keep-alives), a serial detector's lines (one every
+        ``delay_s``). 0: on time again."""
+        bus = self.site.bus(self.site.device(device_id).bus)
+        if isinstance(bus, OpcUaBus):
+            self.opcua.set_slow(bus.id, delay_s)
+        elif isinstance(bus, SerialLineBus):
+            self.serial.set_slow(bus.id, delay_s)
+        else:
+            self.modbus.set_slow(device_id, delay_s)
 
     def set_garbled(self, bus_id: str, every: int) -> None:
-        self.serial.set_garbled(bus_id, every)
+        """Every ``every``-th line of a serial detector garbled, or every ``every``-th answer
+        of an RTU-framed Modbus bus sent with a bad CRC (0: none)."""
+        if isinstance(self.site.bus(bus_id), SerialLineBus):
+            self.serial.set_garbled(bus_id, every)
+        else:
+            self.modbus.set_garbled(bus_id, every)
 
     async def restart_opcua(self, bus_id: str, down_s: float) -> None:
         await self.opcua.restart(bus_id, down_s=down_s)
