@@ -30,6 +30,21 @@ bus-mates a reconnect); ``test_late_answer_is_never_taken_for_the_next_request``
 holds pymodbus to it. On an RTU line there is no transaction id: after a
 timeout we wait one inter-frame gap and flush the receive buffer.
 
+Register reads (the hot path) skip pymodbus's transaction layer. pymodbus's
+client builds a request object, runs it under ``asyncio.wait_for`` inside a
+task of its own (which our shield wraps in another), decodes the answer
+register by register into a response object and formats it for a debug log
+it does not write: six event-loop turns and about 100 us of Python a read.
+:meth:`ModbusDriver.read_registers` and :meth:`ModbusDriver.read` instead
+send the 5-byte read PDU framed by pymodbus's own framer (MBAP or RTU with
+CRC, the transaction id from pymodbus's counter, under its request lock) on
+its connection, and take the answer's frame in the protocol's
+``callback_data`` with pymodbus's own frame decoder, matched by unit and
+transaction id exactly as pymodbus matches it; the PDU is checked here
+(function code, exception answer, byte count) and its register bytes go to
+the decoder as they arrived. One future, one timer, no extra task. Coils and
+writes still go through pymodbus's client.
+
 Reconnects are lazy: a call on a closed connection tries to connect once; if
 that fails, further calls raise :class:`DeviceUnavailable` at once until a
 capped, jittered exponential backoff has passed.
@@ -84,6 +99,8 @@ __all__ = [
 log = logging.getLogger("safewatch.device_drivers.modbus")
 
 _MAX_READ_COILS = 2000
+_READ_FUNCTION = {"holding": 3, "input": 4}
+_READ_PDU = struct.Struct(">BHH")  # function code, first register, count
 
 _EXCEPTION_NAMES = {
     1: "illegal function",
@@ -182,13 +199,16 @@ class _BadCrc(ModbusException):
 
 def _guard_framing(
     client: Any, on_garbage: Callable[[str], None], on_bad_crc: Callable[[], None]
-) -> None:
+) -> Callable[[bytes, tuple[Any, ...] | None], int] | None:
     """Make an undecodable frame fail the waiting request instead of the connection,
-    and a frame with a bad CRC fail it at once (counted) instead of at its timeout."""
+    and a frame with a bad CRC fail it at once (counted) instead of at its timeout.
+
+    Returns the guarded ``callback_data`` (pymodbus's own request path), or None
+    when this pymodbus has no such hook."""
     ctx = getattr(client, "ctx", None)
     original = getattr(ctx, "callback_data", None)
     if ctx is None or original is None:  # pragma: no cover - a future pymodbus
-        return
+        return None
     framer = getattr(ctx, "framer", None)
     if isinstance(framer, FramerRTU):
         decode = framer.decode
@@ -217,6 +237,12 @@ def _guard_framing(
         return used
 
     ctx.callback_data = guarded
+    return guarded
+
+
+def _expire(future: asyncio.Future[bytes]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 class ModbusDriver(LazyConnection):
@@ -258,6 +284,12 @@ class ModbusDriver(LazyConnection):
         self._quiet_from = 0.0  # monotonic time the line was last busy (RTU gap)
         self.garbage_frames = 0
         self.crc_errors = 0
+        # read() goes through read_registers only where a subclass replaced it (a fake
+        # at the register seam); else straight to the answer's bytes
+        self._registers_seam = type(self).read_registers is not ModbusDriver.read_registers
+        # the lean read path: (pymodbus's transaction manager, its framer) of the open client
+        self._lean: tuple[Any, Any] | None = None
+        self._pending: tuple[asyncio.Future[bytes], int, int] | None = None  # (answer, unit, tid)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.link})"
@@ -273,6 +305,7 @@ class ModbusDriver(LazyConnection):
     async def close(self) -> None:
         """Close the connection; a later call reconnects."""
         client, self._client = self._client, None
+        self._lean = None
         if client is not None:
             client.close()
 
@@ -299,7 +332,8 @@ class ModbusDriver(LazyConnection):
             raise DeviceUnavailable(
                 self.name, f"cannot connect to {self.link} (refused or unreachable)"
             ) from ConnectionException(f"connect to {self.link} failed")
-        _guard_framing(client, self._garbage, self._bad_crc)
+        guarded = _guard_framing(client, self._garbage, self._bad_crc)
+        self._install_lean(client, guarded)
         self._client = client
 
     def _garbage(self, what: str) -> None:
@@ -312,6 +346,9 @@ class ModbusDriver(LazyConnection):
         """The peer closed the connection: fail a waiting request now, not at its timeout."""
         if not self._in_flight or client is not self._client:
             return
+        pending = self._pending
+        if pending is not None and not pending[0].done():
+            pending[0].set_exception(ConnectionException("connection closed by the peer"))
         future = getattr(getattr(client, "ctx", None), "response_future", None)
         if isinstance(future, asyncio.Future) and not future.done():
             future.set_exception(ConnectionException("connection closed by the peer"))
@@ -322,6 +359,166 @@ class ModbusDriver(LazyConnection):
             await self.ensure_open(device)
             client = self._client
         return client
+
+    # -- the lean read path ------------------------------------------------------------
+
+    def _install_lean(
+        self, client: Any, guarded: Callable[[bytes, tuple[Any, ...] | None], int] | None
+    ) -> None:
+        """Route answers to a lean read to it; everything else to pymodbus (``guarded``)."""
+        ctx: Any = getattr(client, "ctx", None)
+        framer = getattr(ctx, "framer", None)
+        if ctx is None or guarded is None or framer is None or not hasattr(ctx, "getNextTID"):
+            self._lean = None  # pragma: no cover - a future pymodbus: its own path only
+            return
+        # the framer's own decode: the RTU one is wrapped for pymodbus's path (_guard_framing)
+        decode = type(framer).decode.__get__(framer)
+        rtu = isinstance(framer, FramerRTU)
+
+        def on_data(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+            pending = self._pending
+            if pending is None:
+                return guarded(data, addr)
+            return self._take_frame(pending, decode, rtu, data)
+
+        ctx.callback_data = on_data
+        self._lean = (ctx, framer)
+
+    def _take_frame(
+        self,
+        pending: tuple[asyncio.Future[bytes], int, int],
+        decode: Callable[[bytes], tuple[int, int, int, bytes]],
+        rtu: bool,
+        data: bytes,
+    ) -> int:
+        """Frames in ``data`` -> the waiting read's PDU; returns the bytes used. A frame of
+        another unit or transaction (a late answer) is skipped, as pymodbus skips it."""
+        future, unit, tid = pending
+        used = 0
+        total = len(data)
+        while used < total:
+            try:
+                size, dev_id, got_tid, pdu = decode(data[used:] if used else data)
+            except (ModbusException, ValueError, IndexError, struct.error) as exc:
+                self._garbage(str(exc))
+                if not future.done():
+                    future.set_exception(_Malformed(f"malformed response: {exc}"))
+                return total  # drop what we cannot frame
+            if not size:
+                break  # an incomplete frame: wait for more bytes
+            used += size
+            if not pdu:
+                if rtu:  # pymodbus's RTU decoder drops a frame that fails its CRC
+                    self._bad_crc()
+                    if not future.done():
+                        future.set_exception(_BadCrc("frame failed its CRC check"))
+                else:
+                    self._garbage("frame without a PDU")
+                    if not future.done():
+                        future.set_exception(_Malformed("malformed response: no PDU"))
+                continue
+            if unit and dev_id != unit:
+                continue
+            if tid and got_tid and got_tid != tid:
+                continue
+            if not future.done():
+                future.set_result(pdu)
+            break
+        return used
+
+    async def _read_pdu(
+        self,
+        device: str,
+        what: str,
+        unit: int,
+        function: int,
+        address: int,
+        count: int,
+        timeout_s: float | None,
+    ) -> bytes:
+        """Send one read request on the lean path; the answer's register bytes."""
+        client = self._client
+        if client is None or not client.connected:
+            client = await self._ready_client(device)
+        lean = self._lean
+        if lean is None:  # pragma: no cover - a pymodbus without the hooks we use
+            response = await self._call(
+                device,
+                what,
+                lambda c: (
+                    c.read_holding_registers(address, count=count, device_id=unit)
+                    if function == 3
+                    else c.read_input_registers(address, count=count, device_id=unit)
+                ),
+                timeout_s,
+            )
+            return struct.pack(f">{len(response.registers)}H", *response.registers)
+        ctx, framer = lean
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        async with ctx._lock:  # one request at a time, pymodbus's own requests included
+            if self._gap_s:
+                quiet = self._quiet_from + self._gap_s - time.monotonic()
+                if quiet > 0:
+                    await asyncio.sleep(quiet)
+            transport = ctx.transport
+            if transport is None or self._lean is not lean:
+                await self.close()
+                raise DeviceUnavailable(device, f"connection lost before {what}")
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[bytes] = loop.create_future()
+            tid = ctx.getNextTID()
+            frame = framer.encode(_READ_PDU.pack(function, address, count), unit, tid)
+            self._pending = (future, unit, tid)
+            self._in_flight = True
+            ctx.recv_buffer = b""  # what is left of an earlier answer is not this one's
+            timer = loop.call_later(timeout, _expire, future)
+            try:
+                transport.write(frame)
+                pdu = await future
+            except TimeoutError as exc:
+                if not client.connected:
+                    await self.close()
+                    raise DeviceUnavailable(device, f"connection lost during {what}") from exc
+                raise DeviceTimeout(device, f"no answer to {what} within {timeout} s") from exc
+            except _Malformed as exc:
+                raise DecodeError(device, f"{what}: {exc}") from exc
+            except _BadCrc as exc:
+                raise FrameError(device, f"{what}: answer failed its CRC check") from exc
+            except ConnectionException as exc:
+                await self.close()
+                raise DeviceUnavailable(device, f"connection lost during {what}: {exc}") from exc
+            except OSError as exc:
+                await self.close()
+                raise DeviceUnavailable(device, f"connection error during {what}: {exc}") from exc
+            finally:
+                timer.cancel()
+                self._pending = None
+                self._in_flight = False
+                if self._gap_s:
+                    self._quiet_from = time.monotonic()
+        return self._registers_of(device, what, pdu, function, count)
+
+    def _registers_of(self, device: str, what: str, pdu: bytes, function: int, count: int) -> bytes:
+        """Check a read answer's PDU as pymodbus's response decoder does; its register bytes."""
+        code = pdu[0]
+        if code != function:
+            if code == function | 0x80:
+                exception = pdu[1] if len(pdu) > 1 else 0
+                text = _EXCEPTION_NAMES.get(exception, "unknown exception")
+                raise DeviceException(device, f"{what} refused: exception {exception} ({text})")
+            self._garbage(f"function code {code}")
+            raise DecodeError(device, f"{what}: malformed response: function code {code}")
+        byte_count = pdu[1] if len(pdu) > 1 else 0
+        if len(pdu) < 2 or byte_count > len(pdu) - 2 or byte_count % 2:
+            self._garbage(f"byte count {byte_count}")
+            raise DecodeError(
+                device,
+                f"{what}: malformed response: byte_count {byte_count} "
+                f"for a PDU of {len(pdu)} byte(s)",
+            )
+        if byte_count != 2 * count:
+            raise DecodeError(device, f"{what}: got {byte_count // 2} register(s)")
+        return pdu[2 : 2 + byte_count]
 
     # -- requests --------------------------------------------------------------------
 
@@ -396,29 +593,25 @@ class ModbusDriver(LazyConnection):
 
         ``device`` names the device in errors (default: ``"<bus> unit <unit>"``).
         """
+        data = await self._read_table(unit, table, address, count, device, timeout_s)
+        return list(struct.unpack(f">{count}H", data))
+
+    async def _read_table(
+        self,
+        unit: int,
+        table: str,
+        address: int,
+        count: int,
+        device: str | None,
+        timeout_s: float | None,
+    ) -> bytes:
         _check(unit, address, count, MAX_READ_REGISTERS)
+        function = _READ_FUNCTION.get(table)
+        if function is None:
+            raise ValueError(f"unknown register table {table!r}")
         name = self._device(unit, device)
         what = f"read {table} {address}+{count}"
-        if table == "holding":
-            response = await self._call(
-                name,
-                what,
-                lambda c: c.read_holding_registers(address, count=count, device_id=unit),
-                timeout_s,
-            )
-        elif table == "input":
-            response = await self._call(
-                name,
-                what,
-                lambda c: c.read_input_registers(address, count=count, device_id=unit),
-                timeout_s,
-            )
-        else:
-            raise ValueError(f"unknown register table {table!r}")
-        registers: list[int] = response.registers
-        if len(registers) != count:
-            raise DecodeError(name, f"{what}: got {len(registers)} register(s)")
-        return registers
+        return await self._read_pdu(name, what, unit, function, address, count, timeout_s)
 
     async def read_coils(
         self, unit: int, address: int, count: int, *, device: str | None = None
@@ -462,16 +655,23 @@ class ModbusDriver(LazyConnection):
         values: list[float] = [math.nan] * n
         stamps: list[int] = [0] * n
         odd: dict[int, Sample] = {}
+        registers_seam = self._registers_seam
         for block in plan.blocks:
-            registers = await self.read_registers(
-                plan.unit,
-                block.table,
-                block.address,
-                block.count,
-                device=device.id,
-                timeout_s=timeout_s,
-            )
-            decode_columns(block, registers, device.id, time.time_ns(), values, stamps, odd)
+            data: bytes | list[int]
+            if registers_seam:  # a subclass reads registers its own way (a fake bus)
+                data = await self.read_registers(
+                    plan.unit,
+                    block.table,
+                    block.address,
+                    block.count,
+                    device=device.id,
+                    timeout_s=timeout_s,
+                )
+            else:
+                data = await self._read_table(
+                    plan.unit, block.table, block.address, block.count, device.id, timeout_s
+                )
+            decode_columns(block, data, device.id, time.time_ns(), values, stamps, odd)
         # every point sits in exactly one block
         return SampleBlock(plan.tags, device.id, values, stamps, odd)
 

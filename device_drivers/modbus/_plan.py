@@ -272,7 +272,7 @@ def decode_block(
 
 def decode_columns(
     block: ReadBlock,
-    registers: Sequence[int],
+    registers: Sequence[int] | bytes,
     device: str,
     ts_ns: int,
     values: list[float],
@@ -284,7 +284,9 @@ def decode_columns(
     Every point's engineering value goes to ``values[index]`` and its stamp to
     ``stamps[index]``; a point that is not GOOD (decode error, out of or over
     range) gets NaN there and its full :class:`Sample` in ``odd[index]``, judged
-    exactly as :func:`decode_block` judges it. The big-endian points are unpacked
+    exactly as :func:`decode_block` judges it. ``registers`` is the block's registers
+    as ints, or as the bytes of the answer (big-endian words, as they came off the
+    wire: the driver's read path, nothing repacked). The big-endian points are unpacked
     by the block's one struct and range-checked together (``min``/``max``/``sum``
     in C when the block's points share a range, which is the usual case); a value
     outside is judged on its own.
@@ -301,8 +303,13 @@ def decode_columns(
         for slot in block.slots:
             stamps[slot.index] = ts_ns
     try:
-        assert block._registers is not None
-        buf = block._registers.pack(*registers)
+        if isinstance(registers, bytes | bytearray | memoryview):
+            buf = bytes(registers)
+            if len(buf) != 2 * block.count:
+                raise struct.error(f"{len(buf)} bytes for {block.count} registers")
+        else:
+            assert block._registers is not None
+            buf = block._registers.pack(*registers)
     except struct.error:  # wrong count, or a register that is no 16-bit word
         for slot in block.slots:
             values[slot.index] = math.nan
@@ -338,7 +345,7 @@ def decode_columns(
                     odd[slot.index] = _judge(spec.name, device, r, spec, ts_ns)
     for slot in block._slow_slots:
         p = slot.point
-        words = list(registers[slot.first : slot.first + p.count])
+        words = list(struct.unpack_from(f">{p.count}H", buf, 2 * slot.first))
         try:
             r = decode(words, p.type, word_order=p.word_order, byte_order=p.byte_order)
         except CodecError:

@@ -5,7 +5,11 @@
 - a malformed answer (short or over-long PDU) fails that one request as a decode error
   and the shared connection stays up;
 - a write is read back and a mismatch is flagged;
-- a cancel always reaches the caller, even while pymodbus is answering.
+- a cancel always reaches the caller, even while pymodbus is answering;
+- register reads take the lean path (our request, pymodbus's framer, no transaction
+  layer): the same registers as pymodbus's own client reads, garbage reported as garbage,
+  frames split anywhere, another unit's or an earlier request's answer skipped; coil
+  reads and writes still go through pymodbus's client, with the same guard.
 """
 
 from __future__ import annotations
@@ -71,10 +75,12 @@ async def test_read_and_write_through_the_seam(tmp_path: Path, bus_type: str) ->
 
 
 class _RawPeer:
-    """A Modbus TCP peer that answers each request with what ``answer`` builds."""
+    """A Modbus TCP peer that answers each request with what ``answer`` builds
+    (``split``: one byte per TCP segment)."""
 
-    def __init__(self, answer: Callable[[int, int, int, int], bytes]) -> None:
+    def __init__(self, answer: Callable[[int, int, int, int], bytes], split: bool = False) -> None:
         self.answer = answer
+        self.split = split
         self.server: asyncio.Server | None = None
         self.connections = 0
 
@@ -84,8 +90,14 @@ class _RawPeer:
             while True:
                 frame = await reader.readexactly(12)
                 tid, _, _, unit, fc, _address, count = struct.unpack(">HHHBBHH", frame)
-                writer.write(self.answer(tid, unit, fc, count))
-                await writer.drain()
+                answer = self.answer(tid, unit, fc, count)
+                for chunk in (
+                    [answer[i : i + 1] for i in range(len(answer))] if self.split else [answer]
+                ):
+                    writer.write(chunk)
+                    await writer.drain()
+                    if self.split:
+                        await asyncio.sleep(0.001)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -196,5 +208,126 @@ async def test_silent_unit_times_out_with_a_short_probe_timeout(tmp_path: Path) 
             with pytest.raises(DeviceTimeout):
                 await drv.read(plan, timeout_s=0.05)
             assert loop.time() - started < 0.3  # not the bus's 500 ms
+        finally:
+            await drv.close()
+
+
+@pytest.mark.parametrize("bus_type", ["modbus_tcp", "modbus_rtu_over_tcp"])
+async def test_lean_register_reads_match_pymodbus_reads(tmp_path: Path, bus_type: str) -> None:
+    """Every block of every device of the demo site, read by the lean path and by
+    pymodbus's own client on the same simulator: the same registers."""
+    from device_drivers.modbus import make_client
+
+    site = _site(tmp_path, bus_type)
+    bus = site.config.buses[0]
+    drv = make_driver(bus)
+    assert isinstance(drv, ModbusDriver)
+    async with SiteSimulator(site) as sim:
+        sim.set_value("CO_1201", 37.5)
+        client = make_client(drv.link, name="oracle", timeout_s=1.0, trace_connect=lambda _: None)
+        try:
+            assert await client.connect()
+            compared = 0
+            for device in site.config.devices:
+                if device.bus != bus.id or not device.tags:
+                    continue
+                plan = drv.plan(device_spec(site, device))
+                for block in plan.blocks:
+                    read = (
+                        client.read_holding_registers
+                        if block.table == "holding"
+                        else client.read_input_registers
+                    )
+                    oracle = await read(block.address, count=block.count, device_id=plan.unit)
+                    got = await drv.read_registers(
+                        plan.unit, block.table, block.address, block.count
+                    )
+                    assert got == oracle.registers, (device.id, block)
+                    compared += 1
+            assert compared >= 3
+        finally:
+            client.close()
+            await drv.close()
+
+
+async def test_lean_read_reports_garbage_as_garbage() -> None:
+    """A wrong function code and an odd byte count fail that one read as a decode error
+    (counted), not as a timeout; the connection stays up."""
+    calls = 0
+
+    def answer(tid: int, unit: int, fc: int, count: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        good = struct.pack(">BB", fc, 2 * count) + b"\x00\x05" * count
+        if calls == 1:  # an answer to another function
+            return _mbap(tid, unit, struct.pack(">BB", 4, 2 * count) + b"\x00\x05" * count)
+        if calls == 2:  # an odd byte count
+            return _mbap(tid, unit, struct.pack(">BB", fc, 3) + b"\x00\x05\x00")
+        return _mbap(tid, unit, good)
+
+    async with _RawPeer(answer) as port:
+        drv = ModbusTcpDriver("garbage", "127.0.0.1", port, 0.5)
+        loop = asyncio.get_running_loop()
+        try:
+            for expected in ("function code 4", "byte_count 3"):
+                started = loop.time()
+                with pytest.raises(DecodeError, match=expected):
+                    await drv.read_registers(1, "holding", 0, 2)
+                assert loop.time() - started < 0.4  # at once, not at the timeout
+            assert await drv.read_registers(1, "holding", 0, 2) == [5, 5]
+            assert drv.connected and drv.garbage_frames == 2
+        finally:
+            await drv.close()
+
+
+async def test_lean_read_frames_split_answers_and_skips_other_units() -> None:
+    """An answer arriving one byte per segment is framed whole; an answer of another
+    unit, or of another transaction (a late one), in front of the right one is skipped."""
+    stray = 0
+
+    def answer(tid: int, unit: int, fc: int, count: int) -> bytes:
+        nonlocal stray
+        stray += 1
+        good = _mbap(tid, unit, struct.pack(">BB", fc, 2 * count) + b"\x01\x02" * count)
+        if stray % 2:  # another unit's answer, then another transaction's, then ours
+            other = _mbap(tid, unit + 1, struct.pack(">BB", fc, 2 * count) + b"\xff" * 2 * count)
+            late = _mbap(tid + 100, unit, struct.pack(">BB", fc, 2 * count) + b"\xee" * 2 * count)
+            return other + late + good
+        return good
+
+    async with _RawPeer(answer, split=True) as port:
+        drv = ModbusTcpDriver("split", "127.0.0.1", port, 2.0)
+        try:
+            for count in (1, 2, 60, 125):
+                got = await drv.read_registers(7, "input", 10, count)
+                assert got == [0x0102] * count
+            assert drv.garbage_frames == 0 and drv.connected
+        finally:
+            await drv.close()
+
+
+async def test_coil_reads_still_go_through_the_guarded_pymodbus_path() -> None:
+    """Coils are read by pymodbus's client: a malformed coil answer fails that one
+    request (decode error), and register reads on the lean path go on beside it."""
+    coil_calls = 0
+
+    def answer(tid: int, unit: int, fc: int, count: int) -> bytes:
+        nonlocal coil_calls
+        if fc == 1:
+            coil_calls += 1
+            if coil_calls == 1:  # a function code pymodbus cannot decode
+                return _mbap(tid, unit, struct.pack(">BB", 0x41, 1) + b"\x01")
+            return _mbap(tid, unit, struct.pack(">BBB", fc, 1, 0b101))
+        return _mbap(tid, unit, struct.pack(">BB", fc, 2 * count) + b"\x00\x09" * count)
+
+    async with _RawPeer(answer) as port:
+        drv = ModbusTcpDriver("coils", "127.0.0.1", port, 0.5)
+        try:
+            with pytest.raises(DecodeError, match="malformed"):
+                await drv.read_coils(1, 0, 3)
+            assert await drv.read_registers(1, "holding", 0, 2) == [9, 9]
+            assert await drv.read_coils(1, 0, 3) == [True, False, True]
+            assert await drv.read_registers(1, "holding", 4, 1) == [9]
+            assert drv.connected and drv.garbage_frames == 1
         finally:
             await drv.close()

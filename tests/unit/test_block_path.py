@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,40 @@ def test_columns_decode_exactly_as_the_sample_decoder() -> None:
                 _same(a, columns[i])
                 if b.quality is not Quality.GOOD:
                     assert math.isnan(values[i]) and i in odd
+
+
+def test_columns_decode_the_answer_bytes_exactly_as_the_registers() -> None:
+    """The driver's read path hands the decoder the answer's register bytes as they came
+    off the wire: the same columns as from the registers as ints, on random plans."""
+    rng = random.Random(88)
+    for _ in range(300):
+        device = _random_device(rng)
+        plan = plan_reads(device)
+        n = len(device.points)
+        from_ints: tuple[list[float], list[int], dict[int, Sample]] = ([0.0] * n, [0] * n, {})
+        from_bytes: tuple[list[float], list[int], dict[int, Sample]] = ([0.0] * n, [0] * n, {})
+        for ts, block in enumerate(plan.blocks, start=100):
+            registers = _random_registers(rng, block.count)
+            data = struct.pack(f">{block.count}H", *registers)
+            decode_columns(block, registers, "d", ts, *from_ints)
+            decode_columns(block, data, "d", ts, *from_bytes)
+        a = SampleBlock(plan.tags, "d", *from_ints)
+        b = SampleBlock(plan.tags, "d", *from_bytes)
+        assert from_ints[1] == from_bytes[1]
+        for x, y in zip(a, b, strict=True):
+            _same(x, y)
+
+
+def test_answer_bytes_of_the_wrong_length_are_decode_errors() -> None:
+    spec = DeviceSpec(
+        "d", 1, tuple(PointSpec(f"P{i}", ModbusPoint("holding", 2 * i)) for i in range(3))
+    )
+    (block,) = plan_reads(spec).blocks
+    for data in (b"", b"\x00" * (2 * block.count - 1), b"\x00" * (2 * block.count + 2)):
+        values, stamps, odd = [0.0] * 3, [0] * 3, dict[int, Sample]()
+        decode_columns(block, data, "d", 7, values, stamps, odd)
+        assert all(math.isnan(v) for v in values)
+        assert [(s.quality, s.reason) for s in odd.values()] == [(Quality.BAD, "decode")] * 3
 
 
 @pytest.mark.parametrize(
