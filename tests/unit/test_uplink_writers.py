@@ -75,6 +75,57 @@ async def test_batches_are_stored_in_bulk_within_the_interval(tmp_path: Path) ->
     buffer.close()
 
 
+async def test_full_batches_wait_for_the_interval_and_go_in_one_transaction(
+    tmp_path: Path,
+) -> None:
+    """Full batches are not stored one by one as they fill (a transaction and an fsync
+    each): what arrived within the interval goes in one buffer call."""
+    buffer = StoreAndForwardBuffer(tmp_path / "b.db", 10**7, site="s1", gateway="gw1")
+    queue = SampleQueue(maxsize=10_000)
+    stored: list[int] = []
+    batcher = TelemetryBatcher(
+        make_site(),
+        buffer,
+        queue,
+        max_points=100,
+        interval_s=0.3,
+        on_stored=lambda: stored.append(1),
+    )
+    task = asyncio.create_task(batcher.run(), name="batcher")
+    try:
+        for i in range(350):
+            queue.put_nowait(sample(i))
+        await async_wait_until(lambda: batcher.batches == 4, 5, "four batches stored")
+        sizes = [len(m.points) for m in messages(buffer) if isinstance(m, wire.TelemetryBatch)]
+        assert sizes == [100, 100, 100, 50]
+        assert len(stored) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    buffer.close()
+
+
+async def test_max_batches_bounds_what_waits_for_the_interval(tmp_path: Path) -> None:
+    buffer = StoreAndForwardBuffer(tmp_path / "b.db", 10**7, site="s1", gateway="gw1")
+    queue = SampleQueue(maxsize=10_000)
+    batcher = TelemetryBatcher(
+        make_site(), buffer, queue, max_points=100, max_batches=3, interval_s=600
+    )
+    task = asyncio.create_task(batcher.run(), name="batcher")
+    try:
+        for i in range(350):
+            queue.put_nowait(sample(i))
+        # three full batches waiting: stored long before the (ten-minute) interval
+        await async_wait_until(lambda: batcher.batches == 3, 10, "three batches stored")
+        sizes = [len(m.points) for m in messages(buffer) if isinstance(m, wire.TelemetryBatch)]
+        assert sizes == [100, 100, 100]
+        assert len(batcher._batch) == 50  # the partial one waits for its interval
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    buffer.close()
+
+
 async def test_alarms_that_cannot_be_stored_at_shutdown_are_returned_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
