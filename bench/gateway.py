@@ -5,7 +5,8 @@
 private Mosquitto for the uplink) and read the gateway's own health endpoint
 (``/status``): values through the rule engine, skipped polls, period and
 jitter percentiles. CPU and RSS come from ``/proc/<pid>`` of the gateway
-process only, so the simulator's cost is not counted against the gateway.
+process and its descendants (a safety process, where the gateway runs one), never
+the simulator's, so the simulator's cost is not counted against the gateway.
 
 ``rtu`` polls an RTU line on a pty null modem paced at the baud rate, in this
 process, and reports the share of the line's capacity the driver keeps busy.
@@ -129,16 +130,51 @@ def _wait_ports(
                 time.sleep(0.05)
 
 
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (a gateway may run its safety buses in a child
+    process: its CPU and memory are the gateway's too)."""
+    found = [pid]
+    for current in found:
+        try:
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            found.extend(int(c) for c in children if int(c) not in found)
+    return found
+
+
+def _own_cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # exited meanwhile
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime + stime
 
 
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+def _own_rss_mb(pid: int) -> float:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants."""
+    return sum(_own_cpu_s(p) for p in process_tree(pid))
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its live descendants, MB."""
+    return sum(_own_rss_mb(p) for p in process_tree(pid))
 
 
 def _status(client: httpx.Client, url: str) -> dict[str, Any]:
@@ -215,6 +251,7 @@ def run_gateway(
                     time.sleep(0.2)
             time.sleep(warmup_s)
             first = _status(client, url)
+            processes = len(process_tree(gw.pid))
             cpu0, sim_cpu0, t0 = cpu_s(gw.pid), cpu_s(sim.pid), time.monotonic()
             rss0 = rss_mb(gw.pid)
             rss_series = [rss0]
@@ -258,6 +295,7 @@ def run_gateway(
         "rss_max_mb": round(max(rss_series), 1),
         "sim_cpu_cores_used": round((sim_cpu1 - sim_cpu0) / elapsed, 3),
         "uplink_dropped": last["counters"].get("uplink_dropped"),
+        "gateway_processes": processes,
     }
 
 

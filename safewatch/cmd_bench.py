@@ -134,7 +134,7 @@ def modbus(
     emit({**{k: result[k] for k in (
         "tags_per_s", "cpu_cores_used", "tags_per_cpu_s", "period_jitter_p99_ms",
         "offered_per_s", "devices", "tags", "poll_ms", "duration_s", "skipped_polls",
-        "sim_cpu_cores_used", "rss_mb",
+        "sim_cpu_cores_used", "rss_mb", "gateway_processes",
     )}, **decode_baseline()})  # fmt: skip
 
 
@@ -172,7 +172,7 @@ def overload(
     emit({k: result[k] for k in (
         "offered_per_s", "delivered_per_s", "rss_growth_mb", "safety_period_p99_ms",
         "skipped_polls", "cpu_cores_used", "rss_mb", "rss_max_mb", "duration_s",
-        "uplink_dropped", "sim_cpu_cores_used",
+        "uplink_dropped", "sim_cpu_cores_used", "gateway_processes",
     )})  # fmt: skip
 
 
@@ -189,7 +189,10 @@ def gateway_memory(
 
     typer.echo(f"gateway-memory: {devices * tags} tags every {poll_ms} ms")
     result = run_gateway(devices=devices, tags=tags, poll_ms=poll_ms, duration_s=duration)
-    keys = ("rss_mb", "tags", "rss_max_mb", "rss_start_mb", "tags_per_s", "cpu_cores_used")
+    keys = (
+        "rss_mb", "tags", "rss_max_mb", "rss_start_mb", "tags_per_s", "cpu_cores_used",
+        "gateway_processes",
+    )  # fmt: skip
     emit({k: result[k] for k in keys})
 
 

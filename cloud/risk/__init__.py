@@ -17,14 +17,13 @@ from cloud.risk._model import (
     compute,
     load_risk_file,
 )
-from cloud.risk._service import GradeChange, HeatmapSnapshot, RiskService
+from cloud.risk._service import GradeChange, RiskService
 
 __all__ = [
     "POINTS",
     "AreaRisk",
     "Contribution",
     "GradeChange",
-    "HeatmapSnapshot",
     "LiveFactors",
     "RiskFileError",
     "RiskGrade",

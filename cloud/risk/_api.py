@@ -3,12 +3,10 @@
 # No ``from __future__ import annotations``: routes name local guards in
 # ``Annotated[..., Depends(...)]``, which FastAPI must see evaluated.
 
-import asyncio
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from cloud.auth import ALL_ROLES, Guards, error_responses
@@ -58,16 +56,6 @@ class GradeChangeOut(BaseModel):
     contributions: list[ContributionOut]
 
 
-def _etag_matches(header: str | None, etag: str) -> bool:
-    """If-None-Match against a weak ETag (weak comparison, RFC 9110 13.1.2)."""
-    if not header:
-        return False
-    opaque = etag.removeprefix("W/")
-    return any(
-        tag.strip() == "*" or tag.strip().removeprefix("W/") == opaque for tag in header.split(",")
-    )
-
-
 def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
     router = APIRouter(prefix="/api/v1/risk", tags=["risk"])
     readers = [Depends(guards(*ALL_ROLES))]
@@ -76,31 +64,45 @@ def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
         "/heatmap",
         response_model=HeatmapOut,
         summary="Each area's live grade, its units and the factors that raised it",
-        description=(
-            "Served from a snapshot recomputed when an input changes (alarms, hazards, "
-            "latest values' quality, gateway status; at most once a second) and at least "
-            "every few seconds; `at` is when it was computed. Send the `ETag` back in "
-            "`If-None-Match` to get 304 while nothing changed."
-        ),
-        responses={
-            **error_responses(401, 403, 503),
-            304: {"description": "Not modified: the areas are as in the ETag sent"},
-        },
+        responses=error_responses(401, 403, 503),
         dependencies=readers,
     )
-    async def heatmap(request: Request) -> Response:
+    def heatmap() -> HeatmapOut:
+        now = dt.datetime.now(dt.UTC)
         if service is None:
-            empty = HeatmapOut(configured=False, site="", at=dt.datetime.now(dt.UTC), areas=[])
-            return Response(empty.model_dump_json(), media_type="application/json")
-        # from memory; only when a refresh is due does a thread recompute (or serve the
-        # current snapshot while another request recomputes)
-        snap = service.current()
-        if snap is None:
-            snap = await asyncio.to_thread(service.snapshot)
-        headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
-        if _etag_matches(request.headers.get("if-none-match"), snap.etag):
-            return Response(status_code=304, headers=headers)
-        return Response(snap.body, media_type="application/json", headers=headers)
+            return HeatmapOut(configured=False, site="", at=now, areas=[])
+        areas = service.heatmap()
+        return HeatmapOut(
+            configured=True,
+            site=service.model.site,
+            at=now,
+            areas=[
+                AreaOut(
+                    id=a.id,
+                    name=a.name,
+                    polygon=a.polygon,
+                    static_grade=a.static_grade.colour,
+                    grade=a.grade.colour,
+                    points=a.points,
+                    contributions=[
+                        ContributionOut(factor=c.factor, detail=c.detail, points=c.points)
+                        for c in a.contributions
+                    ],
+                    units=[
+                        UnitOut(
+                            id=u.id,
+                            name=u.name,
+                            method=u.method,
+                            score=u.score,
+                            static_grade=u.static_grade.colour,
+                            grade=u.grade.colour,
+                        )
+                        for u in a.units
+                    ],
+                )
+                for a in areas
+            ],
+        )
 
     @router.get(
         "/history",

@@ -17,7 +17,6 @@ from cloud.storage.db import (
     LatestValue,
     SpoolChunk,
     Store,
-    TagCondition,
 )
 from cloud.storage.influx import (
     InfluxV1Writer,
@@ -47,7 +46,6 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreRejected",
-    "TagCondition",
     "WriteResult",
     "to_lines",
 ]
