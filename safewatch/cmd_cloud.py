@@ -251,19 +251,7 @@ def jetstream_worker(
     logging.getLogger("alembic").setLevel(logging.WARNING)  # cloud.migrations logs the upgrade
     sqlite_parent(db_url)
     store = _open_store(db_url)
-    writer = InfluxV1Writer(
-        influx_url,
-        influx_db,
-        username=os.environ.get("SAFEWATCH_INFLUX_USERNAME") or None,
-        password=os.environ.get("SAFEWATCH_INFLUX_PASSWORD") or None,
-    )
-    ingest = IngestService(
-        "127.0.0.1",
-        1,
-        store,
-        writer,
-        ts_window=TimeWindow(accept_past_s or None, accept_future_s or None),
-    )
+    writer, ingest = _offline_ingest(store, influx_url, influx_db, accept_past_s, accept_future_s)
     worker = JetStreamIngest(
         nats_servers, ingest, durable=durable, ack_wait_s=ack_wait_s, mqtt=mqtt
     )
@@ -298,6 +286,24 @@ app.add_typer(
 )
 
 _DB_URL_HELP = "SQLAlchemy URL of the cloud database (as given to 'cloud run')."
+
+
+def _offline_ingest(
+    store: Store, influx_url: str, influx_db: str, accept_past_s: float, accept_future_s: float
+) -> tuple[InfluxV1Writer, IngestService]:
+    """The ingest's writer and handler for a process that feeds it itself, not from the
+    MQTT broker ('jetstream-worker', 'dead-letters replay'). InfluxDB credentials come from
+    the same variables 'cloud run' reads by default; a window bound of 0 means no limit."""
+    writer = InfluxV1Writer(
+        influx_url,
+        influx_db,
+        username=os.environ.get("SAFEWATCH_INFLUX_USERNAME") or None,
+        password=os.environ.get("SAFEWATCH_INFLUX_PASSWORD") or None,
+    )
+    window = TimeWindow(accept_past_s or None, accept_future_s or None)
+    # No broker: the MQTT address is never used by process()/replay().
+    ingest = IngestService("127.0.0.1", 1, store, writer, ts_window=window)
+    return writer, ingest
 
 
 def _open_store(db_url: str) -> Store:
@@ -372,19 +378,7 @@ def dead_letters_replay(
     spool, which a running 'cloud run' drains.
     """
     store = _open_store(db_url)
-    writer = InfluxV1Writer(
-        influx_url,
-        influx_db,
-        username=os.environ.get("SAFEWATCH_INFLUX_USERNAME") or None,
-        password=os.environ.get("SAFEWATCH_INFLUX_PASSWORD") or None,
-    )
-    ingest = IngestService(
-        "127.0.0.1",
-        1,
-        store,
-        writer,
-        ts_window=TimeWindow(accept_past_s or None, accept_future_s or None),
-    )
+    writer, ingest = _offline_ingest(store, influx_url, influx_db, accept_past_s, accept_future_s)
 
     async def main() -> tuple[int, int]:
         replayed = failed = 0
