@@ -306,6 +306,7 @@ class IngestService:
                     size += _size(message.payload)
                 received = time.time_ns()
                 self._counters["received"] += len(batch)
+                self._counters["batches"] += 1
                 items = [Incoming(str(m.topic), m.payload, received) for m in batch]
                 stored = tg.create_task(self.process_until_durable(items), name="ingest-batch")
                 await in_flight.put((batch, stored))

@@ -254,7 +254,9 @@ _SERIES_FIELDS: Final = (
     ("area", _NAME_RE),
     ("position", _NAME_RE),
 )
-_valid_series: set[tuple[str, str, str, str, str, str]] = set()
+# tag -> (device, kind, unit, area, position) of a series whose patterns passed. Keyed by
+# tag and compared field by field: cheaper than hashing a six-string tuple for every point.
+_valid_series: dict[str, tuple[str, str, str, str, str]] = {}
 _valid_reasons: set[str] = set()
 _MEMO_MAX: Final = 100_000
 
@@ -270,14 +272,22 @@ def _check_points(points: list[Point]) -> None:
     """The patterns of every point's strings, checked once per distinct series."""
     valid = _valid_series
     for index, p in enumerate(points):
-        series = (p.tag, p.device, p.kind, p.unit, p.area, p.position)
-        if series not in valid:
+        known = valid.get(p.tag)
+        if (
+            known is None
+            or known[0] != p.device
+            or known[1] != p.kind
+            or known[2] != p.unit
+            or known[3] != p.area
+            or known[4] != p.position
+        ):
+            series = (p.tag, p.device, p.kind, p.unit, p.area, p.position)
             for (name, rule), value in zip(_SERIES_FIELDS, series, strict=True):
                 if rule.search(value) is None:
                     raise _refuse(index, name, value, rule)
             if len(valid) >= _MEMO_MAX:
                 valid.clear()
-            valid.add(series)
+            valid[p.tag] = series[1:]
         reason = p.reason
         if reason is not None and reason not in _valid_reasons:
             if _NAME_RE.search(reason) is None:

@@ -24,6 +24,7 @@ from cloud.storage.influx import (
     LineBuilder,
     PointWriter,
     WriteResult,
+    is_loopback,
     to_lines,
 )
 
@@ -47,5 +48,6 @@ __all__ = [
     "StoreError",
     "StoreRejected",
     "WriteResult",
+    "is_loopback",
     "to_lines",
 ]

@@ -21,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import gzip
+import ipaddress
 import logging
 import math
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -42,6 +44,7 @@ __all__ = [
     "LineBuilder",
     "PointWriter",
     "WriteResult",
+    "is_loopback",
     "to_lines",
 ]
 
@@ -82,41 +85,56 @@ def _prefix(site: str, gateway: str, point: wire.Point) -> str:
 
 
 _QUALITY_FIELD = {q: f'quality="{q}"' for q in ("good", "uncertain", "bad")}
+# What follows a value: ',quality="good" ' (then the timestamp)
+_AFTER_VALUE = {q: f",{field} " for q, field in _QUALITY_FIELD.items()}
 
 
 class LineBuilder:
     """Telemetry batches to line protocol, fast: a series' escaped measurement and tag set
     is built once and cached (a gateway sends the same few hundred series all day).
 
-    The cache is bounded: past ``max_series`` series it starts afresh.
+    The cache is keyed by tag id per (site, gateway) and holds the rest of the series'
+    identity beside the prefix: comparing five short strings is cheaper than hashing a
+    six-string tuple for every point (``safewatch bench ingest-cpu``). A tag whose
+    device, kind, unit, area or position changes gets its prefix rebuilt. The cache is
+    bounded: past ``max_series`` series it starts afresh.
     """
 
     def __init__(self, max_series: int = 200_000) -> None:
         self.max_series = max_series
-        # (site, gateway) -> series identity of a point -> escaped "measurement,tags "
-        self._prefixes: dict[tuple[str, str], dict[tuple[str, ...], str]] = {}
+        # (site, gateway) -> tag -> (device, kind, unit, area, position, "measurement,tags ")
+        self._series: dict[tuple[str, str], dict[str, tuple[str, str, str, str, str, str]]] = {}
 
     def lines(self, batch: wire.TelemetryBatch) -> list[str]:
         """One line-protocol line per point of ``batch`` (pure; no I/O)."""
-        prefixes = self._prefixes.get((batch.site, batch.gateway))
-        if prefixes is None or len(prefixes) > self.max_series:
-            if len(self._prefixes) > self.max_series:
-                self._prefixes.clear()
-            prefixes = self._prefixes[(batch.site, batch.gateway)] = {}
         site, gateway = batch.site, batch.gateway
+        series = self._series.get((site, gateway))
+        if series is None or len(series) > self.max_series:
+            if len(self._series) > self.max_series:
+                self._series.clear()
+            series = self._series[(site, gateway)] = {}
         out: list[str] = []
         append = out.append
+        after_value = _AFTER_VALUE
         quality_field = _QUALITY_FIELD
         isfinite = math.isfinite
         for p in batch.points:
-            key = (p.tag, p.device, p.kind, p.unit, p.area, p.position)
-            prefix = prefixes.get(key)
-            if prefix is None:
-                prefix = prefixes[key] = _prefix(site, gateway, p)
+            known = series.get(p.tag)
+            if (
+                known is None
+                or known[0] != p.device
+                or known[1] != p.kind
+                or known[2] != p.unit
+                or known[3] != p.area
+                or known[4] != p.position
+            ):
+                known = (p.device, p.kind, p.unit, p.area, p.position, _prefix(site, gateway, p))
+                series[p.tag] = known
+            prefix = known[5]
             value = p.value
             if p.reason is None:
                 if value is not None and isfinite(value):
-                    append(f"{prefix}value={value!r},{quality_field[p.quality]} {p.ts_ns}")
+                    append(f"{prefix}value={value!r}{after_value[p.quality]}{p.ts_ns}")
                 else:
                     append(f"{prefix}{quality_field[p.quality]} {p.ts_ns}")
                 continue
@@ -169,6 +187,17 @@ class PointWriter(Protocol):
 
 
 _IDLE_PING_S = 10.0
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names this machine (``localhost``, 127.0.0.0/8, ``::1``)."""
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class _ServerError(Exception):
@@ -276,6 +305,10 @@ class InfluxV1Writer(_BatchWriter):
     Credentials are passed in by the caller (read from the environment, never YAML).
     Connection errors and 5xx are retried ``retry_attempts`` times with capped
     jittered backoff; 4xx answers are not retried.
+
+    ``gzip_level``: compression of the request bodies (0: none). By default level 1
+    to a remote server and none to one on this machine, where compressing only costs
+    CPU on both sides (measured: ``safewatch bench ingest``, docs/benchmarks.md).
     """
 
     def __init__(
@@ -285,8 +318,9 @@ class InfluxV1Writer(_BatchWriter):
         *,
         username: str | None = None,
         password: str | None = None,
-        batch_lines: int = 5000,
+        batch_lines: int = 10_000,
         timeout_s: float = 10.0,
+        gzip_level: int | None = None,
         retry_attempts: int = 3,
         retry_wait_max_s: float = 2.0,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -295,6 +329,11 @@ class InfluxV1Writer(_BatchWriter):
         self.url = url.rstrip("/")
         self.database = database
         self.timeout_s = timeout_s
+        if gzip_level is None:
+            gzip_level = 0 if is_loopback(self.url) else 1
+        if not 0 <= gzip_level <= 9:
+            raise ValueError("gzip_level must be in 0..9")
+        self.gzip_level = gzip_level
         self.retry_attempts = retry_attempts
         self.retry_wait_max_s = retry_wait_max_s
         auth = httpx.BasicAuth(username, password or "") if username else None
@@ -323,13 +362,17 @@ class InfluxV1Writer(_BatchWriter):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _send(self, lines: list[str]) -> None:
-        # Level 1: on a busy ingest CPU is scarcer than loopback bandwidth.
-        body = gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=1)
+        body = ("\n".join(lines) + "\n").encode("utf-8")
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self.gzip_level:
+            # Level 1 at most by default: on a busy ingest CPU is scarcer than bandwidth.
+            body = gzip.compress(body, compresslevel=self.gzip_level)
+            headers["Content-Encoding"] = "gzip"
         response = await self._post(
             "/write",
             params={"db": self.database, "precision": "ns"},
             content=body,
-            headers={"Content-Encoding": "gzip", "Content-Type": "text/plain; charset=utf-8"},
+            headers=headers,
         )
         if response.status_code in (401, 403, 404):
             # Wrong credentials or a missing database: the data is fine, the caller keeps it.

@@ -24,30 +24,38 @@ LINES = [
 class FakeInflux:
     """Answers /write with scripted status codes and records what it got."""
 
-    def __init__(self, *statuses: tuple[int, dict[str, str] | None]) -> None:
+    def __init__(self, *statuses: tuple[int, dict[str, str] | None], gzipped: bool = True) -> None:
         self.statuses = list(statuses)
+        self.gzipped = gzipped
         self.requests: list[httpx.Request] = []
         self.bodies: list[list[str]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         if request.url.path == "/write":
-            assert request.headers["content-encoding"] == "gzip"
-            self.bodies.append(gzip.decompress(request.content).decode().splitlines())
+            sent = request.content
+            if self.gzipped:
+                assert request.headers["content-encoding"] == "gzip"
+                sent = gzip.decompress(sent)
+            else:
+                assert "content-encoding" not in request.headers
+            self.bodies.append(sent.decode().splitlines())
         status, body = self.statuses.pop(0) if self.statuses else (204, None)
         return httpx.Response(status, json=body) if body else httpx.Response(status)
 
 
-def writer(fake: Callable[[httpx.Request], httpx.Response], **kw: Any) -> InfluxV1Writer:
+def writer(
+    fake: Callable[[httpx.Request], httpx.Response],
+    url: str = "http://influx.test:8086",
+    **kw: Any,
+) -> InfluxV1Writer:
     options: dict[str, Any] = {
         "batch_lines": 2,
         "retry_attempts": 2,
         "retry_wait_max_s": 0.01,
     }
     options.update(kw)
-    return InfluxV1Writer(
-        "http://influx.test:8086", "plant", transport=httpx.MockTransport(fake), **options
-    )
+    return InfluxV1Writer(url, "plant", transport=httpx.MockTransport(fake), **options)
 
 
 async def test_write_sends_gzip_batches_with_db_and_ns_precision() -> None:
@@ -62,6 +70,32 @@ async def test_write_sends_gzip_batches_with_db_and_ns_precision() -> None:
     assert (result.written, result.refused) == (5, 0)
     assert w.counters()["written"] == 5
     assert w.reachable
+
+
+@pytest.mark.parametrize(
+    ("url", "level", "gzipped"),
+    [
+        ("http://127.0.0.1:8086", None, False),
+        ("http://localhost:8086", None, False),
+        ("http://[::1]:8086", None, False),
+        ("http://influx.test:8086", None, True),
+        ("http://10.0.0.5:8086", None, True),
+        ("http://127.0.0.1:8086", 1, True),
+        ("http://influx.test:8086", 0, False),
+    ],
+)
+async def test_bodies_are_gzipped_except_to_this_machine_unless_told(
+    url: str, level: int | None, gzipped: bool
+) -> None:
+    fake = FakeInflux(gzipped=gzipped)
+    w = writer(fake, url, gzip_level=level, batch_lines=10)
+    assert (await w.write(LINES)).written == 5
+    assert fake.bodies == [LINES]
+
+
+def test_gzip_level_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="gzip_level"):
+        writer(FakeInflux(), gzip_level=10)
 
 
 async def test_5xx_is_retried_then_delivered() -> None:

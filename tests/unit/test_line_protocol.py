@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import wire
-from cloud.storage import to_lines
+from cloud.storage import LineBuilder, to_lines
 
 TS = 1_700_000_000_123_456_789
 
@@ -90,3 +90,23 @@ def test_one_line_per_point_in_batch_order() -> None:
     assert [line.split(" ")[0].split("tag=")[1].split(",")[0] for line in lines] == ["A", "B", "C"]
     assert lines[1].startswith("co,")
     assert to_lines(_batch()) == []
+
+
+def test_a_tag_whose_series_changes_gets_its_new_tags_and_other_gateways_their_own() -> None:
+    # The builder caches a series' escaped prefix by tag; a moved or re-typed sensor
+    # (same tag id, other device/kind/unit/area/position) must not reuse the old one.
+    builder = LineBuilder()
+    first = builder.lines(_batch(_point()))
+    for change in (
+        {"device": "gas-2"},
+        {"kind": "co"},
+        {"unit": "ppm"},
+        {"area": "panel-4"},
+        {"position": "return"},
+    ):
+        fresh = LineBuilder().lines(_batch(_point(**change)))
+        assert builder.lines(_batch(_point(**change))) == fresh != first
+    assert builder.lines(_batch(_point(), gateway="gw-2")) == [
+        first[0].replace("gateway=gw-1", "gateway=gw-2")
+    ]
+    assert builder.lines(_batch(_point())) == first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 import wire
@@ -211,6 +212,26 @@ def test_out_of_bounds_fields_raise_wire_error_naming_the_field(
 ) -> None:
     with pytest.raises(wire.WireError, match=complaint):
         wire.decode(payload)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("device", "dev 1"),
+        ("kind", "#ch4"),
+        ("unit", "a\nb"),
+        ("area", "face\\"),
+        ("position", "#face"),
+    ],
+)
+def test_a_known_tag_with_a_bad_series_field_is_still_refused(field: str, bad: str) -> None:
+    # decode() remembers series whose patterns passed (by tag): a valid series must not
+    # vouch for the same tag arriving with another, invalid, field.
+    good = msgspec.structs.replace(POINT, tag="memo-tag")
+    assert wire.decode(wire.encode(wire.TelemetryBatch("gw", "s", 1, 1, [good])))
+    worse = msgspec.structs.replace(good, **{field: bad})
+    with pytest.raises(wire.WireError, match=rf"points\[1\]\.{field}"):
+        wire.decode(wire.encode(wire.TelemetryBatch("gw", "s", 2, 1, [good, worse])))
 
 
 def test_a_batch_has_at_most_max_points() -> None:
