@@ -10,7 +10,13 @@ InfluxDB stops and the cloud's SQL database is locked. Afterwards, checked by se
 * each SIGKILL left exactly one ``restart`` gap event (the in-memory tail of the run);
 * the cloud holds every point the broker saw exactly once (InfluxDB, by tag and timestamp),
   counts as holes exactly the sequence numbers the gap events and the buffer account for,
-  and never exited.
+  and never exited;
+* alarms are never dropped: a scenario swings one tag across its alarm limit every few
+  seconds for the whole soak, so alarms are raised and cleared through every fault; every
+  alarm event the broker accepted is in the cloud's alarm history exactly once (by
+  sequence number, with its alarm id, level and time), the cloud holds no alarm the broker
+  did not see, and each alarm's changes chain (every event's ``previous`` is the level
+  before it) across the gateway's kills.
 
 The suite runs a short variant (5 gateway kills, 1 cloud kill, InfluxDB away until
 points are spooled, the database locked 3 s: about 2 minutes on the shared 2-core VM,
@@ -22,7 +28,9 @@ locked 30 s (about 5 minutes).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -47,6 +55,18 @@ pytestmark = pytest.mark.integration
 SOAK = os.environ.get("SAFEWATCH_SOAK") == "1"
 GATEWAY, SITE = "gw-bench", "bench"
 DEVICES, TAGS, POLL_MS = 2, 50, 250  # 400 points/s through the gateway
+ALARM_TAG = "T0_0"  # a background temperature tag: alarm at 40.0 (bench.gateway profile)
+ALARM_SWING = """name: soak-alarm-swing
+duration_s: 2
+tags:
+  T0_0:
+    - [0, 21.5]
+    - [0.4, 21.5]
+    - [0.5, 45.0]
+    - [1.4, 45.0]
+    - [1.5, 21.5]
+    - [2, 21.5]
+"""  # played in a loop: raised and cleared once every 2 s, through every fault
 GATEWAY_KILLS = 10 if SOAK else 5  # a restart costs ~10 s of imports on the shared VM
 CLOUD_KILLS = 3 if SOAK else 1
 INFLUX_AWAY_S = 60.0 if SOAK else 0.0  # 0: only until the cloud spooled points
@@ -150,6 +170,16 @@ def cloud_row(tmp: Path) -> tuple[int, int] | None:
     return (int(row[0]), int(row[1])) if row and row[0] is not None else None
 
 
+def cloud_alarms(tmp: Path) -> list[tuple[int, str, str, str, int]]:
+    """(seq, alarm_id, level, previous, ts_ns) of every alarm event the cloud stored."""
+    with contextlib.closing(sqlite3.connect(tmp / "cloud.db", timeout=30)) as db:
+        rows = db.execute(
+            "SELECT seq, alarm_id, level, previous, ts_ns FROM alarm_events WHERE gateway=?",
+            (GATEWAY,),
+        ).fetchall()
+    return [(int(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4])) for r in rows]
+
+
 def influx_points(url: str) -> set[tuple[str, int]]:
     r = httpx.post(
         f"{url}/query",
@@ -176,7 +206,10 @@ async def test_the_real_gateway_killed_mid_stream_loses_nothing_unmarked(tmp_pat
         mqtt_port=broker.port,
     )
     profiles = write_profiles(tmp_path)
+    swing = tmp_path / "alarm-swing.yaml"
+    swing.write_text(ALARM_SWING, encoding="utf-8")
     sim_args = ["sim", "run", "--config", str(site), "--profiles", str(profiles)]
+    sim_args += ["--scenario", str(swing), "--loop"]
     edge = Edge(tmp_path, site)
     edge.args += ["--profiles", str(profiles)]
     observer = Observer(broker.port)
@@ -293,4 +326,29 @@ async def test_the_real_gateway_killed_mid_stream_loses_nothing_unmarked(tmp_pat
         assert len(sent) == len(set(sent)), "the gateway reused a timestamp"
         stored = await asyncio.to_thread(influx_points, influx.url)
         assert stored == set(sent), (len(stored), len(sent))
-        note(f"{len(sent)} points in {top} sequence numbers, {len(gaps)} gap events")
+
+        # Alarms never dropped: every alarm event the broker accepted is stored once...
+        alarms = {m.seq: m for m in observer.seen.values() if isinstance(m, wire.AlarmEvent)}
+        assert len(alarms) >= 2 * GATEWAY_KILLS, ("the swing raised too few alarms", len(alarms))
+        held = await asyncio.to_thread(cloud_alarms, tmp_path)
+        assert len(held) == len({row[0] for row in held}), "an alarm stored twice"
+        assert {row[0]: row[1:3] + row[4:] for row in held} == {
+            seq: (a.alarm_id, a.level, a.ts_ns) for seq, a in alarms.items()
+        }
+        # ... and none was lost before the broker either: within one run of the gateway, each
+        # change of the swinging tag starts from the level the one before it ended at. (A
+        # restart begins from what the new run sees: the swing may have moved meanwhile.)
+        swings = sorted((a for a in alarms.values() if a.tag == ALARM_TAG), key=lambda a: a.seq)
+        assert {a.level for a in swings} >= {"alarm", "normal"}, [a.level for a in swings]
+        runs = sorted(g.first_seq for g in restarts)
+        chain = [(a.seq, f"{a.previous}>{a.level}") for a in swings]
+        judged = 0
+        for before, after in itertools.pairwise(swings):
+            if bisect.bisect(runs, before.seq) == bisect.bisect(runs, after.seq):
+                assert after.previous == before.level, (chain, runs)
+                judged += 1
+        assert judged >= 2, (chain, runs)
+        note(
+            f"{len(sent)} points and {len(alarms)} alarm events in {top} sequence numbers, "
+            f"{len(gaps)} gap events"
+        )
