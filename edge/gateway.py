@@ -230,17 +230,12 @@ class Gateway:
         self.inference: InferenceRunner | None = None
         self.waveforms: WaveformReader | None = None
         if cfg.inference.assign:
-            from edge.inference import InferenceError, InferenceRunner, WaveformReader
+            from edge.inference import InferenceError, InferenceRunner
 
             try:
                 self.inference = InferenceRunner(site)
-                if cfg.inference.waveforms:  # blocks for waveform models, own connections
-                    self.waveforms = WaveformReader(site, self.inference, driver_factory)
             except InferenceError as exc:  # unknown or refused model, wrong sensor kind
-                message = str(exc).removeprefix(f"{site.source}: inference: ")
-                raise ConfigError(
-                    [ConfigIssue(site.source, None, None, "inference", message)]
-                ) from exc
+                raise _inference_config_error(site, exc) from exc
             self.inference.attach(self.engine)  # the engine owns the pre-alarm conditions
         on_sample = self.engine.handle if self.inference is None else self._decide_then_infer
         self.pollers = [
@@ -266,6 +261,17 @@ class Gateway:
         if self.inference is not None:
             for poller in self.fast_pollers:
                 poller.sink = self._decide_then_hand_to_inference
+            if cfg.inference.waveforms:  # blocks for waveform models (edge/inference/_waveform.py)
+                from edge.inference import InferenceError, WaveformReader
+
+                # an RTU line is shared through its poller; only lines on this loop
+                lines = {p.bus_id: p for p in self.main_pollers if not p.safety_class}
+                try:
+                    self.waveforms = WaveformReader(
+                        site, self.inference, driver_factory, lines=lines
+                    )
+                except InferenceError as exc:
+                    raise _inference_config_error(site, exc) from exc
         self._fast_task: asyncio.Task[None] | None = None
         self._started_at = self.engine._clock()
         self.buffer: StoreAndForwardBuffer | None = None
@@ -854,3 +860,8 @@ def _login() -> str:
         return getpass.getuser()
     except (OSError, KeyError):
         return "unknown"
+
+
+def _inference_config_error(site: LoadedSite, exc: Exception) -> ConfigError:
+    message = str(exc).removeprefix(f"{site.source}: inference: ")
+    return ConfigError([ConfigIssue(site.source, None, None, "inference", message)])

@@ -21,6 +21,9 @@ generic:
   skipped polls and achieved period per device; lag of the poller itself.
   :class:`DeviceHealth` is what the rule side reads to tell a silent sensor
   (attempted, failed) from a late gateway (not attempted yet).
+- **side reads**: bulk transfers that must share the line (a waveform block on an
+  RTU line, :meth:`BusPoller.side_read`) run one request at a time in the
+  healthy schedule's slack, never ahead of a due poll or output write.
 
 Every sample goes synchronously to the sink (the rule engine); nothing here
 waits on the uplink.
@@ -33,7 +36,7 @@ import logging
 import math
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,6 +267,10 @@ class BusPoller:
         self.backpressure_limit = backpressure_limit
         self._stopping = False
         self.health = BusHealth(bus_id)
+        # side reads waiting for slack: (plan, caller's future, queued at)
+        self._side: deque[tuple[ReadPlan, asyncio.Future[Sequence[Sample]], float]] = deque()
+        self._side_cost_s: float | None = None  # longest recent side read
+        self.side_reads = 0
         self._schedules: dict[str, _Schedule] = {}
         self._specs: dict[str, DeviceSpec] = {}
         for device in site.config.devices:
@@ -358,9 +365,69 @@ class BusPoller:
                     # to anything else (background buses, uplink, watchdogs)
                     await self.execute_commands()
                 await self._probe_one()
+                await self._side_one()
                 await self._sleep_until_due(wake)
         finally:
+            while self._side:
+                _, future, _ = self._side.popleft()
+                if not future.done():
+                    future.set_exception(DeviceUnavailable(self.bus_id, "bus poller stopped"))
             await self._close()
+
+    async def side_read(self, plan: ReadPlan) -> Sequence[Sample]:
+        """Read ``plan`` (keep it to one request) on this bus between its own polls.
+
+        For bulk transfers that must share the line, such as a waveform block on an
+        RTU line: it runs when the healthy schedule has room for it (its cost learnt
+        from the previous side reads), or after waiting ``side_patience_s`` at most.
+        Raises :class:`DriverError` as a read would. Refused on a safety-class bus.
+        """
+        if self.safety_class:
+            raise DeviceUnavailable(
+                self.bus_id, "no side reads on a bus with safety-class tags or outputs"
+            )
+        future: asyncio.Future[Sequence[Sample]] = asyncio.get_running_loop().create_future()
+        self._side.append((plan, future, self._clock()))
+        self.interlock.wake_event(self.bus_id).set()
+        return await future
+
+    @property
+    def side_patience_s(self) -> float:
+        shortest = min((s.period_s for s in self._schedules.values()), default=1.0)
+        return max(5.0, 3 * shortest)
+
+    async def _side_one(self) -> None:
+        """Run the oldest side read if the healthy schedule has slack for it."""
+        while self._side and self._side[0][1].done():  # its caller gave up
+            self._side.popleft()
+        if not self._side:
+            return
+        plan, future, since = self._side[0]
+        now = self._clock()
+        need = self._side_cost_s or max(0.05, 3 * (self.health.latency_avg_s or 0.0))
+        if self._next_healthy_due() - now < need and now - since < self.side_patience_s:
+            return
+        self._side.popleft()
+        await self.execute_commands()
+        began = self._clock()
+        error: DriverError | None = None
+        try:
+            async with asyncio.timeout(self.call_timeout_s):
+                samples = await self.driver.read(plan)
+        except DriverError as exc:
+            error = exc
+        except TimeoutError:
+            error = DeviceTimeout(self.bus_id, "driver did not return")
+        if future.done():  # its caller gave up meanwhile
+            pass
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(samples)
+        if error is None:
+            cost = self._clock() - began
+            self._side_cost_s = max(cost, 0.8 * (self._side_cost_s or cost))
+        self.side_reads += 1
 
     def _pressed(self) -> bool:
         return self._backpressure is not None and self._backpressure() > self.backpressure_limit
@@ -412,6 +479,8 @@ class BusPoller:
     async def _sleep_until_due(self, wake: asyncio.Event) -> None:
         now = self._clock()
         wake_at = min((s.next_due for s in self._schedules.values()), default=math.inf)
+        if self._side:  # a side read out of patience runs at the latest then
+            wake_at = min(wake_at, self._side[0][2] + self.side_patience_s)
         if any(s.deferred_since is not None for s in self._schedules.values()):
             wake_at = min(wake_at, self._next_healthy_due())
         command_due = self.interlock.next_due(self.bus_id, now)

@@ -56,7 +56,12 @@ from device_drivers._errors import (
     WriteMismatch,
 )
 from device_drivers._sample import Quality, Reason, Sample
-from device_drivers.opcua._address import OpcUaPoint, parse_browse_path, quality_of_status
+from device_drivers.opcua._address import (
+    OpcUaPoint,
+    parse_browse_path,
+    quality_of_status,
+    status_name,
+)
 from device_drivers.opcua._logs import quieten_asyncua
 
 __all__ = ["OpcUaDriver", "OpcUaEndpoint", "OpcUaPlan", "OpcUaSecurity", "judge_value"]
@@ -650,6 +655,31 @@ class OpcUaDriver(LazyConnection):
             for j, i in enumerate(plan.subscribed):
                 out[i] = judge_value(values[j], status[j], specs[i], device, ts)
         return out  # type: ignore[return-value]  # every point is polled or subscribed
+
+    async def read_array(self, device: str, point: OpcUaPoint) -> list[float]:
+        """One array-valued variable (a waveform block) in one Read: its numbers.
+
+        A bad status, a scalar, or an element that is not a finite number raises
+        :class:`DecodeError` / :class:`DeviceException` naming the device and node.
+        """
+        client = await self._ready(device)
+        (nid,) = await self._resolve(client, device, [point])
+        if isinstance(nid, int):
+            raise DeviceException(device, f"{point}: {status_name(nid)}")
+        (dv,) = await self._read_values(client, device, [nid])
+        status = _status(dv)
+        if status & 0xC000_0000:
+            raise DeviceException(device, f"{point}: {status_name(status)}")
+        raw = _raw(dv)
+        if not isinstance(raw, list | tuple):
+            raise DecodeError(device, f"{point}: not an array ({type(raw).__name__})")
+        out = []
+        for i, item in enumerate(raw):
+            number = None if isinstance(item, bool) else _number(item)
+            if number is None:
+                raise DecodeError(device, f"{point}[{i}]: not a finite number: {item!r}")
+            out.append(number)
+        return out
 
     async def write(self, device: DeviceSpec, output: OutputSpec, value: bool) -> bool:
         address = output.address

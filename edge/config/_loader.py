@@ -438,6 +438,8 @@ def _cross_check(
                 ("inference", "waveforms", wi, "tag"),
                 f"no model is assigned to tag {source.tag!r}; its blocks would go nowhere",
             )
+        else:
+            yield from _waveform_bus_issues(doc, config, profiles, wi, tag_names[source.tag])
 
     coils: dict[tuple[str, int], str] = {}
     for ai, act in enumerate(config.actuators):
@@ -553,3 +555,54 @@ def _check_rules(
                     ("interlocks", ii, "causes", ci),
                     f"unknown rule {cause!r} (a rule id, or a tag name for its thresholds)",
                 )
+
+
+def _waveform_bus_issues(
+    doc: _Document,
+    config: SiteConfig,
+    profiles: Mapping[str, SensorProfile],
+    wi: int,
+    device_id: str,
+) -> Iterable[ConfigIssue]:
+    """A waveform source must be addressed the way its device's bus speaks, and a block
+    (tens of requests) is never read over a serial line that protects people."""
+    at = ("inference", "waveforms", wi)
+    source = config.inference.waveforms[wi]
+    device = next((d for d in config.devices if d.id == device_id), None)
+    bus = next((b for b in config.buses if device and b.id == device.bus), None)
+    if bus is None:
+        return
+    opcua = source.address is None
+    if isinstance(bus, SerialLineBus):
+        yield doc.issue((*at, "tag"), f"bus {bus.id!r} is a serial_line bus; it carries no blocks")
+    elif isinstance(bus, OpcUaBus) and not opcua:
+        yield doc.issue(
+            (*at, "address"),
+            f"bus {bus.id!r} is OPC UA: give the block's array variable as 'node' or "
+            "'browse_path', not a register 'address'",
+        )
+    elif not isinstance(bus, OpcUaBus) and opcua:
+        yield doc.issue(
+            (*at, "address"), f"bus {bus.id!r} is {bus.type}: give the block's first register"
+        )
+    elif isinstance(bus, ModbusRtuBus):
+        guarded = [
+            t.name
+            for d in config.devices
+            if d.bus == bus.id
+            for t in d.tags
+            if (p := profiles.get(t.profile)) is not None and p.priority == "safety"
+        ]
+        outputs = [
+            a.id
+            for a in config.actuators
+            if any(d.id == a.device and d.bus == bus.id for d in config.devices)
+        ]
+        if guarded or outputs:
+            what = ", ".join((guarded + outputs)[:3])
+            yield doc.issue(
+                (*at, "tag"),
+                f"RTU line {bus.id!r} carries safety-class tags or outputs ({what}); a "
+                "waveform block would hold that line for seconds between their polls: put "
+                "the vibration transmitter on a line of its own",
+            )

@@ -583,28 +583,58 @@ class ModelAssignment(_Frozen):
 
 
 class WaveformSource(_Frozen):
-    """A waveform block a vibration sensor keeps in consecutive Modbus registers
-    (``samples`` registers of ``type`` from ``address``, engineering = raw * ``scale``),
-    read every ``every_s`` on the device of ``tag`` (a Modbus TCP bus) and handed to the
-    waveform model assigned to ``tag`` (``vibration-wear``: 2048 samples in m/s2)."""
+    """A waveform block a vibration sensor keeps, read every ``every_s`` on the device of
+    ``tag`` and handed to the waveform model assigned to ``tag`` (``vibration-wear``: 2048
+    samples in m/s2). Where the block lives depends on the device's bus:
+
+    - Modbus (TCP, RTU over TCP, RTU): ``samples`` consecutive registers of ``type`` from
+      ``address`` in ``table``, engineering = raw * ``scale``;
+    - OPC UA: one array-valued variable (``node`` or ``browse_path``) of ``samples``
+      numbers, engineering = raw * ``scale``.
+    """
 
     tag: Identifier
     table: Literal["holding", "input"] = "holding"
-    address: int = Field(ge=0, le=65535)
+    address: int | None = Field(default=None, ge=0, le=65535)
+    node: str | None = None
+    browse_path: str | None = None
     samples: int = Field(default=2048, ge=2, le=8192)
     type: Literal["int16", "uint16"] = "int16"
     scale: float = Field(default=1.0, allow_inf_nan=False)
     every_s: float = Field(default=60.0, ge=0.1, le=86_400, allow_inf_nan=False)
 
+    @field_validator("node")
+    @classmethod
+    def _node(cls, node: str | None) -> str | None:
+        return None if node is None else check_node_id(node)
+
+    @field_validator("browse_path")
+    @classmethod
+    def _path(cls, path: str | None) -> str | None:
+        return None if path is None else check_browse_path(path)
+
     @model_validator(mode="after")
     def _fits(self) -> WaveformSource:
-        if self.address + self.samples > 65536:
+        opcua = self.node is not None or self.browse_path is not None
+        if opcua and self.address is not None:
+            raise ValueError(
+                "give 'address' (Modbus registers) or 'node'/'browse_path' (OPC UA), not both"
+            )
+        if self.node is not None and self.browse_path is not None:
+            raise ValueError("give exactly one of 'node' and 'browse_path'")
+        if not opcua and self.address is None:
+            raise ValueError("give 'address' (Modbus registers) or 'node'/'browse_path' (OPC UA)")
+        if self.address is not None and self.address + self.samples > 65536:
             raise ValueError(
                 f"address {self.address} + {self.samples} samples passes register 65535"
             )
         if self.scale == 0:
             raise ValueError("scale must not be zero")
         return self
+
+    def opcua_point(self) -> OpcUaPoint:
+        """The block's variable (an OPC UA source); read each time, never subscribed."""
+        return OpcUaPoint(node=self.node, browse_path=self.browse_path, subscribe=False)
 
 
 class InferenceSettings(_Frozen):
