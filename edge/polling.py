@@ -365,7 +365,7 @@ class BusPoller:
                     # to anything else (background buses, uplink, watchdogs)
                     await self.execute_commands()
                 await self._probe_one()
-                await self._side_one()
+                await self._side_reads()
                 await self._sleep_until_due(wake)
         finally:
             while self._side:
@@ -396,17 +396,22 @@ class BusPoller:
         shortest = min((s.period_s for s in self._schedules.values()), default=1.0)
         return max(5.0, 3 * shortest)
 
-    async def _side_one(self) -> None:
+    async def _side_reads(self) -> None:
+        """Run waiting side reads, oldest first, while the healthy schedule has slack."""
+        while not self._stopping and await self._side_one():
+            pass
+
+    async def _side_one(self) -> bool:
         """Run the oldest side read if the healthy schedule has slack for it."""
         while self._side and self._side[0][1].done():  # its caller gave up
             self._side.popleft()
         if not self._side:
-            return
+            return False
         plan, future, since = self._side[0]
         now = self._clock()
         need = self._side_cost_s or max(0.05, 3 * (self.health.latency_avg_s or 0.0))
         if self._next_healthy_due() - now < need and now - since < self.side_patience_s:
-            return
+            return False
         self._side.popleft()
         await self.execute_commands()
         began = self._clock()
@@ -428,6 +433,8 @@ class BusPoller:
             cost = self._clock() - began
             self._side_cost_s = max(cost, 0.8 * (self._side_cost_s or cost))
         self.side_reads += 1
+        await asyncio.sleep(0)  # the caller queues its next request
+        return True
 
     def _pressed(self) -> bool:
         return self._backpressure is not None and self._backpressure() > self.backpressure_limit

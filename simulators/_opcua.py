@@ -125,6 +125,7 @@ class _Variable:
     value: float | bool
     status: int = 0
     node_id: ua.NodeId | None = None
+    block: list[float] | None = None  # a waveform block's array variable (raw values)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class OpcUaSimulator:
         self.output_log: deque[tuple[int, str, bool]] = deque(maxlen=_LOG_LENGTH)
         self._buses: dict[str, _BusServer] = {}
         self._vars: dict[str, tuple[_BusServer, _Variable]] = {}
+        self._blocks: dict[str, tuple[_BusServer, _Variable, float]] = {}
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -179,6 +181,16 @@ class OpcUaSimulator:
                     )
                     served.variables.append(var)
                     self._vars[tag.name] = (served, var)
+        for source in cfg.inference.waveforms:  # array variables of vibration sensors
+            device = site.tag(source.tag)[0]
+            served = self._buses.get(device.bus)
+            if served is None or source.address is not None:
+                continue
+            var = _Variable(source.tag, device.id, source.node, source.browse_path, False, 0.0)
+            var.block = [0.0] * source.samples
+            served.variables.append(var)
+            self._blocks[source.tag] = (served, var, source.scale)
+        self._block_keys = {_block_key(tag): tag for tag in self._blocks}
         for act in cfg.actuators:
             if isinstance(act, OpcUaActuator):
                 served = self._buses.get(site.device(act.device).bus)
@@ -298,8 +310,10 @@ class OpcUaSimulator:
             return parent
 
         for var in served.variables:
-            value = bool(var.value) if var.is_output else float(var.value)
+            value: Any = bool(var.value) if var.is_output else float(var.value)
             vtype = ua.VariantType.Boolean if var.is_output else ua.VariantType.Double
+            if var.block is not None:
+                value = list(var.block)
             if var.node is not None:
                 node_id = ua.NodeId.from_string(var.node)
                 await self._ensure_namespace(server, node_id.NamespaceIndex)
@@ -355,6 +369,22 @@ class OpcUaSimulator:
     def tags(self) -> list[str]:
         return [name for name, (_, var) in self._vars.items() if not var.is_output]
 
+    def set_waveform(self, tag: str, values: list[float]) -> None:
+        """Put one waveform block (engineering units) into ``tag``'s array variable."""
+        try:
+            _, var, scale = self._blocks[tag]
+        except KeyError:
+            raise KeyError(f"no OPC UA waveform block for tag {tag!r}") from None
+        assert var.block is not None
+        if len(values) != len(var.block):
+            raise ValueError(f"{tag}: {len(values)} values, the block has {len(var.block)}")
+        var.block = [float(v) / scale for v in values]
+        self._dirty.add(_block_key(tag))
+        self._wake.set()
+
+    def waveform_tags(self) -> list[str]:
+        return list(self._blocks)
+
     def set_value(self, tag: str, value: float) -> None:
         """Set a tag's engineering value (written to the server by the writer task)."""
         _, var = self._var(tag)
@@ -395,6 +425,12 @@ class OpcUaSimulator:
         """Write every pending value into the servers now."""
         dirty, self._dirty = self._dirty, set()
         for name in dirty:
+            if name in self._block_keys:
+                served, var, _ = self._blocks[self._block_keys[name]]
+                if served.server is not None and var.node_id is not None and var.block:
+                    dv = ua.DataValue(ua.Variant(list(var.block), ua.VariantType.Double))
+                    await served.server.write_attribute_value(var.node_id, dv)
+                continue
             served, var = self._vars[name]
             server = served.server
             if server is None or var.node_id is None:
@@ -438,6 +474,9 @@ class OpcUaSimulator:
         for name, (served, _) in self._vars.items():
             if bus_id is None or served.bus.id == bus_id:
                 self._dirty.add(name)
+        for tag, (served, _, _) in self._blocks.items():
+            if bus_id is None or served.bus.id == bus_id:
+                self._dirty.add(_block_key(tag))
         self._wake.set()
         self.restarts += 1
 
@@ -464,4 +503,11 @@ class OpcUaSimulator:
                 for name, (owner, _) in self._vars.items():
                     if owner is served:
                         self._dirty.add(name)
+                for tag, (owner, _, _) in self._blocks.items():
+                    if owner is served:
+                        self._dirty.add(_block_key(tag))
                 self._wake.set()
+
+
+def _block_key(tag: str) -> str:
+    return f"{tag}[]"

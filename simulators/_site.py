@@ -264,7 +264,7 @@ class SiteSimulator:
                 self._write(unit, tag, site.profile_of(tag).nominal)
         for source in cfg.inference.waveforms:  # block registers of vibration sensors
             found = self._units_by_device.get(site.tag(source.tag)[0].id)
-            if found is None:
+            if found is None or source.address is None:
                 continue
             table = found.holding if source.table == "holding" else found.input
             table.extend([0] * max(0, source.address + source.samples - len(table)))
@@ -431,7 +431,8 @@ class SiteSimulator:
         kind = DataType(source.type)
         low, high = (-32768, 32767) if kind is DataType.INT16 else (0, 65535)
         table = unit.holding if source.table == "holding" else unit.input
-        table[source.address : source.address + source.samples] = [
+        start = source.address or 0  # always set for a Modbus block
+        table[start : start + source.samples] = [
             encode(min(high, max(low, round(from_engineering(v, scale=source.scale)))), kind)[0]
             for v in values
         ]

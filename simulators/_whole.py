@@ -92,6 +92,23 @@ class WholeSiteSimulator:
     def value(self, tag: str) -> float:
         return self._owner[tag].value(tag)
 
+    def set_waveform(self, tag: str, values: list[float]) -> None:
+        """Serve one waveform block (engineering units) where ``tag``'s block lives."""
+        if tag in self.opcua.waveform_tags():
+            self.opcua.set_waveform(tag, values)
+        else:
+            self.modbus.set_waveform(tag, values)
+
+    def set_wear(self, tag: str, stage: int, seed: int = 7) -> None:
+        """Serve a synthetic bearing block of wear ``stage`` (0 healthy .. 3 severe)."""
+        from simulators.synthetic import vibration_blocks  # numpy only when used
+
+        source = next((w for w in self.site.config.inference.waveforms if w.tag == tag), None)
+        if source is None:
+            raise KeyError(f"no waveform block for tag {tag!r}")
+        block = vibration_blocks(seed, [stage], block=source.samples).values[0]
+        self.set_waveform(tag, block.tolist())
+
     def hold(self, tag: str, held: bool) -> None:
         """A stuck sensor: the tag keeps its present value while held."""
         if held:

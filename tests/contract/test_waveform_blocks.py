@@ -73,7 +73,9 @@ async def test_blocks_read_over_modbus_are_scored_like_the_synthetic_ones(
     reader = WaveformReader(site, runner)
     async with SiteSimulator(site) as sim:
         source = reader.sources[0]
-        assert source.plan.requests == 17  # 2048 registers, 125 per request
+        assert (
+            source.plan is not None and source.plan.requests == 17
+        )  # 2048 registers, 125 per request
         for stage in (0, 3):
             sim.set_wear(TAG, stage)
             assert await reader.read_once(source)
