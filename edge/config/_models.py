@@ -264,8 +264,9 @@ class ModbusTag(Tag):
         return ModbusPoint(self.table, self.address, self.type, self.word_order, self.byte_order)
 
 
-class _OpcUaAddress(_Frozen):
-    """``node`` (a node id string) or ``browse_path`` (from the Objects folder), not both."""
+class _OpcUaNodeFields(_Frozen):
+    """Optional ``node`` (a node id string) and ``browse_path`` (from the Objects folder),
+    each checked for syntax."""
 
     node: str | None = None  # ns=2;s=Panel12.CH4_T1, i=2258
     browse_path: str | None = None  # Panel12/CH4_T1, 2:Panel12/2:CH4_T1
@@ -279,6 +280,10 @@ class _OpcUaAddress(_Frozen):
     @classmethod
     def _path(cls, path: str | None) -> str | None:
         return None if path is None else check_browse_path(path)
+
+
+class _OpcUaAddress(_OpcUaNodeFields):
+    """``node`` or ``browse_path``, exactly one."""
 
     @model_validator(mode="after")
     def _one_address(self) -> _OpcUaAddress:
@@ -582,7 +587,7 @@ class ModelAssignment(_Frozen):
     tags: tuple[Identifier, ...] = Field(min_length=1)
 
 
-class WaveformSource(_Frozen):
+class WaveformSource(_OpcUaNodeFields):
     """A waveform block a vibration sensor keeps, read every ``every_s`` on the device of
     ``tag`` and handed to the waveform model assigned to ``tag`` (``vibration-wear``: 2048
     samples in m/s2). Where the block lives depends on the device's bus:
@@ -596,22 +601,10 @@ class WaveformSource(_Frozen):
     tag: Identifier
     table: Literal["holding", "input"] = "holding"
     address: int | None = Field(default=None, ge=0, le=65535)
-    node: str | None = None
-    browse_path: str | None = None
     samples: int = Field(default=2048, ge=2, le=8192)
     type: Literal["int16", "uint16"] = "int16"
     scale: float = Field(default=1.0, allow_inf_nan=False)
     every_s: float = Field(default=60.0, ge=0.1, le=86_400, allow_inf_nan=False)
-
-    @field_validator("node")
-    @classmethod
-    def _node(cls, node: str | None) -> str | None:
-        return None if node is None else check_node_id(node)
-
-    @field_validator("browse_path")
-    @classmethod
-    def _path(cls, path: str | None) -> str | None:
-        return None if path is None else check_browse_path(path)
 
     @model_validator(mode="after")
     def _fits(self) -> WaveformSource:

@@ -5,19 +5,17 @@ a bad register never reaches the model."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.config import ConfigError, load_site
-from edge.gateway import Gateway
 from edge.inference import InferenceError, InferenceRunner, WaveformReader
-from edge.rules import Condition
 from simulators import SiteSimulator
 from simulators.synthetic import vibration_blocks
-from tests.support import async_wait_until, free_port
+from tests.support import free_port
+from tests.waveforms import gateway_pre_alarms_on_wear
 
 TAG, DEVICE = "VIB_P1", "pump-1"
 RULE = f"forecast:vibration-wear:{TAG}"
@@ -114,28 +112,9 @@ async def test_a_dead_device_or_a_failing_read_gives_no_block(tmp_path: Path) ->
 async def test_the_gateway_reads_blocks_and_worn_bearings_pre_alarm(tmp_path: Path) -> None:
     site = load_site(write_site(tmp_path))
     async with SiteSimulator(site) as sim:
-        gateway = Gateway(site, buffer_path=tmp_path / "buf.db", mqtt_port=1, drain_s=0.3)
-        task = asyncio.create_task(gateway.run())
-        try:
-            rule = gateway.engine.rules[RULE]
-            counters = gateway.counters
-            await async_wait_until(
-                lambda: counters()["inference_windows"] >= 2, 20, "healthy blocks scored"
-            )
-            assert rule.condition is Condition.NORMAL
-            sim.set_wear(TAG, 3)
-
-            def pre_alarm() -> bool:
-                return rule.condition is Condition.ALARM
-
-            await async_wait_until(pre_alarm, 20, "the worn-bearing pre-alarm")
-            assert counters()["waveform_bad_blocks"] == 0
-            # the scalar velocity readings are polled as before and never enter the block
-            assert counters()["inference_samples"] == 0
-            assert counters()["reads_ok"] > 0
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(task, 15)
+        counters = await gateway_pre_alarms_on_wear(site, sim.set_wear, TAG, tmp_path)
+    # the scalar velocity readings are polled as before and never enter the block
+    assert counters["inference_samples"] == 0
 
 
 def test_a_block_size_other_than_the_models_is_refused(tmp_path: Path) -> None:

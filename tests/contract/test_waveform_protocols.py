@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,13 +20,12 @@ from device_drivers import Quality, Sample
 from edge.actuation import Interlock
 from edge.config import ConfigError, LoadedSite, load_site
 from edge.drivers import make_driver
-from edge.gateway import Gateway
 from edge.inference import InferenceRunner, WaveformReader
 from edge.polling import BusPoller
-from edge.rules import Condition
 from simulators import OpcUaSimulator, SiteSimulator, WholeSiteSimulator
 from simulators.synthetic import vibration_blocks
 from tests.support import async_wait_until, free_port
+from tests.waveforms import gateway_pre_alarms_on_wear
 
 pytestmark = pytest.mark.contract
 
@@ -105,10 +103,6 @@ def anomaly(runner: InferenceRunner) -> float:
     return values[0]
 
 
-def is_alarm(rule: Any) -> bool:
-    return bool(rule.condition is Condition.ALARM)
-
-
 def expected(runner: InferenceRunner, block: np.ndarray) -> float:
     model = runner.slots["vibration-wear"].model
     return float(model.score(block[None, :])["anomaly"][0])
@@ -178,22 +172,7 @@ async def test_opcua_bad_status_nan_or_a_server_down_gives_no_block(tmp_path: Pa
 async def test_the_gateway_reads_opcua_blocks_and_worn_bearings_pre_alarm(tmp_path: Path) -> None:
     site = opcua_site(tmp_path)
     async with WholeSiteSimulator(site) as sim:
-        gateway = Gateway(site, buffer_path=tmp_path / "buf.db", mqtt_port=1, drain_s=0.3)
-        task = asyncio.create_task(gateway.run())
-        try:
-            rule = gateway.engine.rules[RULE]
-            counters = gateway.counters
-            await async_wait_until(
-                lambda: counters()["inference_windows"] >= 2, 30, "healthy blocks scored"
-            )
-            assert rule.condition is Condition.NORMAL
-            sim.set_wear(TAG, 3)
-            await async_wait_until(lambda: is_alarm(rule), 30, "the worn-bearing pre-alarm")
-            assert counters()["waveform_bad_blocks"] == 0
-            assert counters()["reads_ok"] > 0  # the scalar tag is read as before
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(task, 15)
+        await gateway_pre_alarms_on_wear(site, sim.set_wear, TAG, tmp_path)
 
 
 # -- Modbus RTU: a shared line -------------------------------------------------------------
@@ -251,21 +230,7 @@ async def test_rtu_blocks_go_through_the_lines_poller_and_keep_its_period(
 async def test_the_gateway_reads_rtu_blocks_and_worn_bearings_pre_alarm(tmp_path: Path) -> None:
     site = rtu_site(tmp_path)
     async with SiteSimulator(site) as sim:
-        gateway = Gateway(site, buffer_path=tmp_path / "buf.db", mqtt_port=1, drain_s=0.3)
-        task = asyncio.create_task(gateway.run())
-        try:
-            rule = gateway.engine.rules[RULE]
-            counters = gateway.counters
-            await async_wait_until(
-                lambda: counters()["inference_windows"] >= 2, 30, "healthy blocks scored"
-            )
-            assert rule.condition is Condition.NORMAL
-            sim.set_wear(TAG, 3)
-            await async_wait_until(lambda: is_alarm(rule), 30, "the worn-bearing pre-alarm")
-            assert counters()["waveform_bad_blocks"] == 0
-        finally:
-            gateway.stop()
-            await asyncio.wait_for(task, 15)
+        await gateway_pre_alarms_on_wear(site, sim.set_wear, TAG, tmp_path)
 
 
 # -- configuration ---------------------------------------------------------------------------
