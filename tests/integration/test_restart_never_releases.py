@@ -54,13 +54,19 @@ def _writes(sim: SiteSimulator, after_ns: int, value: bool) -> list[int]:
 
 
 def _cut_alarm_stored(buffer: Path) -> bool:
-    """The cut alarm is in the gateway's durable buffer (read-only look, WAL allows it)."""
+    """The 1.6 % cut alarm is in the gateway's durable buffer (read-only look, WAL allows
+    it); not the fail-safe start-up cut at 0.3 %, which is stored earlier."""
     try:
         with sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=1) as db:
             rows = db.execute("SELECT payload FROM messages WHERE kind = 'alarm'").fetchall()
     except sqlite3.Error:
         return False
-    return any(b'"level":"cut"' in bytes(r[0]) and TAG.encode() in bytes(r[0]) for r in rows)
+    return any(
+        b'"level":"cut"' in bytes(r[0])
+        and b'"reason":"above_cut"' in bytes(r[0])
+        and TAG.encode() in bytes(r[0])
+        for r in rows
+    )
 
 
 def _reasserted(sim: SiteSimulator, after_ns: int) -> Callable[[], list[int]]:
