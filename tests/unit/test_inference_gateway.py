@@ -51,11 +51,32 @@ def site_with_model(models_dir: Path) -> LoadedSite:
     )
 
 
-async def ramp(bus: FakeBus, start: float, stop: float, step: float) -> None:
+def _reads(bus: FakeBus) -> int:
+    return sum(1 for op in bus.ops if op[0] == "read" and op[1] == 1)
+
+
+async def _advanced(bus: FakeBus, gateway: Gateway, reads: int, windows: int) -> None:
+    await async_wait_until(lambda: _reads(bus) > reads, 5, "a read of the step")
+    await async_wait_until(
+        lambda: gateway.counters()["inference_windows"] > windows, 5, "a model tick"
+    )
+
+
+async def ramp(
+    bus: FakeBus, start: float, stop: float, step: float, gateway: Gateway | None = None
+) -> None:
+    """Raise the methane reading one step per model period (50 ms: the card's 10 s
+    compressed 200 times). With ``gateway``, each step also waits until the gateway has
+    read it and the model has scored a window since: a loaded machine slows the compressed
+    plant with the gateway instead of outrunning it."""
     value = start
     while value < stop:
         bus.set(1, "holding", 0, f32(value))
+        reads = _reads(bus)
+        windows = gateway.counters()["inference_windows"] if gateway is not None else 0
         await asyncio.sleep(0.05)
+        if gateway is not None:
+            await _advanced(bus, gateway, reads, windows)
         value += step
 
 
@@ -76,8 +97,11 @@ async def test_pre_alarm_precedes_the_alarm_and_the_cut_still_comes(tmp_path: Pa
     gateway, task = start(site, bus, tmp_path)
     try:
         await async_wait_until(lambda: bus.coils.get((10, 0)) is False, 5, "power released")
-        await asyncio.sleep(3.5)  # a full window of quiet readings
-        await ramp(bus, 0.3, 1.6, 0.02)
+        # a full window of quiet readings scored (60 samples at 50 ms: 3 s on an idle box)
+        await async_wait_until(
+            lambda: gateway.counters()["inference_windows"] >= 5, 30, "quiet windows scored"
+        )
+        await ramp(bus, 0.3, 1.6, 0.02, gateway)
         await async_wait_until(lambda: bus.coils.get((10, 0)) is True, 5, "power cut")
         assert gateway.inference is not None
         assert gateway.counters()["inference_windows"] > 0
