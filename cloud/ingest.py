@@ -116,7 +116,8 @@ class _BatchWork:
     def __init__(self) -> None:
         self.commit = BatchCommit()
         self.lines: list[str] = []
-        self.latest: dict[tuple[str, str], tuple[str, wire.Point]] = {}
+        # site -> tag -> (gateway, newest point of the batch)
+        self.latest: dict[str, dict[str, tuple[str, wire.Point]]] = {}
         self.counts: collections.Counter[str] = collections.Counter()
 
 
@@ -410,7 +411,8 @@ class IngestService:
                 "reason": p.reason,
                 "ts_ns": p.ts_ns,
             }
-            for (site, tag), (gateway, p) in work.latest.items()
+            for site, tags in work.latest.items()
+            for tag, (gateway, p) in tags.items()
         ]
         new_alarms = await asyncio.to_thread(self.store.commit_batch, work.commit)
         duplicates = new_alarms.count(False)
@@ -509,13 +511,13 @@ class IngestService:
     @staticmethod
     def _keep_latest(work: _BatchWork, batch: wire.TelemetryBatch) -> None:
         """Remember the newest point per (site, tag) of the batch; rows are built once, later."""
-        latest = work.latest
-        site, gateway = batch.site, batch.gateway
+        latest = work.latest.setdefault(batch.site, {})
+        held_of = latest.get
+        gateway = batch.gateway
         for p in batch.points:
-            key = (site, p.tag)
-            held = latest.get(key)
+            held = held_of(p.tag)
             if held is None or p.ts_ns > held[1].ts_ns:
-                latest[key] = (gateway, p)
+                latest[p.tag] = (gateway, p)
 
     async def _write_points(self, work: _BatchWork) -> None:
         """To InfluxDB now, or into the spool (committed with the batch) when it is down."""
