@@ -204,7 +204,9 @@ def drain(
                 cpu_start = sum(cpu_seconds(proc.pid) for proc, _log in procs)
             if start_points is not None and done >= total:
                 break
-            time.sleep(0.05)
+            # Each poll costs the ingest an HTTP request and a database ping: poll slowly
+            # until the end is near, then finely (the end is known to within 50 ms).
+            time.sleep(0.05 if start_points is None or done >= 0.9 * total else 0.25)
         elapsed = time.perf_counter() - t_start
         cpu = sum(cpu_seconds(proc.pid) for proc, _log in procs) - cpu_start
         if done < total:
