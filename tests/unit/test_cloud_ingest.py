@@ -317,3 +317,21 @@ async def test_extreme_sequence_numbers_keep_the_gap_arithmetic_in_integers(
     too_far = wire.encode(telemetry(1, point())).replace(b'"seq":1', b'"seq":9223372036854775808')
     await ingest.handle(wire.topic_of(telemetry(1)), too_far)
     assert ingest.counters()["dead_malformed"] == 1
+
+
+async def test_latest_is_the_newest_point_per_site_and_tag_across_the_batch(
+    ingest: IngestService, store: Store
+) -> None:
+    from cloud.ingest import Incoming
+
+    messages = [  # one batch: two sites, two gateways, timestamps out of order
+        telemetry(1, point("A", 1.0, T0 + 30), point("A", 2.0, T0 + 10), point("B", 3.0, T0)),
+        telemetry(1, point("A", 4.0, T0 + 20), gateway="gw-2"),
+        telemetry(2, point("A", 5.0, T0 + 5), point("B", 6.0, T0 + 1)),
+        telemetry(1, point("A", 7.0, T0), site="mine-b", gateway="gw-3"),
+    ]
+    now = time.time_ns()
+    await ingest.process([Incoming(wire.topic_of(m), wire.encode(m), now) for m in messages])
+    newest = {(v.tag, v.value, v.gateway, v.ts_ns) for v in store.latest("mine-a")}
+    assert newest == {("A", 1.0, "gw-1", T0 + 30), ("B", 6.0, "gw-1", T0 + 1)}
+    assert [(v.tag, v.value) for v in store.latest("mine-b")] == [("A", 7.0)]
