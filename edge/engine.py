@@ -168,8 +168,11 @@ class SafetyEngine:
         self._saved: dict[str, dict[str, Any]] = {}
         # handle_block's per-device routes, keyed by the plan's tag tuple
         self._routes: dict[tuple[str, ...], list[_Quiet]] = {}
-        # tick's (rule, device, stale window) per rule, built on first use
-        self._tick_plan: list[tuple[Rule, str | None, float | None]] | None = None
+        # tick_rules' (rule, device, stale window) per rule, per list of rules ticked
+        self._tick_plans: dict[int, tuple[list[Rule], list[tuple[Rule, str | None, float | None]]]] = {}
+        # the rules this engine judges (None: all; see own())
+        self.owned: set[str] | None = None
+        self._owned_list: list[Rule] | None = None
         self.restored = self._restore()
         self.calibrations: dict[str, Calibration] = {}
         self.forced: set[str] = set()  # rules tripped by a lockout test
@@ -187,7 +190,9 @@ class SafetyEngine:
             raise ValueError(f"duplicate rule id {rule.id!r}")
         self.rules[rule.id] = rule
         self._routes.clear()  # a tag with a second rule leaves the fast path
-        self._tick_plan = None
+        if self.owned is not None:
+            self.owned.add(rule.id)
+        self._owned_list = None
         for tag_name in rule.inputs:
             self._by_tag.setdefault(tag_name, []).append(rule)
 
@@ -380,42 +385,10 @@ class SafetyEngine:
         return own, self._mark(sample, rules)
 
     def tick(self, now: float | None = None) -> list[Transition]:
-        """Let time pass for every rule: staleness, delays, windows, feedback timeouts."""
-        now = self._clock() if now is None else now
-        found: list[Transition] = []
-        changed = False
-        late = self.gateway_late
-        verdicts: dict[tuple[str, float], bool] = {}  # late(device, window) once per tick
-        if self._tick_plan is None:
-            self._tick_plan = [
-                (
-                    rule,
-                    self._devices.get(getattr(rule, "tag", "")),
-                    getattr(rule, "stale_after_s", None),
-                )
-                for rule in self.rules.values()
-            ]
-        for rule, device, window in self._tick_plan:
-            if late is not None and window is not None and device is not None:
-                key = (device, window)
-                verdict = verdicts.get(key)
-                if verdict is None:
-                    verdict = verdicts[key] = late(device, window)
-                if verdict:
-                    continue  # judged once the poller has had its chance
-            transition = rule.tick(now)
-            if transition is None:
-                continue
-            found.append(transition)
-            changed = self._after(rule, transition, now) or changed
-            if transition.reason == "stale" and isinstance(rule, ThresholdRule):
-                tag = rule.tag
-                self._to_uplink(
-                    Sample(tag, self._devices[tag], None, Quality.BAD, transition.ts_ns, "stale")
-                )
-        if changed and self.compounds:
-            self._judge_compounds(now, time.time_ns())
-        self._expire_calibrations()
+        """Let time pass for every rule this engine owns (see :meth:`own`): staleness,
+        delays, windows, feedback timeouts; and calibrations whose time is up."""
+        found = self.tick_rules(self._owned_rules(), now)
+        self.expire_calibrations()
         return found
 
     check_stale = tick  # the first gateway's name
@@ -481,22 +454,28 @@ class SafetyEngine:
                 conditions[compound.id] = compound.condition
 
     def tick_rules(self, rules: list[Rule], now: float | None = None) -> list[Transition]:
-        """:meth:`tick` for ``rules`` only (the gateway ticks each thread's rules on that
-        thread), holding the lock per chunk of rules, so a tick of thousands of background
-        rules never holds up a safety decision for long. Calibrations: see
+        """Let time pass for ``rules`` (the gateway ticks each thread's rules on that
+        thread; :meth:`tick` all of this engine's), holding the lock per chunk of rules,
+        so a tick of thousands of background rules never holds up a safety decision for
+        long. A rule whose device the poller has not even tried within its stale window
+        is skipped (the gateway is late, not the sensor). Calibrations: see
         :meth:`expire_calibrations`."""
         now = self._clock() if now is None else now
         found: list[Transition] = []
         changed = False
         late = self.gateway_late
+        verdicts: dict[tuple[str, float], bool] = {}  # late(device, window) once per tick
         stale: list[Sample] = []
-        for first in range(0, len(rules), TICK_CHUNK):
+        plan = self._plan_of(rules)
+        for first in range(0, len(plan), TICK_CHUNK):
             with self.lock:
-                for rule in rules[first : first + TICK_CHUNK]:
-                    if late is not None:
-                        window = getattr(rule, "stale_after_s", None)
-                        device = self._devices.get(getattr(rule, "tag", ""))
-                        if window is not None and device is not None and late(device, window):
+                for rule, device, window in plan[first : first + TICK_CHUNK]:
+                    if late is not None and window is not None and device is not None:
+                        key = (device, window)
+                        verdict = verdicts.get(key)
+                        if verdict is None:
+                            verdict = verdicts[key] = late(device, window)
+                        if verdict:
                             continue  # judged once the poller has had its chance
                     transition = rule.tick(now)
                     if transition is None:
@@ -507,12 +486,7 @@ class SafetyEngine:
                         tag = rule.tag
                         stale.append(
                             Sample(
-                                tag,
-                                self._devices[tag],
-                                None,
-                                Quality.BAD,
-                                transition.ts_ns,
-                                "stale",
+                                tag, self._devices[tag], None, Quality.BAD, transition.ts_ns, "stale"
                             )
                         )
         if changed and self.compounds:
@@ -520,6 +494,45 @@ class SafetyEngine:
         for sample in stale:
             self._to_uplink(sample)
         return found
+
+    def _plan_of(self, rules: list[Rule]) -> list[tuple[Rule, str | None, float | None]]:
+        """(rule, device, stale window) per rule of ``rules``, cached per list (the gateway
+        ticks the same list every time)."""
+        cached = self._tick_plans.get(id(rules))
+        if cached is not None and cached[0] is rules and len(cached[1]) == len(rules):
+            return cached[1]
+        plan = [
+            (
+                rule,
+                self._devices.get(getattr(rule, "tag", "")),
+                getattr(rule, "stale_after_s", None),
+            )
+            for rule in rules
+        ]
+        self._tick_plans[id(rules)] = (rules, plan)
+        return plan
+
+    def _owned_rules(self) -> list[Rule]:
+        if self._owned_list is None:
+            owned = self.owned
+            self._owned_list = [
+                r for r in self.rules.values() if owned is None or r.id in owned
+            ]
+        return self._owned_list
+
+    def own(self, rule_ids: Iterable[str]) -> None:
+        """This engine judges, ticks and combines only ``rule_ids``; the gateway's other
+        process owns the rest (``edge/safety_process.py``). Every rule is still built
+        (the interlock matrix and the alarms name them)."""
+        self.owned = set(rule_ids)
+        self.compounds = [c for c in self.compounds if c.id in self.owned]
+        self._by_tag = {
+            tag: kept
+            for tag, rules in self._by_tag.items()
+            if (kept := [r for r in rules if r.id in self.owned])
+        }
+        self._routes.clear()
+        self._owned_list = None
 
     def _to_uplink(self, sample: Sample) -> None:
         if self.uplink is None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, Generic, Protocol, TypeVar
 
-from device_drivers import Sample
+from device_drivers import Sample, SampleBlock
 
 __all__ = ["TICK_CHUNK", "Handoff", "SafetyThread", "UplinkHandoff", "UplinkSink"]
 
@@ -252,14 +252,41 @@ class UplinkHandoff(Generic[T]):
         if len(self._pending) == 1:
             self._carry.submit(self._move)
 
+    def put_block(self, block: SampleBlock) -> bool:
+        """One device read as one item (what ``SampleQueue.put_block`` takes); False when
+        it was refused whole (the engine counts its samples as dropped)."""
+        if threading.get_ident() == self.main_thread_id:
+            return self._put_block(block)
+        if len(self._pending) >= HANDOFF_MAX:
+            return False
+        self._pending.append(block)  # type: ignore[arg-type]
+        if len(self._pending) == 1:
+            self._carry.submit(self._move)
+        return True
+
     def drain(self) -> None:
         """Carry over what another thread left (at shutdown, on the main loop)."""
         self._carry.drain()
+
+    def _put_block(self, block: SampleBlock) -> bool:
+        put_block: Callable[[SampleBlock], bool] | None = getattr(self.queue, "put_block", None)
+        if put_block is not None:
+            return put_block(block)
+        for sample in block:  # a plain queue: one sample at a time, all or the rest dropped
+            try:
+                self.queue.put_nowait(sample)  # type: ignore[arg-type]
+            except asyncio.QueueFull:
+                return False
+        return True
 
     def _move(self) -> None:
         pending = self._pending
         while pending:
             item = pending.popleft()
+            if isinstance(item, SampleBlock):
+                if not self._put_block(item):
+                    self.dropped += len(item)
+                continue
             try:
                 self.queue.put_nowait(item)
             except asyncio.QueueFull:

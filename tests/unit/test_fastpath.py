@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 import wire
-from device_drivers import Quality, Sample
+from device_drivers import Quality, Sample, SampleBlock
 from edge.config import LoadedSite, SiteConfig
 from edge.fastpath import Handoff, SafetyThread, UplinkHandoff
 from edge.gateway import Gateway
 from edge.rules import Level
+from edge.uplink.batcher import SampleQueue
 from edge.uplink.buffer import StoreAndForwardBuffer
 from simulators import SiteSimulator
 from tests.support import async_wait_until, free_port, wait_until
@@ -262,3 +263,25 @@ def test_safety_thread_raises_its_priority_where_the_process_may() -> None:
         assert theirs <= mine
     finally:
         thread.stop()
+
+
+async def test_uplink_handoff_carries_whole_blocks_from_another_thread() -> None:
+    queue = SampleQueue(maxsize=5)
+    uplink = UplinkHandoff(queue)
+    uplink.bind(asyncio.get_running_loop())
+    block = SampleBlock(("A", "B"), "d", [1.0, 2.0], [1, 2])
+    assert uplink.put_block(block)  # the loop's own thread: one item, two samples
+    assert queue.qsize() == 2
+
+    def produce() -> None:
+        for _ in range(3):
+            uplink.put_block(block)
+
+    worker = threading.Thread(target=produce)
+    worker.start()
+    worker.join()
+    await async_wait_until(lambda: uplink.dropped == 4, 5, "what did not fit counted")
+    assert queue.qsize() == 4  # one more block fitted whole; two were refused whole
+    assert [len(item) for item in queue.take_all()] == [2, 2]
+    assert uplink.put_block(block) and uplink.put_block(block)
+    assert not uplink.put_block(block)  # 2 + 2 + 2 > 5: refused whole, on the loop thread
