@@ -197,10 +197,13 @@ class EngineerCommands:
             if isinstance(r, FeedbackCheck) and r.actuator in actuators
         ]
 
-    def tick(self) -> None:
+    def tick(self, *, report_overdue: bool = True) -> None:
+        """Follow a running lockout test; else, once a day, report overdue ones (unless
+        ``report_overdue`` is False: the safety process leaves that to the gateway)."""
         test = self._running
         if test is None:
-            self._daily_overdue()
+            if report_overdue:
+                self._daily_overdue()
             return
         now = time.monotonic()
         lock = self.engine.interlock

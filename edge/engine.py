@@ -169,7 +169,9 @@ class SafetyEngine:
         # handle_block's per-device routes, keyed by the plan's tag tuple
         self._routes: dict[tuple[str, ...], list[_Quiet]] = {}
         # tick_rules' (rule, device, stale window) per rule, per list of rules ticked
-        self._tick_plans: dict[int, tuple[list[Rule], list[tuple[Rule, str | None, float | None]]]] = {}
+        self._tick_plans: dict[
+            int, tuple[list[Rule], list[tuple[Rule, str | None, float | None]]]
+        ] = {}
         # the rules this engine judges (None: all; see own())
         self.owned: set[str] | None = None
         self._owned_list: list[Rule] | None = None
@@ -486,7 +488,12 @@ class SafetyEngine:
                         tag = rule.tag
                         stale.append(
                             Sample(
-                                tag, self._devices[tag], None, Quality.BAD, transition.ts_ns, "stale"
+                                tag,
+                                self._devices[tag],
+                                None,
+                                Quality.BAD,
+                                transition.ts_ns,
+                                "stale",
                             )
                         )
         if changed and self.compounds:
@@ -515,9 +522,7 @@ class SafetyEngine:
     def _owned_rules(self) -> list[Rule]:
         if self._owned_list is None:
             owned = self.owned
-            self._owned_list = [
-                r for r in self.rules.values() if owned is None or r.id in owned
-            ]
+            self._owned_list = [r for r in self.rules.values() if owned is None or r.id in owned]
         return self._owned_list
 
     def own(self, rule_ids: Iterable[str]) -> None:

@@ -61,10 +61,26 @@ from edge.engine import SafetyEngine
 from edge.fastpath import Handoff, SafetyThread, UplinkHandoff
 from edge.health import HealthServer
 from edge.health_report import HealthReporter, HealthSnapshot
-from edge.latches import LatchStore, read_commands, state_path_for
+from edge.latches import LatchStore, main_state_path, read_commands, state_path_for
 from edge.polling import BusPoller
 from edge.remote_commands import CommandListener, CommandVerifier, load_public_keys
-from edge.rules import Level, Rule
+from edge.rules import CompoundCondition, Condition, FeedbackCheck, Level, Rule, Transition
+from edge.safety_link import (
+    Annunciate,
+    Audit,
+    ChildMessage,
+    Gap,
+    Notice,
+    Ready,
+    Record,
+    Stats,
+    Telemetry,
+    WriteFailed,
+    WriteRecovered,
+    samples_of,
+)
+from edge.safety_link import Command as SafetyCommand
+from edge.safety_process import ChildSpec, SafetyProcess, lost_safety_process_writes
 from edge.uplink.batcher import AlarmWriter, SampleQueue, TelemetryBatcher
 from edge.uplink.buffer import StoreAndForwardBuffer
 from edge.uplink.publisher import MqttPublisher
@@ -159,6 +175,7 @@ class Gateway:
         health_port: int | None = None,
         health_interval_s: float = 10.0,
         fast_path: bool = True,
+        safety_process: bool = False,
     ) -> None:
         cfg = site.config
         self.site = site
@@ -176,7 +193,12 @@ class Gateway:
         self.stale_check_s = stale_check_s
         self.command_check_s = command_check_s
         self.state_path = Path(state_path or state_path_for(self.buffer_path, cfg.state.path))
-        self.latches = LatchStore(self.state_path)
+        # with a safety process, it owns the state file's journal; this process keeps the
+        # latched state of its own rules beside it (edge/safety_process.py)
+        self.use_safety_process = safety_process and fast_path
+        self.latches = LatchStore(
+            main_state_path(self.state_path) if self.use_safety_process else self.state_path
+        )
         self.health_interval_s = health_interval_s
         self._driver_factory = driver_factory
         self._stop = asyncio.Event()
@@ -252,6 +274,7 @@ class Gateway:
             for bus in cfg.buses
         ]
         self._device_health = {d.device: d for p in self.pollers for d in p.devices()}
+        self._bus_of = {tag.name: device.bus for device, tag in site.tags()}
         # safety-class buses: their own thread and loop (fast_path=False: all on the main loop)
         self.fast_path = fast_path
         self.safety_thread = SafetyThread()
@@ -273,6 +296,32 @@ class Gateway:
                 except InferenceError as exc:
                     raise _inference_config_error(site, exc) from exc
         self._fast_task: asyncio.Task[None] | None = None
+        # the safety process (edge/safety_process.py): what it reports, for status
+        self.safety: SafetyProcess | None = None
+        self._safety_stats: Stats | None = None
+        self._safety_levels: dict[str, Level] = {}
+        self._annunciated: dict[str, bool] = {}
+        self.react_ms: list[float] = []
+        self.react_at: list[float] = []
+        if self.use_safety_process and self.fast_pollers:
+            fast_rules, main_rules = self._split_rules_by_process()
+            self.engine.own(r.id for r in main_rules)
+            self.main_rules = main_rules
+            self.safety = SafetyProcess(
+                ChildSpec(
+                    site=site,
+                    state_path=str(self.state_path),
+                    buses=tuple(p.bus_id for p in self.fast_pollers),
+                    rules=tuple(r.id for r in fast_rules),
+                    stale_check_s=stale_check_s,
+                    driver_factory=driver_factory,
+                    log_level=logging.getLogger().getEffectiveLevel(),
+                ),
+                self._from_safety_process,
+                lost_safety_process_writes(self.fast_pollers),
+            )
+            # the fast pollers stay here only for the fail-safe writes after a death
+            self.pollers = self.main_pollers
         self._started_at = self.engine._clock()
         self.buffer: StoreAndForwardBuffer | None = None
         self.publisher: MqttPublisher | None = None
@@ -285,7 +334,68 @@ class Gateway:
     # -- status ------------------------------------------------------------------
 
     def levels(self) -> dict[str, Level]:
-        return self.engine.levels()
+        levels = self.engine.levels()
+        if self.safety is not None:  # the safety process's tags: as it last reported them
+            for tag in self._safety_levels.keys() & levels.keys():
+                levels[tag] = self._safety_levels[tag]
+        return levels
+
+    # -- the safety process --------------------------------------------------------
+
+    def _from_safety_process(self, message: ChildMessage) -> None:
+        """One message of the safety process, on this loop, in the order it was sent."""
+        if isinstance(message, Telemetry):
+            inference = self.inference
+            for sample in samples_of(message):
+                try:
+                    self.samples.put_nowait(sample)
+                except asyncio.QueueFull:
+                    self.engine.uplink_dropped += 1
+                if inference is not None and sample.reason != "calibration":
+                    inference.offer(sample)
+        elif isinstance(message, Record):
+            transition = Transition(
+                message.tag,
+                Condition(message.previous),
+                Condition(message.level),
+                message.value,
+                message.threshold,
+                message.reason,
+                message.ts_ns,
+                message.rule,
+            )
+            if not message.rule:
+                self._safety_levels[message.tag] = transition.level
+            self.alarms.on_transition(
+                transition,
+                message.commanded,
+                kind=message.kind,
+                calibration=message.calibration,
+            )
+        elif isinstance(message, Notice):
+            self.alarms.on_notice(
+                message.tag, message.reason, message.message, Level(message.level)
+            )
+        elif isinstance(message, WriteFailed):
+            self.alarms.on_actuator_failed(
+                ActuatorCommand(*message.command), message.error, message.ts_ns
+            )
+        elif isinstance(message, WriteRecovered):
+            self.alarms.on_actuator_recovered(ActuatorCommand(*message.command), message.ts_ns)
+        elif isinstance(message, Audit):
+            self._audit_action(message.action, message.actor, message.target, message.why)
+        elif isinstance(message, Gap):
+            self.samples.dropped += message.samples  # the batcher records it as a gap
+        elif isinstance(message, Stats):
+            self._safety_stats = message
+            self._safety_levels.update({t: Condition(v) for t, v in message.levels.items()})
+            room = 100_000 - len(self.react_ms)
+            self.react_ms.extend(message.react_ms[:room])
+            self.react_at.extend(message.react_at[:room])
+        elif isinstance(message, Ready):
+            self._safety_levels.update({t: Condition(v) for t, v in message.levels.items()})
+            self._annunciated.clear()  # a new safety process: tell it the horns' states again
+            self._annunciate()
 
     def health_snapshot(self) -> HealthSnapshot:
         """Device and bus health for the walls (see ``edge/health_report.py``)."""
@@ -308,6 +418,12 @@ class Gateway:
                 if dev.latency_s is not None:
                     metrics["poll_latency_ms"] = round(dev.latency_s * 1000, 3)
                 devices[dev.device] = metrics
+        stats = self._safety_stats
+        if stats is not None:  # the safety process's buses, as it last reported them
+            for bus_dict in stats.buses:
+                buses[str(bus_dict.get("bus"))] = dict(bus_dict.get("metrics", {}))
+            for dev_dict in stats.devices:
+                devices[str(dev_dict.get("device"))] = dict(dev_dict.get("metrics", {}))
         return HealthSnapshot(devices, buses)
 
     def counters(self) -> dict[str, int]:
@@ -332,6 +448,24 @@ class Gateway:
             "alarm_flood_active": bool(self.alarms.flood and self.alarms.flood.active),
             "alarm_actions_forwarded": self.alarm_forwarder.forwarded,
         }
+        safety = self.safety
+        if safety is not None:
+            out["safety_thread"] = 0
+            out["safety_process"] = int(safety.alive)
+            out["safety_process_starts"] = safety.starts
+            out["safety_process_restarts"] = safety.restarts
+            out["safety_link_garbage"] = safety.garbage
+            out["safety_link_corrupt"] = safety.corrupt
+            out["safety_messages_failed"] = safety.dispatch_failures
+            child = self._safety_stats.counters if self._safety_stats is not None else {}
+            for key in ("samples", "reads_ok", "reads_failed", "task_failures"):
+                out[key] += child.get(key, 0)
+            for key in ("actuator_writes_ok", "actuator_writes_failed"):
+                out[key] = child.get(key, 0)
+            for key in ("latch_saves", "latch_errors"):
+                out[f"safety_{key}"] = child.get(key, 0)
+            out["safety_link_samples_dropped"] = child.get("link_samples_dropped", 0)
+            out["safety_link_records_dropped"] = child.get("link_records_dropped", 0)
         if self.inference is not None:
             out.update(self.inference.counters())
         if self.waveforms is not None:
@@ -410,7 +544,7 @@ class Gateway:
             "gateway %s (site %s): %d bus(es), %d tag(s); buffer %s; mqtt %s:%d",
             cfg.gateway.id,
             cfg.site.id,
-            len(self.pollers),
+            len(cfg.buses),
             len(self.engine.rules),
             self.buffer_path,
             self.mqtt_host,
@@ -420,10 +554,25 @@ class Gateway:
         self.handoff.bind(main_loop)
         self.uplink.bind(main_loop)
         fast_rules, main_rules = self._split_rules()
+        if self.safety is not None:
+            fast_rules, main_rules = [], self.main_rules
         fast: Future[None] | None = None
+        safety_run: asyncio.Task[None] | None = None
         self._started_at = self.engine._clock()  # polling starts now, not at construction
         try:
-            if self.fast_pollers:
+            if self.safety is not None:
+                # no safety process, no gateway: SafetyProcessError ends `edge run` (status 1)
+                self._from_safety_process(await self.safety.start())
+                log.info(
+                    "safety process %d: bus(es) %s, %d rule(s); main process: bus(es) %s, "
+                    "%d rule(s)",
+                    self.safety.pid,
+                    ", ".join(p.bus_id for p in self.fast_pollers),
+                    len(self.safety.spec.rules),
+                    ", ".join(p.bus_id for p in self.main_pollers) or "none",
+                    len(main_rules or ()),
+                )
+            elif self.fast_pollers:
                 self.safety_thread.start()
                 assert self.safety_thread.loop is not None
                 for poller in self.fast_pollers:
@@ -457,6 +606,9 @@ class Gateway:
                     safety.append(
                         tg.create_task(self._watch_safety_thread(fast), name="safety-thread")
                     )
+                if self.safety is not None:
+                    # dispatches its messages; after a death: fail-safe cut, restart (or raise)
+                    safety_run = tg.create_task(self.safety.run(), name="safety-process")
                 safety.append(
                     tg.create_task(
                         self._supervised("engineer-commands", self._watch_commands),
@@ -521,6 +673,9 @@ class Gateway:
                 for poller in self.pollers:
                     poller.stop()
                 await self._stop_safety_thread(fast)
+                if self.safety is not None and safety_run is not None:
+                    await self.safety.stop()
+                    await asyncio.wait([safety_run], timeout=2.0)  # its last messages
                 await _cancel_and_wait(safety)
                 self.handoff.drain()  # the safety thread's last alarm records
                 self.uplink.drain()
@@ -532,6 +687,9 @@ class Gateway:
                 await publisher.stop(self.drain_s)
                 await uplink
         finally:
+            if self.safety is not None:
+                self.safety.stopping = True
+                await self.safety.stop(1.0)
             if fast is not None:
                 await self._stop_safety_thread(fast)
                 await asyncio.to_thread(self.safety_thread.stop)
@@ -568,14 +726,26 @@ class Gateway:
         for poller in self.pollers:
             for dev in poller.devices():
                 devices.append({"bus": poller.bus_id, **dev.as_dict()})
+        buses = [p.health.as_dict() for p in self.pollers]
+        stats = self._safety_stats
+        if stats is not None:  # the safety process's, as it last reported them (every 1 s)
+            buses += [{k: v for k, v in b.items() if k != "metrics"} for b in stats.buses]
+            devices += [{k: v for k, v in d.items() if k != "metrics"} for d in stats.devices]
         return {
             "gateway": self.site.config.gateway.id,
             "site": self.site.config.site.id,
             "ts_ns": time.time_ns(),
             "counters": self.counters(),
-            "buses": [p.health.as_dict() for p in self.pollers],
+            "buses": buses,
             "devices": devices,
         }
+
+    def react_times(self) -> tuple[list[float], list[float]]:
+        """(decision -> coil written ms, decision monotonic s) per actuator going active,
+        wherever the interlock runs (benchmarks read this through ``--stats-out``)."""
+        if self.safety is not None:
+            return self.react_ms, self.react_at
+        return self.interlock.react_ms, self.interlock.react_at
 
     async def _publish_health(self, every_s: float = 1.0) -> None:
         server = self.health_server
@@ -616,7 +786,7 @@ class Gateway:
         """A verified cloud command, run like a local engineer command file."""
         body: dict[str, Any] = {**command.args, "action": command.action}
         body["by"] = f"cloud:{command.issuer}"
-        self.commands.execute(body, f"mqtt:{command.id}")
+        self._execute(body, f"mqtt:{command.id}")
 
     def _annunciate(self) -> None:
         """Horns and beacons from the alarm states: a horn sounds while an alarm of its
@@ -643,6 +813,13 @@ class Gateway:
                 for r in records
             )
             self.interlock.observe(annunciator_cause(ann.actuator), on)
+            safety = self.safety
+            if (
+                safety is not None
+                and self._annunciated.get(ann.actuator) is not on
+                and safety.send(Annunciate(ann.actuator, on))
+            ):
+                self._annunciated[ann.actuator] = on
 
     def _alarm_out(self, event: wire.AlarmEvent) -> None:
         """Every alarm event: to the durable outbox, and to the notifier (never blocks)."""
@@ -720,21 +897,44 @@ class Gateway:
         output, those feeding a rule that can cut (a cause in the interlock matrix), and then
         every bus feeding a rule together with one of those, so that each rule is fed (and
         ticked) on one thread only."""
-        bus_of = {tag.name: device.bus for device, tag in self.site.tags()}
         causes = self.interlock.causes()
         fast = {p.bus_id for p in self.pollers if p.safety_class}
         for rule in self.engine.rules.values():
-            if rule.id in causes:
-                fast.update(bus_of[t] for t in rule.inputs if t in bus_of)
+            # in another process, a rule that reads the interlock (feedback) must live with it
+            if rule.id in causes or (self.use_safety_process and isinstance(rule, FeedbackCheck)):
+                fast.update(self._rule_buses(rule))
         grown = True
         while grown:
             grown = False
             for rule in self.engine.rules.values():
-                buses = {bus_of[t] for t in rule.inputs if t in bus_of}
+                buses = self._rule_buses(rule)
                 if buses & fast and not buses <= fast:
                     fast |= buses
                     grown = True
         return fast
+
+    def _rule_buses(self, rule: Rule, seen: frozenset[str] = frozenset()) -> set[str]:
+        """The buses feeding ``rule``; with a safety process, a compound condition's are its
+        members' (it is judged where they are)."""
+        bus_of = self._bus_of
+        buses = {bus_of[t] for t in rule.inputs if t in bus_of}
+        if self.use_safety_process and isinstance(rule, CompoundCondition):
+            for member in rule.inputs:
+                inner = self.engine.rules.get(member)
+                if inner is not None and inner is not rule and member not in seen:
+                    buses |= self._rule_buses(inner, seen | {rule.id})
+        return buses
+
+    def _split_rules_by_process(self) -> tuple[list[Rule], list[Rule]]:
+        """(rules the safety process owns, rules this process owns): a rule belongs to the
+        process that polls its inputs; a compound to the process of its members; a rule
+        with no polled input (model pre-alarms) to this one."""
+        fast_buses = {p.bus_id for p in self.fast_pollers}
+        fast: list[Rule] = []
+        main: list[Rule] = []
+        for rule in self.engine.rules.values():
+            (fast if self._rule_buses(rule) & fast_buses else main).append(rule)
+        return fast, main
 
     def _split_rules(self) -> tuple[list[Rule], list[Rule] | None]:
         """(rules ticked on the safety thread, rules ticked on the main loop; None: all rules
@@ -799,12 +999,31 @@ class Gateway:
             self.handoff.submit(partial(self.inference.offer, sample))
         return transition
 
+    def _execute(self, command: dict[str, Any] | None, name: str) -> None:
+        """An engineer command: run here, or in the safety process that owns the rules and
+        the interlock (which audits it); a calibration marks this process's readings too."""
+        if self.safety is None or not isinstance(command, dict):
+            self.commands.execute(command, name)
+            return
+        if not self.safety.send(SafetyCommand(dict(command), name)):
+            log.error("engineer command %s not delivered: the safety process is down", name)
+            return
+        action, tag = command.get("action"), str(command.get("tag", ""))
+        if action == "calibrate" and tag in self.engine._devices:
+            minutes = command.get("minutes", 30)
+            if isinstance(minutes, int | float) and 0 < minutes <= 24 * 60:
+                self.engine.calibrate(
+                    tag, time.time_ns() + int(minutes * 60e9), str(command.get("by", ""))
+                )
+        elif action == "end_calibration":
+            self.engine.end_calibration(tag)
+
     async def _watch_commands(self) -> None:
         while True:
             await asyncio.sleep(self.command_check_s)
             found = await asyncio.to_thread(read_commands, self.state_path)
             for path, command in found:
-                self.commands.execute(command, path.name)
+                self._execute(command, path.name)
                 await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _supervised(

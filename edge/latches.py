@@ -35,7 +35,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["LatchStore", "command_dir", "read_commands", "state_path_for", "submit_command"]
+__all__ = [
+    "LatchStore",
+    "command_dir",
+    "main_state_path",
+    "read_commands",
+    "state_path_for",
+    "submit_command",
+]
 
 log = logging.getLogger("safewatch.edge.latches")
 
@@ -48,6 +55,13 @@ def state_path_for(buffer_path: str | Path, configured: str | None = None) -> Pa
         return Path(configured)
     buffer = Path(buffer_path)
     return buffer.with_name(f"{buffer.stem}-state.json")
+
+
+def main_state_path(state_path: str | Path) -> Path:
+    """Where the gateway's main process keeps the latched state of its own rules when a
+    safety process owns the state file (``edge/safety_process.py``)."""
+    path = Path(state_path)
+    return path.with_name(f"{path.stem}-main{path.suffix}")
 
 
 class LatchStore:

@@ -289,9 +289,11 @@ class BusPoller:
                 DeviceHealth(device.id, device.poll_ms / 1000, safety),
             )
         self._outputs: dict[str, tuple[DeviceSpec, OutputSpec]] = {}
+        self._active_values: dict[str, bool] = {}
         for act in site.config.actuators:
             if act.device in self._specs:
                 self._outputs[act.id] = (self._specs[act.device], output_spec(act))
+                self._active_values[act.id] = act.active_value
 
     # -- introspection (tests, status, the rule side) --------------------------------
 
@@ -551,6 +553,28 @@ class BusPoller:
         else:
             self.health.writes_ok += 1
             self.interlock.write_succeeded(command, self._clock())
+
+    async def fail_safe(self) -> list[str]:
+        """Connect, write every output of this bus to its active value (power cut, horn
+        sounding), disconnect; returns the outputs written. For the gateway when the
+        safety process that owned this bus died (``edge/safety_process.py``); never
+        while this poller runs."""
+        written: list[str] = []
+        await self._open()
+        try:
+            for actuator, (device, output) in self._outputs.items():
+                try:
+                    async with asyncio.timeout(self.call_timeout_s):
+                        await self.driver.write(device, output, self._active_values[actuator])
+                except (DriverError, TimeoutError) as exc:
+                    log.error(
+                        "bus %s: fail-safe write of %s failed: %r", self.bus_id, actuator, exc
+                    )
+                else:
+                    written.append(actuator)
+        finally:
+            await self._close()
+        return written
 
     # -- reading ---------------------------------------------------------------------
 

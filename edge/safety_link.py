@@ -150,7 +150,9 @@ class Stop(msgspec.Struct, tag="stop", array_like=True):
     pass
 
 
-ChildMessage = Ready | Record | Notice | WriteFailed | WriteRecovered | Audit | Telemetry | Gap | Stats
+ChildMessage = (
+    Ready | Record | Notice | WriteFailed | WriteRecovered | Audit | Telemetry | Gap | Stats
+)
 MainMessage = Init | Command | Annunciate | Stop
 
 _encoder = msgspec.msgpack.Encoder()
@@ -203,7 +205,9 @@ class FrameReader:
                 header = await self.reader.readexactly(_HEADER)
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
-                    raise LinkCorrupt(f"stream ended inside a frame header ({exc.partial!r})")
+                    raise LinkCorrupt(
+                        f"stream ended inside a frame header ({exc.partial!r})"
+                    ) from exc
                 return None
             size = int.from_bytes(header, "big")
             if size > MAX_FRAME:
@@ -211,7 +215,9 @@ class FrameReader:
             try:
                 body = await self.reader.readexactly(size)
             except asyncio.IncompleteReadError as exc:
-                raise LinkCorrupt(f"stream ended inside a frame ({len(exc.partial)}/{size})")
+                raise LinkCorrupt(
+                    f"stream ended inside a frame ({len(exc.partial)}/{size})"
+                ) from exc
             try:
                 return self.decoder.decode(body)
             except (msgspec.DecodeError, msgspec.ValidationError):
