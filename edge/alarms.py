@@ -340,6 +340,7 @@ _REASON_TEXT = {
     "fan_stale": "auxiliary fan state not read for too long: heading power cut (fail-safe)",
     "startup": "lockout starts tripped until the fan is seen running and methane is below restore",
     "restored_waiting_for_fan": "restarted: lockout held until the fan is seen running",
+    "restored": "restarted with this condition latched on the gateway's disk; held until safe",
     "methane_not_below_restore": "fan running but methane not below restore: power stays cut",
     "fan_restart_hold": "fan running again; power held until it has run for the hold time",
     "fan_running_methane_below_restore": "fan running and methane below restore: power may return",

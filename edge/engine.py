@@ -166,6 +166,7 @@ class SafetyEngine:
             for tag_name in routed.inputs:
                 self._by_tag.setdefault(tag_name, []).append(routed)
         self._saved: dict[str, dict[str, Any]] = {}
+        self._restored_rules: list[str] = []  # restored from the journal, not normal
         # handle_block's per-device routes, keyed by the plan's tag tuple
         self._routes: dict[tuple[str, ...], list[_Quiet]] = {}
         # tick_rules' (rule, device, stale window) per rule, per list of rules ticked
@@ -270,11 +271,43 @@ class SafetyEngine:
             snapshot = rule.snapshot()
             if snapshot is not None:
                 self._saved[rule_id] = snapshot
+            if rule.condition is not Condition.NORMAL:
+                self._restored_rules.append(rule_id)
             if rule.trips:
                 log.warning(
                     "rule %s restored %s from %s", rule_id, rule.condition, self.latches.path
                 )
         return True
+
+    def restored_transitions(self) -> list[tuple[Transition, list[str], str]]:
+        """The owned rules restored from the journal in a condition other than normal, each
+        as a transition from normal with reason ``restored``, the actuators it holds and
+        the rule's kind: for the alarm manager after a restart. A cut journalled just before
+        the process died may never have reached the alarm records; reported again, the
+        alarm lifecycle raises it if it does not know it and otherwise records and forwards
+        it without announcing it again (edge/alarm_manager.py)."""
+        owned = self.owned
+        now_ns = time.time_ns()
+        found: list[tuple[Transition, list[str], str]] = []
+        for rule_id in self._restored_rules:
+            rule = self.rules[rule_id]
+            if owned is not None and rule_id not in owned:
+                continue
+            if rule.condition is Condition.NORMAL or not rule.reason.startswith("restored"):
+                continue  # a sample has been judged since: it reported its own transition
+            transition = Transition(
+                rule.tag,
+                Condition.NORMAL,
+                rule.condition,
+                None,
+                None,
+                "restored",
+                now_ns,
+                "" if isinstance(rule, ThresholdRule) else rule.id,
+            )
+            actuators = self.interlock.actuators_of(rule_id) if rule.trips else []
+            found.append((transition, actuators, rule.kind))
+        return found
 
     # -- reading conditions --------------------------------------------------------
 

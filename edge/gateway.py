@@ -550,6 +550,11 @@ class Gateway:
             self.mqtt_host,
             self.mqtt_port,
         )
+        # latched conditions restored from the journal (this process's rules): reported again,
+        # the alarm lifecycle raising those it never recorded (a death between the journal
+        # line and the alarm record)
+        for transition, actuators, kind in self.engine.restored_transitions():
+            self.alarms.on_transition(transition, actuators, kind=kind)
         main_loop = asyncio.get_running_loop()
         self.handoff.bind(main_loop)
         self.uplink.bind(main_loop)

@@ -101,6 +101,7 @@ LINK_TELEMETRY_BYTES = 8 * 1024 * 1024  # unsent bytes past which telemetry is d
 LINK_RECORD_BYTES = 64 * 1024 * 1024  # ... and past which even alarm records are (counted)
 RESTART_DELAY_S = 0.2
 SAFETY_NICE = -10
+SAFETY_NICE_STEP = 5  # the safety process runs this much ahead of its gateway
 _PR_SET_PDEATHSIG = 1
 
 
@@ -401,6 +402,9 @@ class SafetyCore:
                 os.getpid(), list(self.spec.rules), list(self.spec.buses), dict(self.alarms.levels)
             )
         )
+        # latched conditions restored from the journal: reported (again) after the Ready
+        for transition, actuators, kind in self.engine.restored_transitions():
+            self.alarms.on_transition(transition, actuators, kind=kind)
         log.info(
             "safety process %d: bus(es) %s, %d rule(s)",
             os.getpid(),
@@ -490,20 +494,24 @@ def _die_with_parent(parent: int) -> None:
         os._exit(70)
 
 
-def _raise_priority(nice: int | None) -> bool:
-    """Best effort: the safety process ahead of the machine's other work (root or
-    CAP_SYS_NICE); never lowered (the shipped unit already runs at Nice=-10)."""
+def _raise_priority(nice: int | None) -> int | None:
+    """Best effort: the safety process ahead of the machine's other work and of its own
+    gateway's background work: ``nice`` or :data:`SAFETY_NICE_STEP` below the niceness it
+    was started with, whichever is higher priority (the shipped unit runs the gateway at
+    Nice=-10, so -15, and grants CAP_SYS_NICE for it). Never lowered. Returns the niceness
+    set, None when unchanged (not allowed: root or CAP_SYS_NICE)."""
     if nice is None:
-        return False
+        return None
     current = os.getpriority(os.PRIO_PROCESS, 0)
-    if current <= nice:
-        return False
+    target = max(-20, min(nice, current - SAFETY_NICE_STEP))
+    if current <= target:
+        return None
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
+        os.setpriority(os.PRIO_PROCESS, 0, target)
     except OSError as exc:
-        log.info("safety process keeps nice %d (%d refused: %s)", current, nice, exc)
-        return False
-    return True
+        log.warning("safety process keeps nice %d (%d refused: %s)", current, target, exc)
+        return None
+    return target
 
 
 def _read_init(sock: socket.socket) -> ChildSpec:
@@ -546,8 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("pymodbus", "mqtt"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if _raise_priority(spec.nice):
-        log.info("safety process runs at nice %d", spec.nice)
+    niced = _raise_priority(spec.nice)
+    if niced is not None:
+        log.info("safety process runs at nice %d", niced)
     core = SafetyCore(spec, ChildLink())
     # what was built lives as long as the process: out of the collector's sight, and
     # collections rarer (a safety bus allocates little that is cyclic)

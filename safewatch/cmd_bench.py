@@ -31,6 +31,14 @@ def alarm_latency(
             " concurrently (1,000 trips in seconds).",
         ),
     ] = 1,
+    as_deployed: Annotated[
+        bool,
+        typer.Option(
+            "--as-deployed/--all-nice-0",
+            help="Gateway at the shipped unit's Nice=-10 and the simulated plant at nice -5 "
+            "(root only; else all at 0), or everything at nice 0.",
+        ),
+    ] = True,
 ) -> None:
     """Simulator crossing 1.5 % CH4 -> power-cut coil written (p50/p99/max over trips), and
     react time inside the gateway (over-limit reading -> coil write)."""
@@ -50,6 +58,7 @@ def alarm_latency(
             background_tags=background_tags,
             uplink=uplink,
             lanes=lanes,
+            as_deployed=as_deployed,
         )
     )
 

@@ -29,6 +29,7 @@ from ruamel.yaml import YAML
 from bench._harness import EDGE_NICE, PLANT_NICE, child, priority
 from edge.config import AnyBus, load_site
 from edge.drivers import make_driver
+from edge.latches import LatchStore, state_path_for
 from edge.safety_link import Command, Ready, Stats
 from edge.safety_process import ChildSpec, SafetyProcess, SafetyProcessError
 from simulators import SiteSimulator
@@ -59,18 +60,19 @@ def _writes(sim: SiteSimulator, after_ns: int, value: bool) -> list[int]:
     ]
 
 
-def _cut_alarms(buffer: Path) -> list[bytes]:
-    """The over-limit cut alarms of TAG in the gateway's durable buffer (read-only look)."""
+def _alarms(buffer: Path) -> list[bytes]:
+    """The alarm events in the gateway's durable buffer (read-only look, WAL allows it)."""
     try:
         with sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=1) as db:
             rows = db.execute("SELECT payload FROM messages WHERE kind = 'alarm'").fetchall()
     except sqlite3.Error:
         return []
-    return [
-        bytes(r[0])
-        for r in rows
-        if b'"reason":"above_cut"' in bytes(r[0]) and TAG.encode() in bytes(r[0])
-    ]
+    return [bytes(r[0]) for r in rows]
+
+
+def _cut_alarms(buffer: Path) -> list[bytes]:
+    """The over-limit cut alarms of TAG."""
+    return [a for a in _alarms(buffer) if b'"reason":"above_cut"' in a and TAG.encode() in a]
 
 
 def _safety_pids(log: Path) -> list[int]:
@@ -236,3 +238,42 @@ async def test_a_safety_process_that_cannot_start_is_an_error(tmp_path: Path) ->
     with pytest.raises(SafetyProcessError, match="did not start"):
         await safety.start()
     assert not safety.alive
+
+
+@pytest.mark.parametrize("layout", ["--safety-process", "--safety-thread"])
+async def test_a_journalled_cut_whose_alarm_was_lost_is_announced_after_restart(
+    tmp_path: Path, layout: str
+) -> None:
+    """The process died between the journal line and the alarm record (the window the
+    lead's note names): the restarted gateway holds the cut and reports it."""
+    sim_port = free_port()
+    site_path = _site(tmp_path, sim_port)
+    site = load_site(site_path)
+    journal = LatchStore(state_path_for(tmp_path / "buffer.db", site.config.state.path))
+    journal.record(TAG, {"condition": "cut", "latched_over_range": False})
+    journal.close()
+    sim = SiteSimulator(site)
+    await sim.start()
+    log = tmp_path / "edge.log"
+    try:
+        sim.set_value(TAG, 1.2)  # above restore, below cut: nothing new to decide
+        started = time.monotonic_ns()
+        with child(["edge", "run", "--config", str(site_path), layout], log, nice=EDGE_NICE):
+            await async_wait_until(lambda: _writes(sim, started, True), 30, "cut re-asserted")
+
+            def restored() -> list[bytes]:
+                return [
+                    a
+                    for a in _alarms(tmp_path / "buffer.db")
+                    if b'"reason":"restored"' in a and b'"level":"cut"' in a and TAG.encode() in a
+                ]
+
+            found = await async_wait_until(restored, 20, "the restored cut reported")
+            assert b'"actuators":["power-1201"]' in found[0]
+            assert b'"state":"unacknowledged"' in found[0]  # raised: the store never had it
+            deadline = time.monotonic() + WATCH_S
+            while time.monotonic() < deadline:
+                assert not _writes(sim, started, False), log.read_text()[-3000:]
+                await asyncio.sleep(0.05)
+    finally:
+        await sim.stop()
