@@ -46,12 +46,14 @@ from ruamel.yaml import YAML
 from bench._harness import (
     EDGE_NICE,
     PLANT_NICE,
+    PLANT_RT_PRIORITY,
     can_raise_priority,
     child,
     free_port,
     percentile,
     priority,
     private_mosquitto,
+    realtime,
     workdir,
 )
 from device_drivers.modbus import ModbusTcpDriver
@@ -334,6 +336,8 @@ async def measure(
         "edge_nice": edge_nice,
         "plant_nice": plant_nice,
         "gateway_safety_process": counters.get("safety_process_starts", 0),
+        "gateway_safety_realtime": counters.get("safety_realtime", 0),
+        "gateway_safety_loop_lag_worst_ms": counters.get("safety_loop_lag_worst_us", 0) / 1000,
     }
 
 
@@ -346,15 +350,21 @@ def run(
     lanes: int = 1,
     as_deployed: bool = True,
 ) -> dict[str, Any]:
-    """``as_deployed``: the gateway at the shipped unit's ``Nice=-10`` (EDGE_NICE) and the
-    simulated plant (this process and the background simulator) at PLANT_NICE, as the
-    tests that time the safety loop run them; needs root (else both stay at 0, and the
-    result says so in ``edge_nice``/``plant_nice``)."""
+    """``as_deployed``: the gateway at the shipped unit's ``Nice=-10`` (EDGE_NICE), the
+    background simulator at PLANT_NICE, and the simulated plant in this process (the
+    safety bus's sensors and breakers) real-time (SCHED_RR PLANT_RT_PRIORITY, below the
+    safety process's): the field devices a gateway talks to do not share its CPUs, and
+    on a machine loaded by other work the bench must time the gateway, not the plant's
+    turn on the CPU. Needs root; without it everything runs at nice 0 and normal policy,
+    and the result says so (``edge_nice``, ``plant_nice``, ``plant_realtime``)."""
     deployed = as_deployed and can_raise_priority()
     edge_nice = EDGE_NICE if deployed else 0
     plant_nice = PLANT_NICE if deployed else 0
-    with priority(plant_nice):
-        return asyncio.run(
+    with (
+        priority(plant_nice),
+        realtime(PLANT_RT_PRIORITY) if deployed else contextlib.nullcontext(False) as rt,
+    ):
+        result = asyncio.run(
             measure(
                 poll_ms,
                 trips,
@@ -365,3 +375,5 @@ def run(
                 plant_nice=plant_nice,
             )
         )
+    result["plant_realtime"] = bool(rt)
+    return result

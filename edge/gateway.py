@@ -464,6 +464,10 @@ class Gateway:
                 out[key] = child.get(key, 0)
             for key in ("latch_saves", "latch_errors"):
                 out[f"safety_{key}"] = child.get(key, 0)
+            out["safety_realtime"] = child.get("realtime", 0)
+            out["safety_loop_lag_max_us"] = child.get("loop_lag_max_us", 0)
+            out["safety_loop_lag_worst_us"] = child.get("loop_lag_worst_us", 0)
+            out["safety_loop_lag_late"] = child.get("loop_lag_late", 0)
             out["safety_link_samples_dropped"] = child.get("link_samples_dropped", 0)
             out["safety_link_records_dropped"] = child.get("link_records_dropped", 0)
         if self.inference is not None:
