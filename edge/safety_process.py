@@ -322,7 +322,9 @@ class SafetyCore:
             gateway_late=self._late,
         )
         self.engine.own(spec.rules)
-        self.rules: list[Rule] = [self.engine.rules[r] for r in spec.rules]
+        self.rules: list[Rule] = [
+            self.engine.rules[r] for r in spec.rules if r in self.engine.rules
+        ]
         owned = set(spec.rules)
         for tag, rule in self.engine.thresholds.items():
             if rule.id in owned:
@@ -448,7 +450,11 @@ class SafetyCore:
                     if message is None:
                         log.warning("the gateway closed the link: stopping")
                         break
-                    stopping = self._on_message(message)
+                    try:
+                        stopping = self._on_message(message)
+                    except Exception:  # one bad command must not end the safety loop
+                        self.task_failures += 1
+                        log.exception("a message from the gateway failed: %r", message)
             finally:
                 stopping = True
                 for poller in self.pollers:
