@@ -282,10 +282,9 @@ class SafetyEngine:
     def restored_transitions(self) -> list[tuple[Transition, list[str], str]]:
         """The owned rules restored from the journal in a condition other than normal, each
         as a transition from normal with reason ``restored``, the actuators it holds and
-        the rule's kind: for the alarm manager after a restart. A cut journalled just before
-        the process died may never have reached the alarm records; reported again, the
-        alarm lifecycle raises it if it does not know it and otherwise records and forwards
-        it without announcing it again (edge/alarm_manager.py)."""
+        the rule's kind: for the gateway after a restart, which raises those its alarm
+        store does not hold (a cut journalled just before the process died may never have
+        reached the alarm records)."""
         owned = self.owned
         now_ns = time.time_ns()
         found: list[tuple[Transition, list[str], str]] = []

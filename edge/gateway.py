@@ -51,6 +51,7 @@ from edge.alarm_manager import (
     ChatterPolicy,
     FloodDetector,
     alarm_db_path,
+    alarm_key,
 )
 from edge.alarms import AlarmManager, AlarmOutbox
 from edge.commands import EngineerCommands
@@ -342,6 +343,24 @@ class Gateway:
 
     # -- the safety process --------------------------------------------------------
 
+    def _report_restored(self, transition: Transition, actuators: list[str], kind: str) -> None:
+        """A condition restored from the journal after a restart: to the alarms unless the
+        alarm store already holds it active at that level (then it was raised, and its event
+        handed on, before the restart: no second record)."""
+        try:
+            known = self.alarm_store.get(alarm_key(transition.rule_id, transition.tag))
+        except Exception:  # unreadable or ambiguous: report it rather than lose it
+            log.exception("alarm state of %s unreadable", transition.rule_id)
+            known = None
+        if known is not None and known.active and known.level == transition.level.value:
+            return
+        log.warning(
+            "%s restored %s from the journal without an alarm record: raised now",
+            transition.rule_id,
+            transition.level.value,
+        )
+        self.alarms.on_transition(transition, actuators, kind=kind)
+
     def _from_safety_process(self, message: ChildMessage) -> None:
         """One message of the safety process, on this loop, in the order it was sent."""
         if isinstance(message, Telemetry):
@@ -366,6 +385,9 @@ class Gateway:
             )
             if not message.rule:
                 self._safety_levels[message.tag] = transition.level
+            if message.reason == "restored":  # a new safety process's restored condition
+                self._report_restored(transition, message.commanded, message.kind)
+                return
             self.alarms.on_transition(
                 transition,
                 message.commanded,
@@ -554,11 +576,10 @@ class Gateway:
             self.mqtt_host,
             self.mqtt_port,
         )
-        # latched conditions restored from the journal (this process's rules): reported again,
-        # the alarm lifecycle raising those it never recorded (a death between the journal
-        # line and the alarm record)
+        # latched conditions restored from the journal (this process's rules) that the alarm
+        # store does not know: raised now (a death between the journal line and the record)
         for transition, actuators, kind in self.engine.restored_transitions():
-            self.alarms.on_transition(transition, actuators, kind=kind)
+            self._report_restored(transition, actuators, kind)
         main_loop = asyncio.get_running_loop()
         self.handoff.bind(main_loop)
         self.uplink.bind(main_loop)
