@@ -716,13 +716,14 @@ class SafetyProcess:
         try:
             async with asyncio.timeout(self.start_timeout_s):
                 first = await self._frames.read()
-        except (TimeoutError, LinkCorrupt) as exc:
+        except (LinkCorrupt, OSError) as exc:  # OSError: also a broken pipe, a timeout
             first = None
-            why = (
-                f"no answer within {self.start_timeout_s:g} s"
-                if isinstance(exc, TimeoutError)
-                else str(exc)
-            )
+            if isinstance(exc, TimeoutError):
+                why = f"no answer within {self.start_timeout_s:g} s"
+            elif isinstance(exc, ConnectionError):
+                why = f"it exited before it was ready ({exc.strerror or exc})"
+            else:
+                why = str(exc)
         else:
             why = "it exited before it was ready"
         if not isinstance(first, Ready):
@@ -756,6 +757,8 @@ class SafetyProcess:
             except LinkCorrupt as exc:
                 self.corrupt += 1
                 log.critical("safety process %d: link corrupt (%s); killing it", self.pid, exc)
+            except OSError as exc:  # the link broke (reset) with the process
+                log.critical("safety process %d: link lost (%s)", self.pid, exc)
             rc = await self._kill()
             if self.stopping:
                 return

@@ -9,7 +9,7 @@ real simulator:
 - garbage on the link: a frame that does not decode is counted and skipped (the safety
   process keeps cutting); a stream that cannot be framed any more ends that safety
   process, and the gateway cuts fail-safe and starts a new one;
-- a safety process that cannot start: the gateway does not run.
+- a safety process that cannot start: the gateway does not run (`edge run` exits 1).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import os
 import re
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -277,3 +279,31 @@ async def test_a_journalled_cut_whose_alarm_was_lost_is_announced_after_restart(
                 await asyncio.sleep(0.05)
     finally:
         await sim.stop()
+
+
+def test_edge_run_fails_loudly_when_its_safety_process_cannot_start(tmp_path: Path) -> None:
+    """A real `edge run` whose safety process exits at once (its interpreter is /bin/false
+    here: the nearest thing to a broken install that leaves the gateway itself working)."""
+    site_path = _site(tmp_path, free_port())
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.executable = '/bin/false'; "
+            "from safewatch.cli import app; app(prog_name='safewatch')",
+            "edge",
+            "run",
+            "--config",
+            str(site_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "the gateway does not run without its safety process" in out, out[-3000:]
+    assert "did not start" in out
+    assert time.monotonic() - started < 60
