@@ -443,8 +443,8 @@ class SafetyCore:
                 while not stopping:
                     try:
                         message = await frames.read()
-                    except LinkCorrupt as exc:
-                        log.critical("link from the gateway corrupt (%s): stopping", exc)
+                    except (LinkCorrupt, OSError) as exc:
+                        log.critical("link from the gateway broken (%s): stopping", exc)
                         message = None
                     self.garbage = frames.garbage
                     if message is None:
