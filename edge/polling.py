@@ -223,6 +223,15 @@ class _Schedule:
         return self.health.breaker != "closed"
 
 
+def _wake_up(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)
+
+
+def _poll_order(sched: _Schedule) -> tuple[int, float]:
+    return sched.priority, sched.next_due
+
+
 SampleSink = Callable[[Sample], object]
 BlockSink = Callable[[Sequence[Sample]], object]
 
@@ -269,6 +278,7 @@ class BusPoller:
         self.health = BusHealth(bus_id)
         # side reads waiting for slack: (plan, caller's future, queued at)
         self._side: deque[tuple[ReadPlan, asyncio.Future[Sequence[Sample]], float]] = deque()
+        self._nap: asyncio.Future[None] | None = None  # the plain sleep of a bus without outputs
         self._side_cost_s: float | None = None  # longest recent side read
         self.side_reads = 0
         self._schedules: dict[str, _Schedule] = {}
@@ -348,12 +358,17 @@ class BusPoller:
             start = self._clock()
             for sched in self._schedules.values():
                 sched.next_due = start
+            # a bus without outputs never has a command to write: no look at the interlock
+            # three times a read, and its sleep needs no wake event (a plain timer, where the
+            # event's timeout cost a cancelled task and two exceptions every cycle)
+            outputs = bool(self._outputs)
             while not self._stopping:
-                await self.execute_commands()
+                if outputs:
+                    await self.execute_commands()
                 now = self._clock()
                 due = sorted(
                     (s for s in self._schedules.values() if not s.dead and s.next_due <= now),
-                    key=lambda s: (s.priority, s.next_due),
+                    key=_poll_order,
                 )
                 for sched in due:
                     if self._stopping:
@@ -361,14 +376,16 @@ class BusPoller:
                     if sched.priority != SAFETY and self._pressed():
                         self._hold_back(sched)
                         continue
-                    await self.execute_commands()  # actuators first, always
+                    if outputs:
+                        await self.execute_commands()  # actuators first, always
                     await self._poll(sched)
-                    # fast path: a cut this read decided goes out before the loop yields
-                    # to anything else (background buses, uplink, watchdogs)
-                    await self.execute_commands()
+                    if outputs:
+                        # fast path: a cut this read decided goes out before the loop yields
+                        # to anything else (background buses, uplink, watchdogs)
+                        await self.execute_commands()
                 await self._probe_one()
                 await self._side_reads()
-                await self._sleep_until_due(wake)
+                await self._sleep_until_due(wake if outputs else None)
         finally:
             while self._side:
                 _, future, _ = self._side.popleft()
@@ -391,6 +408,9 @@ class BusPoller:
         future: asyncio.Future[Sequence[Sample]] = asyncio.get_running_loop().create_future()
         self._side.append((plan, future, self._clock()))
         self.interlock.wake_event(self.bus_id).set()
+        nap = self._nap
+        if nap is not None and not nap.done():
+            nap.set_result(None)  # a bus without outputs sleeps without the wake event
         return await future
 
     @property
@@ -485,22 +505,36 @@ class BusPoller:
         typical = health.latency_max_s or self.health.latency_avg_s or 0.0
         return min(self.timeout_s, max(0.05, 3 * typical))
 
-    async def _sleep_until_due(self, wake: asyncio.Event) -> None:
+    async def _sleep_until_due(self, wake: asyncio.Event | None) -> None:
+        """Until the next poll (or probe, or command) is due; ``wake`` (None: the bus has
+        no outputs) cuts the sleep short when a command becomes due."""
         now = self._clock()
         wake_at = min((s.next_due for s in self._schedules.values()), default=math.inf)
         if self._side:  # a side read out of patience runs at the latest then
             wake_at = min(wake_at, self._side[0][2] + self.side_patience_s)
         if any(s.deferred_since is not None for s in self._schedules.values()):
             wake_at = min(wake_at, self._next_healthy_due())
-        command_due = self.interlock.next_due(self.bus_id, now)
-        if command_due is not None:
-            wake_at = min(wake_at, command_due)
+        if wake is not None:
+            command_due = self.interlock.next_due(self.bus_id, now)
+            if command_due is not None:
+                wake_at = min(wake_at, command_due)
         delay = wake_at - now
         if delay <= 0:
             await asyncio.sleep(0)  # let other tasks run between busy cycles
             return
         if math.isinf(delay):
             delay = 1.0  # no devices to poll: still look for commands now and then
+        if wake is None:
+            # one future and one timer: woken early only by a side read (side_read)
+            loop = asyncio.get_running_loop()
+            nap = self._nap = loop.create_future()
+            timer = loop.call_later(delay, _wake_up, nap)
+            try:
+                await nap
+            finally:
+                timer.cancel()
+                self._nap = None
+            return
         wake.clear()
         try:
             async with asyncio.timeout(delay):

@@ -6,6 +6,7 @@ register-level I/O replaced by dictionaries: a fake at the transport seam."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -405,3 +406,74 @@ async def test_stop_completes_even_when_a_driver_swallows_the_cancel(tmp_path: A
     await asyncio.wait_for(task, 10)
     assert SwallowingBus.swallowed == 1
     assert time.monotonic() - started < 5
+
+
+class CountingInterlock(Interlock):
+    """Counts the poller's questions to the interlock."""
+
+    calls = 0
+
+    def take_commands(self, bus: str, now: float | None = None) -> list[Any]:
+        type(self).calls += 1
+        return super().take_commands(bus, now)
+
+    def next_due(self, bus: str, now: float | None = None) -> float | None:
+        type(self).calls += 1
+        return super().next_due(bus, now)
+
+
+async def test_a_bus_without_outputs_keeps_its_period_without_asking_the_interlock() -> None:
+    """No actuator on the bus: no command can ever be due there, so the poller neither
+    looks for one (three times a read before) nor sleeps on the command wake event; it
+    still polls on its grid."""
+    raw = make_site(poll_ms=50).config.model_dump(mode="json", exclude_none=True)
+    raw["devices"] = [d for d in raw["devices"] if d["id"] != "breaker"]
+    raw["actuators"] = []
+    for device in raw["devices"]:
+        for t in device["tags"]:
+            t.pop("actuators", None)
+    site = LoadedSite(source="test", config=SiteConfig.model_validate(raw), profiles=PROFILES)
+    bus = FakeBus()
+    bus.set(1, "holding", 0, f32(0.3))
+    starts: list[float] = []
+    interlock = CountingInterlock(site)
+    async with polling(
+        site,
+        bus,
+        lambda s: starts.append(time.monotonic()) if s.tag == "CH4_A" else None,
+        interlock=interlock,
+    ) as poller:
+        await async_wait_until(lambda: len(starts) >= 12, 5, "a dozen polls")
+        assert poller._outputs == {}
+    assert CountingInterlock.calls == 0
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert sum(gaps) / len(gaps) > 0.04  # sleeps until the next 50 ms slot: no busy loop
+
+
+async def test_a_side_read_wakes_a_bus_without_outputs_at_once() -> None:
+    """The plain sleep of a bus without outputs still ends when a side read (a waveform
+    block) is queued: it does not wait for the next poll, two seconds away."""
+    raw = {
+        "site": {"id": "s1"},
+        "gateway": {"id": "gw1"},
+        "buses": [{"id": "net", "type": "modbus_tcp", "host": "127.0.0.1", "timeout_ms": 200}],
+        "devices": [
+            {"id": "roof", "bus": "net", "unit_id": 3, "poll_ms": 2000,
+             "tags": [{"name": "ROOF_1", "profile": "roof_separation", "address": 0,
+                       "location": LOCATION}]},
+        ],
+    }  # fmt: skip
+    site = LoadedSite(source="test", config=SiteConfig.model_validate(raw), profiles=PROFILES)
+    bus = FakeBus()
+    bus.set(3, "holding", 0, f32(1.5))
+    seen: list[Sample] = []
+    async with polling(site, bus, seen.append) as poller:
+        assert not poller.safety_class
+        await async_wait_until(lambda: seen, 5, "the first poll")
+        await asyncio.sleep(0.05)  # the poller is asleep until its next poll, 2 s away
+        began = time.monotonic()
+        got = await asyncio.wait_for(poller.side_read(poller.plan("roof")), 5)
+        took = time.monotonic() - began
+    assert [s.tag for s in got] == ["ROOF_1"] and poller.side_reads == 1
+    assert took < 1.0, took
+    assert len(seen) == 1  # no poll came between: the side read did not wait for one
