@@ -8,7 +8,9 @@ Publishing is pipelined: up to ``window`` QoS 1 messages are in flight at once
 (each aiomqtt ``publish`` returns after its PUBACK; paho's in-flight limit is
 set to the same window). PUBACKed sequence numbers are acknowledged in the
 buffer in batches, in the same thread round trip that reads the next messages
-(:meth:`StoreAndForwardBuffer.exchange`). Order within a session: alarms
+(:meth:`StoreAndForwardBuffer.exchange`); a PUBACK asks for that round trip only
+when it can publish more (a backlog to refill the window from) or when it is the
+last of the window, not once per PUBACK. Order within a session: alarms
 first, then live telemetry (stored after the session began), then the backlog
 oldest first, at most ``drain_points_per_s`` points per second (``None``: as
 fast as the broker takes it). A resend after a lost PUBACK is possible; the
@@ -245,6 +247,9 @@ class _Pipeline:
         self.inflight: dict[asyncio.Task[None], PendingMessage] = {}
         self.acked: list[int] = []
         self.error: BaseException | None = None
+        # the last read filled the room it had: the buffer may hold more (a backlog), so
+        # every PUBACK that frees a slot is worth a read; else only the last one of the window
+        self.more = True
         rate = owner.drain_points_per_s
         self.tokens = rate if rate is not None else 0.0
         self.refilled = time.monotonic()
@@ -259,7 +264,18 @@ class _Pipeline:
             self.owner.published += 1
         elif self.error is None:
             self.error = exc
-        self.owner._wake.set()
+        # A PUBACK wakes the loop (a buffer round trip: acks deleted, next rows read) only
+        # when that can publish something: the buffer has more, the window has drained, a
+        # batch of acks is waiting, or an error must be raised. Live telemetry comes a few
+        # messages at a time (notify() wakes for those): one round trip for the lot of
+        # them, not one per PUBACK.
+        if (
+            self.more
+            or not self.inflight
+            or len(self.acked) >= self.owner.batch
+            or self.error is not None
+        ):
+            self.owner._wake.set()
 
     def _backlog_allowance(self) -> int | None:
         rate = self.owner.drain_points_per_s
@@ -287,6 +303,8 @@ class _Pipeline:
                     )
                 except BufferStorageError as exc:
                     log.error("cannot read the buffer: %s", exc)
+            if room > 0:
+                self.more = len(messages) >= room
             backlog = self.cursor.boundary
             for message in messages:
                 if message.kind != "alarm" and message.seq <= backlog:

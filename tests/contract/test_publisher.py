@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -232,3 +233,47 @@ async def test_broker_lost_with_a_full_window_in_flight_loses_nothing(tmp_path: 
     finally:
         broker.stop()
         buffer.close()
+
+
+class CountingBuffer(StoreAndForwardBuffer):
+    """The real buffer, counting the publisher's round trips and the acks they carry."""
+
+    exchanges = 0
+    acks_carried = 0
+
+    def exchange(
+        self, acks: Any, cursor: Any, limit: int, backlog_points: int | None = None
+    ) -> Any:
+        type(self).exchanges += 1
+        type(self).acks_carried += len(acks)
+        return super().exchange(acks, cursor, limit, backlog_points)
+
+
+async def test_live_messages_take_one_round_trip_for_their_acks_not_one_each(
+    tmp_path: Path, broker: Broker
+) -> None:
+    """Live telemetry arrives a few messages at a time: their PUBACKs are acknowledged in
+    the buffer together (one thread round trip and one delete), not one by one."""
+    buffer = CountingBuffer(tmp_path / "buf.db", 10_000_000, site=SITE, gateway=GATEWAY)
+    async with subscribed(broker) as sub:
+        publisher = make_publisher(buffer, broker)
+        publisher.idle_poll_s = 30  # only notify() and PUBACKs wake it in this test
+        async with running(publisher):
+            await async_wait_until(lambda: publisher.connected, 10, "connected")
+            await async_wait_until(lambda: CountingBuffer.exchanges >= 1, 5, "first read")
+            for round_ in range(3):
+                before = CountingBuffer.exchanges
+                stored = [buffer.append_telemetry([point(value=0.01 * i)]) for i in range(8)]
+                publisher.notify()
+                want = 8 * (round_ + 1)
+
+                def delivered(want: int = want) -> bool:
+                    return not buffer.pending() and len(sub.data()) == want
+
+                await async_wait_until(delivered, 10, "delivered and acked")
+                assert stored[-1] in sub.data()
+                # one read of the 8, one round trip with their 8 acks (at most one more
+                # where a PUBACK raced the read); one per PUBACK would be 9
+                assert CountingBuffer.exchanges - before <= 3
+    assert CountingBuffer.acks_carried == 24
+    buffer.close()
