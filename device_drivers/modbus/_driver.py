@@ -282,6 +282,7 @@ class ModbusDriver(LazyConnection):
         self._in_flight = False  # a request is waiting for its answer
         self._gap_s = link.gap_s if isinstance(link, ModbusSerialLink) else 0.0
         self._quiet_from = 0.0  # monotonic time the line was last busy (RTU gap)
+        self._answered_at = 0.0  # when the waiting lean read's answer frame was complete
         self.garbage_frames = 0
         self.crc_errors = 0
         # read() goes through read_registers only where a subclass replaced it (a fake
@@ -423,6 +424,9 @@ class ModbusDriver(LazyConnection):
                 continue
             if not future.done():
                 future.set_result(pdu)
+                # the line went quiet when the answer's last byte came, not when we are
+                # done with it: the next request's silent interval counts from here
+                self._answered_at = time.monotonic()
             break
         return used
 
@@ -469,6 +473,7 @@ class ModbusDriver(LazyConnection):
             tid = ctx.getNextTID()
             frame = framer.encode(_READ_PDU.pack(function, address, count), unit, tid)
             self._pending = (future, unit, tid)
+            self._answered_at = 0.0
             self._in_flight = True
             ctx.recv_buffer = b""  # what is left of an earlier answer is not this one's
             timer = loop.call_later(timeout, _expire, future)
@@ -495,7 +500,7 @@ class ModbusDriver(LazyConnection):
                 self._pending = None
                 self._in_flight = False
                 if self._gap_s:
-                    self._quiet_from = time.monotonic()
+                    self._quiet_from = self._answered_at or time.monotonic()
         return self._registers_of(device, what, pdu, function, count)
 
     def _registers_of(self, device: str, what: str, pdu: bytes, function: int, count: int) -> bytes:
