@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.gateway import cpu_s, process_tree, rss_mb
+from bench.gateway import cpu_s, process_tree, rss_mb, timer_floor
 from tests.support import wait_until
 
 # a child that starts a grandchild, burns a little CPU, then waits (both exit with stdin)
@@ -37,3 +37,10 @@ def test_process_tree_cpu_and_rss_include_descendants() -> None:
         proc.wait(timeout=10)
     assert process_tree(proc.pid) == [proc.pid]  # gone: nothing below, nothing counted
     assert cpu_s(proc.pid) == 0.0 and rss_mb(proc.pid) == 0.0
+
+
+def test_timer_floor_measures_a_bare_loop() -> None:
+    floor = timer_floor(0.05, 4, duration_s=0.5, nice=0)
+    assert set(floor) == {"timer_floor_p50_ms", "timer_floor_p99_ms", "timer_floor_max_ms"}
+    assert 0 <= floor["timer_floor_p50_ms"] <= floor["timer_floor_p99_ms"]
+    assert floor["timer_floor_p99_ms"] <= floor["timer_floor_max_ms"]
