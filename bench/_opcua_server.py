@@ -1,7 +1,8 @@
 """A bare asyncua server for ``safewatch bench opcua``: N Double variables, optional churn.
 
-Run as ``python -m bench._opcua_server PORT NODES CHURN_HZ``; prints ``ready`` once it
-listens. With CHURN_HZ > 0 every variable gets a new value CHURN_HZ times a second.
+Run as ``python -m bench._opcua_server PORT NODES CHURN_HZ [FIRST]``; prints ``ready`` once
+it listens. The variables are ``ns=2;s=v<FIRST>`` ... (FIRST: 0 by default). With
+CHURN_HZ > 0 every variable gets a new value CHURN_HZ times a second.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from asyncua import Server, ua
 from device_drivers.opcua import quieten_asyncua
 
 
-async def serve(port: int, nodes: int, churn_hz: float) -> None:
+async def serve(port: int, nodes: int, churn_hz: float, first: int = 0) -> None:
     server = Server()
     await server.init()
     server.set_endpoint(f"opc.tcp://127.0.0.1:{port}/bench")
@@ -22,7 +23,7 @@ async def serve(port: int, nodes: int, churn_hz: float) -> None:
     ns = await server.register_namespace("urn:safewatch:bench")
     folder = await server.nodes.objects.add_folder(ua.NodeId("Bench", ns), "Bench")
     ids = []
-    for i in range(nodes):
+    for i in range(first, first + nodes):
         var = await folder.add_variable(ua.NodeId(f"v{i}", ns), f"v{i}", float(i))
         ids.append(var.nodeid)
     quieten_asyncua()
@@ -42,4 +43,5 @@ async def serve(port: int, nodes: int, churn_hz: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])))
+    first = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    asyncio.run(serve(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), first))

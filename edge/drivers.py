@@ -84,5 +84,8 @@ def _opcua_driver(bus: OpcUaBus, timeout_s: float) -> DeviceDriver:
         namespace=bus.namespace,
         security=security,
         publishing_ms=bus.publishing_ms,
+        max_nodes_per_read=bus.max_nodes_per_read,
+        reads_in_flight=bus.reads_in_flight,
+        publish_requests=bus.publish_requests,
     )
     return OpcUaDriver(bus.id, endpoint, timeout_s)

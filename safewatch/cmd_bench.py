@@ -297,18 +297,52 @@ def inference(
 
 @app.command("opcua")
 def opcua(
-    nodes: Annotated[int, typer.Option("--nodes", min=10, help="Variables on the server.")] = 2000,
+    nodes: Annotated[
+        int, typer.Option("--nodes", min=10, help="Variables on the server(s).")
+    ] = 2000,
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="Length of each phase.")] = 10,
     churn_hz: Annotated[
         float, typer.Option("--churn-hz", min=0.1, help="Server value changes/s per variable.")
     ] = 5,
+    servers: Annotated[
+        int,
+        typer.Option(
+            "--servers", min=1, help="Server processes the nodes are spread over (a bus each)."
+        ),
+    ] = 1,
+    max_nodes_per_read: Annotated[
+        int, typer.Option("--max-nodes-per-read", min=1, help="Nodes in one Read request.")
+    ] = 500,
+    reads_in_flight: Annotated[
+        int, typer.Option("--reads-in-flight", min=1, help="Read requests sent at once.")
+    ] = 4,
+    publish_requests: Annotated[
+        int,
+        typer.Option("--publish-requests", min=1, help="PublishRequests kept outstanding."),
+    ] = 3,
+    publishing_ms: Annotated[
+        float, typer.Option("--publishing-ms", min=10, help="Subscription publishing interval.")
+    ] = 50,
 ) -> None:
-    """OPC UA driver: batched-read values/s (asyncua baseline) and subscription notifications/s."""
+    """OPC UA driver: batched-read values/s (asyncua baseline) and subscription notifications/s,
+    with the servers' CPU."""
     from bench._harness import emit
     from bench.opcua import run
 
     typer.echo(
-        f"opcua: {nodes} nodes; {seconds} s batched reads (driver, then asyncua read_values), "
-        f"{seconds} s subscription with every value changing {churn_hz}/s (server in a child)"
+        f"opcua: {nodes} nodes on {servers} server(s); {seconds} s batched reads (driver, then "
+        f"asyncua read_values), {seconds} s subscription with every value changing "
+        f"{churn_hz}/s (servers in child processes)"
     )
-    emit(run(nodes=nodes, seconds=seconds, churn_hz=churn_hz))
+    emit(
+        run(
+            nodes=nodes,
+            seconds=seconds,
+            churn_hz=churn_hz,
+            servers=servers,
+            max_nodes_per_read=max_nodes_per_read,
+            reads_in_flight=reads_in_flight,
+            publish_requests=publish_requests,
+            publishing_ms=publishing_ms,
+        )
+    )

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import struct
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -41,8 +42,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from asyncua import Client, ua
+from asyncua.client.ua_client import UASocketProtocol
+from asyncua.common.utils import Buffer
 from asyncua.crypto import security_policies
-from asyncua.ua.uaerrors import UaError, UaStatusCodeError
+from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.ua.uaerrors import BadTimeout, UaError, UaStatusCodeError
 from cryptography import x509
 
 from device_drivers._connection import LazyConnection
@@ -62,6 +66,7 @@ from device_drivers.opcua._address import (
     quality_of_status,
     status_name,
 )
+from device_drivers.opcua._codec import decode_publish_response, decode_read_response
 from device_drivers.opcua._logs import quieten_asyncua
 
 __all__ = ["OpcUaDriver", "OpcUaEndpoint", "OpcUaPlan", "OpcUaSecurity", "judge_value"]
@@ -123,6 +128,15 @@ class OpcUaEndpoint:
     security: OpcUaSecurity = OpcUaSecurity()
     publishing_ms: float = 200.0
     watchdog_s: float = 1.0
+    max_nodes_per_read: int = 500
+    reads_in_flight: int = 4
+    publish_requests: int = 3
+
+    def __post_init__(self) -> None:
+        if min(self.max_nodes_per_read, self.reads_in_flight, self.publish_requests) < 1:
+            raise ValueError(
+                "max_nodes_per_read, reads_in_flight and publish_requests must be >= 1"
+            )
 
     def __str__(self) -> str:
         return self.url
@@ -131,13 +145,13 @@ class OpcUaEndpoint:
 class OpcUaPlan:
     """A device's points split into subscribed ones and ones read every poll.
 
-    ``requests`` is what one poll costs on the wire: one Read when the device
-    has read-mode points, none when all its points are subscribed.
+    ``requests`` is what one poll costs on the wire: one Read per
+    ``max_nodes_per_read`` read-mode points, none when all its points are subscribed.
     """
 
-    __slots__ = ("device", "points", "polled", "subscribed")
+    __slots__ = ("device", "max_nodes_per_read", "points", "polled", "subscribed")
 
-    def __init__(self, device: DeviceSpec) -> None:
+    def __init__(self, device: DeviceSpec, max_nodes_per_read: int = 500) -> None:
         points: list[OpcUaPoint] = []
         for spec in device.points:
             if not isinstance(spec.address, OpcUaPoint):
@@ -147,16 +161,28 @@ class OpcUaPlan:
         self.points = tuple(points)
         self.subscribed = tuple(i for i, p in enumerate(points) if p.subscribe)
         self.polled = tuple(i for i, p in enumerate(points) if not p.subscribe)
+        self.max_nodes_per_read = max_nodes_per_read
 
     @property
     def requests(self) -> int:
-        return 1 if self.polled else 0
+        return math.ceil(len(self.polled) / self.max_nodes_per_read)
 
     def __repr__(self) -> str:
         return (
             f"OpcUaPlan({self.device.id!r}, subscribed={len(self.subscribed)}, "
             f"polled={len(self.polled)})"
         )
+
+
+@dataclass(slots=True)
+class _Reads:
+    """A plan's read-mode points resolved once per session, and their Read requests."""
+
+    plan: OpcUaPlan
+    generation: int
+    readable: list[tuple[int, ua.NodeId | int]]  # (point index, node id or a status code)
+    asked: list[ua.NodeId]
+    batches: list[ua.ReadParameters]
 
 
 @dataclass(slots=True)
@@ -196,16 +222,6 @@ def _number(raw: Any) -> float | None:
         number = float(raw)
         return number if math.isfinite(number) else None
     return None
-
-
-def _status(dv: ua.DataValue) -> int:
-    code = dv.StatusCode
-    return _GOOD if code is None else int(code.value)
-
-
-def _raw(dv: ua.DataValue) -> Any:
-    variant = dv.Value
-    return None if variant is None else variant.Value
 
 
 def _application_uri(certificate: str, fallback: str) -> str:
@@ -261,9 +277,12 @@ class OpcUaDriver(LazyConnection):
         self._subscription_id: int | None = None
         self._last_publish = 0.0
         self._watches: dict[int, tuple[OpcUaPlan, _Watch]] = {}  # id(plan) -> watch
+        self._reads: dict[int, _Reads] = {}  # id(plan) -> its Read requests
+        self._publishers: list[asyncio.Task[None]] = []  # publish loops beside asyncua's
         self._handles: dict[int, tuple[_Watch, int]] = {}
         self._next_handle = 1
         self.notifications = 0
+        self.malformed_publishes = 0
         self.reconnects = 0
         self.sessions = 0
 
@@ -279,6 +298,11 @@ class OpcUaDriver(LazyConnection):
     async def close(self) -> None:
         """Close the session; a later call reconnects."""
         client, self._client = self._client, None
+        publishers, self._publishers = self._publishers, []
+        for task in publishers:
+            task.cancel()
+        if publishers:
+            await asyncio.gather(*publishers, return_exceptions=True)
         self._forget_session()
         if client is not None:
             await _discard(client, self.timeout_s)
@@ -286,6 +310,7 @@ class OpcUaDriver(LazyConnection):
     def _forget_session(self) -> None:
         self._subscription_id = None
         self._watches.clear()
+        self._reads.clear()
         self._handles.clear()
         self._node_ids.clear()
         self._namespace_index = None
@@ -377,26 +402,84 @@ class OpcUaDriver(LazyConnection):
             raise DeviceUnavailable(device, f"connection lost during {what}: {exc}") from exc
         except UaError as exc:
             raise DecodeError(device, f"{what}: {_describe(exc)}") from exc
+        except (struct.error, IndexError) as exc:
+            raise DecodeError(device, f"{what}: malformed answer: {exc}") from exc
         finally:
             if not task.done():
                 task.cancel()
                 task.add_done_callback(_consume)
 
+    def _read_batches(self, node_ids: Sequence[ua.NodeId]) -> list[ua.ReadParameters]:
+        """The Read requests for ``node_ids``: at most ``max_nodes_per_read`` nodes each."""
+        size = self.endpoint.max_nodes_per_read
+        batches = []
+        for first in range(0, len(node_ids), size):
+            params = ua.ReadParameters()
+            params.MaxAge = 0
+            params.TimestampsToReturn = ua.TimestampsToReturn.Neither
+            params.NodesToRead = [
+                ua.ReadValueId(NodeId=nid, AttributeId=ua.AttributeIds.Value)
+                for nid in node_ids[first : first + size]
+            ]
+            batches.append(params)
+        return batches
+
     async def _read_values(
-        self, client: Client, device: str, node_ids: Sequence[ua.NodeId]
-    ) -> list[ua.DataValue]:
-        params = ua.ReadParameters()
-        params.MaxAge = 0
-        params.TimestampsToReturn = ua.TimestampsToReturn.Neither
-        params.NodesToRead = [
-            ua.ReadValueId(NodeId=nid, AttributeId=ua.AttributeIds.Value) for nid in node_ids
-        ]
-        values: list[ua.DataValue] = await self._call(
-            device, f"read of {len(node_ids)} node(s)", client.uaclient.read(params)
-        )
+        self,
+        client: Client,
+        device: str,
+        node_ids: Sequence[ua.NodeId],
+        batches: Sequence[ua.ReadParameters] | None = None,
+    ) -> tuple[list[Any], list[int]]:
+        """Read ``node_ids`` (in ``batches``, built when not given): every batch is sent at
+        once, up to ``reads_in_flight`` on the session together, so the server works on the
+        next one while this side decodes the last (the server answers them in order)."""
+        if batches is None:
+            batches = self._read_batches(node_ids)
+        if len(batches) == 1:
+            values, status = await self._read_batch(client, device, batches[0])
+        else:
+            values, status = await self._read_pipelined(client, device, batches)
         if len(values) != len(node_ids):
             raise DecodeError(device, f"read {len(node_ids)} node(s), got {len(values)} value(s)")
-        return values
+        return values, status
+
+    async def _read_batch(
+        self, client: Client, device: str, params: ua.ReadParameters
+    ) -> tuple[list[Any], list[int]]:
+        """One Read request; the answer decoded by :func:`decode_read_response`."""
+        asked = len(params.NodesToRead)
+        request = ua.ReadRequest()
+        request.Parameters = params
+
+        async def read() -> tuple[list[Any], list[int]]:
+            data = await _protocol(client, device).send_request(request)
+            return decode_read_response(bytes(data))
+
+        values, status = await self._call(device, f"read of {asked} node(s)", read())
+        if len(values) != asked:
+            raise DecodeError(device, f"read {asked} node(s), got {len(values)} value(s)")
+        return values, status
+
+    async def _read_pipelined(
+        self, client: Client, device: str, batches: Sequence[ua.ReadParameters]
+    ) -> tuple[list[Any], list[int]]:
+        gate = asyncio.Semaphore(self.endpoint.reads_in_flight)
+
+        async def one(params: ua.ReadParameters) -> tuple[list[Any], list[int]]:
+            async with gate:
+                return await self._read_batch(client, device, params)
+
+        tasks = [asyncio.ensure_future(one(params)) for params in batches]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one failed (or we were cancelled): the rest are moot
+                if not task.done():
+                    task.cancel()
+                    task.add_done_callback(_consume)
+            raise
+        return [v for part in parts for v in part[0]], [c for part in parts for c in part[1]]
 
     # -- addressing ------------------------------------------------------------------
 
@@ -476,28 +559,34 @@ class OpcUaDriver(LazyConnection):
 
     # -- subscription ----------------------------------------------------------------
 
+    def _on_change(self, handle: int, value: Any, status: int) -> None:
+        """One monitored item's new value (from :func:`decode_publish_response`)."""
+        target = self._handles.get(handle)
+        if target is not None:
+            watch, slot = target
+            watch.values[slot] = value
+            watch.status[slot] = status
+
     def _on_publish(self, result: ua.PublishResult) -> None:
-        """Called by asyncua's publish loop for every publish response (keep-alives too)."""
+        """A publish response asyncua decoded (one that is not only data changes)."""
         if result.SubscriptionId != self._subscription_id:
             return
         self._last_publish = time.monotonic()
         data = result.NotificationMessage.NotificationData
         if not data:
             return
-        handles = self._handles
         count = 0
         for notification in data:
             if isinstance(notification, ua.DataChangeNotification):
                 for item in notification.MonitoredItems:
-                    target = handles.get(item.ClientHandle)
-                    if target is None:
-                        continue
-                    watch, slot = target
                     dv = item.Value
                     variant = dv.Value
-                    watch.values[slot] = None if variant is None else variant.Value
                     code = dv.StatusCode
-                    watch.status[slot] = _GOOD if code is None else code.value
+                    self._on_change(
+                        item.ClientHandle,
+                        None if variant is None else variant.Value,
+                        _GOOD if code is None else int(code.value),
+                    )
                     count += 1
             elif isinstance(notification, ua.StatusChangeNotification):
                 status = notification.Status
@@ -505,6 +594,68 @@ class OpcUaDriver(LazyConnection):
                     log.warning("%s: subscription ended by the server: %s", self.name, status.name)
                     self._lost = True
         self.notifications += count
+
+    def _published(self, raw: bytes, subscription_id: int) -> int | None:
+        """Apply one publish response; the sequence number to acknowledge, if any."""
+        decoded = decode_publish_response(raw, self._on_change)
+        if decoded is None:  # a status change or events: asyncua decodes it
+            response = struct_from_binary(ua.PublishResponse, Buffer(raw))
+            result = response.Parameters
+            if result.SubscriptionId != subscription_id:
+                return None
+            self._on_publish(result)
+            message = result.NotificationMessage
+            return int(message.SequenceNumber) if message.NotificationData else None
+        subscription, sequence, messages, notified = decoded
+        if subscription != subscription_id:
+            return None
+        self._last_publish = time.monotonic()
+        self.notifications += notified
+        return sequence if messages else None
+
+    async def _publish_loop(self, client: Client, subscription_id: int) -> None:
+        """Keep one PublishRequest outstanding for the session; each response is decoded by
+        :func:`decode_publish_response` into the watches' slots and acknowledged with the
+        next request. Ends with the session (the liveness checks then drop the client)."""
+        acks: list[ua.SubscriptionAcknowledgement] = []
+        while client is self._client and not self._lost:
+            request = ua.PublishRequest()
+            request.Parameters.SubscriptionAcknowledgements = acks
+            try:
+                protocol = _protocol(client, self.name)
+                data = await protocol.send_request(request, timeout=0)  # the server holds it
+            except BadTimeout:
+                acks = []
+                continue
+            except (UaError, ConnectionError, OSError) as exc:
+                # BadNoSubscription, BadTooManyPublishRequests, the session gone...
+                log.debug("%s: publish loop ended: %s", self.name, _describe(exc))
+                return
+            acks = []
+            try:
+                sequence = self._published(bytes(data), subscription_id)
+            except (struct.error, IndexError, UaError) as exc:
+                self.malformed_publishes += 1
+                log.warning("%s: undecodable publish response: %s", self.name, _describe(exc))
+                continue
+            if sequence is not None:
+                acks.append(
+                    ua.SubscriptionAcknowledgement(
+                        SubscriptionId=subscription_id, SequenceNumber=sequence
+                    )
+                )
+
+    async def _create_subscription(
+        self, client: Client, params: ua.CreateSubscriptionParameters
+    ) -> ua.CreateSubscriptionResult:
+        # sent without asyncua's subscription layer: it would start its own publish loop
+        request = ua.CreateSubscriptionRequest()
+        request.Parameters = params
+        data = await _protocol(client, self.name).send_request(request)
+        response = struct_from_binary(ua.CreateSubscriptionResponse, data)
+        response.ResponseHeader.ServiceResult.check()
+        result: ua.CreateSubscriptionResult = response.Parameters
+        return result
 
     async def _subscribe(self, client: Client, device: str) -> int:
         if self._subscription_id is not None:
@@ -519,12 +670,19 @@ class OpcUaDriver(LazyConnection):
         params.PublishingEnabled = True
         params.Priority = 0
         result = await self._call(
-            device,
-            "create subscription",
-            client.uaclient.create_subscription(params, self._on_publish),
+            device, "create subscription", self._create_subscription(client, params)
         )
         self._subscription_id = int(result.SubscriptionId)
         self._last_publish = time.monotonic()
+        # Several PublishRequests outstanding (OPC UA Part 4, 5.13.5): with one, the server
+        # waits a round trip after each response before it can send the next.
+        for n in range(self.endpoint.publish_requests):
+            self._publishers.append(
+                asyncio.create_task(
+                    self._publish_loop(client, self._subscription_id),
+                    name=f"opcua-publish:{self.name}:{n}",
+                )
+            )
         revised = float(result.RevisedPublishingInterval or period)
         self._keepalive_s = revised * int(result.RevisedMaxKeepAliveCount or keepalive) / 1000
         return self._subscription_id
@@ -552,10 +710,12 @@ class OpcUaDriver(LazyConnection):
         if not readable:
             self._watches[id(plan)] = (plan, watch)
             return watch
-        seeded = await self._read_values(client, device, [nid for _, nid in readable])
-        for (j, _), dv in zip(readable, seeded, strict=True):
-            watch.values[j] = _raw(dv)
-            watch.status[j] = _status(dv)
+        seeded, seeded_status = await self._read_values(
+            client, device, [nid for _, nid in readable]
+        )
+        for (j, _), value, code in zip(readable, seeded, seeded_status, strict=True):
+            watch.values[j] = value
+            watch.status[j] = code
         subscription = await self._subscribe(client, device)
         items = []
         period = self.endpoint.publishing_ms
@@ -616,7 +776,7 @@ class OpcUaDriver(LazyConnection):
     # -- DeviceDriver ----------------------------------------------------------------
 
     def plan(self, device: DeviceSpec) -> OpcUaPlan:
-        return OpcUaPlan(device)
+        return OpcUaPlan(device, self.endpoint.max_nodes_per_read)
 
     async def read(self, plan: ReadPlan, *, timeout_s: float | None = None) -> Sequence[Sample]:
         if not isinstance(plan, OpcUaPlan):
@@ -626,18 +786,27 @@ class OpcUaDriver(LazyConnection):
         specs = plan.device.points
         out: list[Sample | None] = [None] * len(specs)
         if plan.polled:
-            node_ids = await self._resolve(client, device, [plan.points[i] for i in plan.polled])
-            readable = [(i, nid) for i, nid in zip(plan.polled, node_ids, strict=True)]
-            asked = [nid for _, nid in readable if not isinstance(nid, int)]
-            values = await self._read_values(client, device, asked) if asked else []
+            reads = self._reads.get(id(plan))
+            if reads is None or reads.plan is not plan or reads.generation != self._generation:
+                points = [plan.points[i] for i in plan.polled]
+                node_ids = await self._resolve(client, device, points)
+                readable = [(i, nid) for i, nid in zip(plan.polled, node_ids, strict=True)]
+                asked = [nid for _, nid in readable if not isinstance(nid, int)]
+                reads = _Reads(plan, self._generation, readable, asked, self._read_batches(asked))
+                if len(asked) == len(readable):  # a node not found yet is looked up again
+                    self._reads[id(plan)] = reads
+            readable, asked = reads.readable, reads.asked
+            values, status = (
+                await self._read_values(client, device, asked, reads.batches) if asked else ([], [])
+            )
             ts = time.time_ns()
-            it = iter(values)
+            it = iter(range(len(values)))
             for i, nid in readable:
                 if isinstance(nid, int):
                     out[i] = judge_value(None, nid, specs[i], device, ts)
                 else:
-                    dv = next(it)
-                    out[i] = judge_value(_raw(dv), _status(dv), specs[i], device, ts)
+                    k = next(it)
+                    out[i] = judge_value(values[k], status[k], specs[i], device, ts)
         if plan.subscribed:
             if self._subscription_silent():
                 self._lost = True
@@ -666,11 +835,9 @@ class OpcUaDriver(LazyConnection):
         (nid,) = await self._resolve(client, device, [point])
         if isinstance(nid, int):
             raise DeviceException(device, f"{point}: {status_name(nid)}")
-        (dv,) = await self._read_values(client, device, [nid])
-        status = _status(dv)
+        (raw,), (status,) = await self._read_values(client, device, [nid])
         if status & 0xC000_0000:
             raise DeviceException(device, f"{point}: {status_name(status)}")
-        raw = _raw(dv)
         if not isinstance(raw, list | tuple):
             raise DecodeError(device, f"{point}: not an array ({type(raw).__name__})")
         out = []
@@ -703,10 +870,9 @@ class OpcUaDriver(LazyConnection):
             raise DeviceException(device.id, f"write {address}={value} refused: {name}")
         if not output.verify:
             return False
-        (back,) = await self._read_values(client, device.id, [node])
-        if _status(back) & 0xC000_0000:
+        (raw,), (code,) = await self._read_values(client, device.id, [node])
+        if code & 0xC000_0000:
             return False  # cannot be read back
-        raw = _raw(back)
         if _number(raw) != (1.0 if value else 0.0):
             raise WriteMismatch(device.id, f"{address} written {value} but reads back {raw!r}")
         return True
@@ -723,6 +889,14 @@ async def _discard(client: Client, timeout_s: float) -> None:
         log.debug("closing an OPC UA client failed", exc_info=True)
     with contextlib.suppress(OSError, AttributeError, RuntimeError):
         client.disconnect_socket()
+
+
+def _protocol(client: Client, device: str) -> UASocketProtocol:
+    """The session's socket protocol: requests go through it without asyncua's decoding."""
+    protocol = client.uaclient.protocol
+    if protocol is None:
+        raise ConnectionError(f"{device}: connection closed")
+    return protocol
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

@@ -414,6 +414,12 @@ class OpcUaBus(_BusBase):
     username_env: str | None = None
     password_env: str | None = None
     publishing_ms: int = Field(default=200, ge=10, le=60_000)
+    # a device's read-mode points go in Reads of at most this many nodes (the server's
+    # MaxNodesPerRead), up to reads_in_flight of them sent at once; publish_requests
+    # PublishRequests stay outstanding so the server never waits for the next one
+    max_nodes_per_read: int = Field(default=500, ge=1, le=100_000)
+    reads_in_flight: int = Field(default=4, ge=1, le=64)
+    publish_requests: int = Field(default=3, ge=1, le=16)
 
     @model_validator(mode="after")
     def _security(self) -> OpcUaBus:

@@ -7,6 +7,7 @@ space in seconds); each test opens its own driver and session.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -135,6 +136,27 @@ async def test_read_mode_points_cost_one_request_and_subscribed_ones_none(
     assert samples["CO_A"].value == pytest.approx(site.profiles["co"].nominal)
     assert samples["O2_A"].value == pytest.approx(site.profiles["o2"].nominal)
     assert all(s.quality is Quality.GOOD for s in samples.values()), samples
+
+
+async def test_reads_split_into_batches_in_flight_together_keep_point_order(
+    site: LoadedSite, sim: OpcUaSimulator
+) -> None:
+    base = make_driver(site.bus("plc"))
+    assert isinstance(base, OpcUaDriver)
+    endpoint = dataclasses.replace(base.endpoint, max_nodes_per_read=1, reads_in_flight=2)
+    drv = OpcUaDriver("plc", endpoint, timeout_s=0.5)
+    try:
+        plan = _plan(site, drv)
+        assert plan.requests == 2  # CO_A and O2_A: one node per Read
+        sim.set_value("CO_A", 7.0)
+        sim.set_value("O2_A", 20.1)
+        await sim.flush()
+        samples = _by_tag(await drv.read(plan))
+        assert samples["CO_A"].value == pytest.approx(7.0)
+        assert samples["O2_A"].value == pytest.approx(20.1)
+        assert all(s.quality is Quality.GOOD for s in samples.values()), samples
+    finally:
+        await drv.close()
 
 
 async def test_subscription_pushes_changes_and_scaling_applies(
