@@ -264,6 +264,12 @@ def run(
         "notifications_per_cpu_s": round(
             sub["notifications_per_s"] * sub["sub_wall_s"] / max(sub["sub_cpu_s"], 1e-9)
         ),
+        "read_values_per_server_cpu_s": round(
+            read["read_values_per_s"] * read["read_wall_s"] / max(read["read_server_cpu_s"], 1e-9)
+        ),
+        "notifications_per_server_cpu_s": round(
+            sub["notifications_per_s"] * sub["sub_wall_s"] / max(sub["sub_server_cpu_s"], 1e-9)
+        ),
         "subscription_read_errors": sub["sub_read_errors"],
         "nodes": nodes,
         "servers": servers,

@@ -1,8 +1,10 @@
 """The protocol-neutral driver interface every bus driver implements.
 
 A driver owns one bus (one TCP endpoint, one serial line). The poller that
-owns the bus is its only caller, so a driver never has two requests in
-flight. The gateway talks to it in four verbs::
+owns the bus is its only caller, so a driver never has two reads in flight (one
+read may be several requests on the wire where the protocol allows: the OPC UA
+driver sends a big device's Reads together). The gateway talks to it in four
+verbs::
 
     await driver.open()                      # connect (failures are not fatal: reads retry)
     plan = driver.plan(device)               # pure: coalesce a device's points into requests
