@@ -195,6 +195,9 @@ class IngestService:
         # Called (in a worker thread) with each batch's newly stored alarm events after
         # the batch is durable: automatic hazards and the like. Failures are logged only.
         self.alarm_handlers: list[Callable[[Sequence[wire.AlarmEvent]], object]] = []
+        # Called on the loop (so: quick, no I/O) with each batch's commit once it is
+        # durable: the risk heatmap notes what changed. Failures are logged only.
+        self.commit_listeners: list[Callable[[BatchCommit], object]] = []
 
     @property
     def connected(self) -> bool:
@@ -420,6 +423,12 @@ class IngestService:
         work.counts["duplicates"] += duplicates
         self._counters.update(work.counts)
         stored = [a for a, new in zip(work.commit.alarms, new_alarms, strict=False) if new]
+        for listener in self.commit_listeners:
+            try:
+                listener(work.commit)
+            except Exception:
+                self._counters["commit_listener_errors"] += 1
+                log.exception("commit listener %r failed", listener)
         for handler in self.alarm_handlers if stored else ():
             try:
                 await asyncio.to_thread(handler, stored)

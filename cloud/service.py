@@ -155,6 +155,8 @@ class CloudService:
                 self.store.engine, Path(settings.risk_file), store=self.store, hazards=self.hazards
             )
         )
+        if self.risk is not None:  # the heatmap snapshot notes what each batch changed
+            self.ingest.commit_listeners.append(self.risk.note_batch)
         # the gateways' alarm states, and their operator actions into the audit chain
         from cloud.alarm_states import AlarmMirror
 
@@ -225,6 +227,7 @@ class CloudService:
             ]
             ingest_task = tg.create_task(self._ingest_when_ready(), name="mqtt-ingest")
             setup_tasks.append(tg.create_task(self._offline_sweeps(), name="offline-hazards"))
+            setup_tasks.append(tg.create_task(self._fresh_heatmap(), name="risk-heatmap"))
             announce_task = tg.create_task(self._announce(on_ready), name="announce")
 
             stop_task = tg.create_task(self._stop.wait(), name="stop-request")
@@ -302,6 +305,13 @@ class CloudService:
             except Exception:  # a sweep's own fault never stops the ingest and the API
                 log.exception("offline-hazard sweep failed; next in %.0fs", self._sweep_s)
             await asyncio.sleep(self._sweep_s)
+
+    async def _fresh_heatmap(self) -> None:
+        """Keep the served heatmap snapshot fresh (recomputed off the request path)."""
+        if self.risk is None:
+            return
+        await self._schema_ready.wait()
+        await self.risk.keep_fresh()
 
     @property
     def _sweep_s(self) -> float:

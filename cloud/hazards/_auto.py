@@ -4,13 +4,20 @@
 | methane (``ch4``) at ``cut``                 | methane          | major   |
 | methane (``ch4``) at ``alarm``               | methane          | general |
 | methane sensor ``fault`` (fail-safe cut)     | sensor_fault     | general |
-| ``feedback_missing`` / ``feedback_fault``    | feedback         | major   |
+| ``feedback_missing`` (cut commanded, power  | feedback         | major   |
+| still on), ``energised_during_cut``,         |                  |         |
+| ``feedback_fault``                           |                  |         |
+| ``actuator_write_failed`` (the gateway could | actuator         | major   |
+| not write an interlock output: fail-safe,    |                  |         |
+| also a cut command that never reached it)    |                  |         |
 | ``lockout_test_failed``                      | lockout_test     | major   |
 | ``lockout_test_overdue``                     | lockout_test     | general |
 
 De-duplicated: one open hazard per (kind, site, tag); a repeat while it is open is
-counted, not added; after it is closed the next occurrence opens a new one. A
-handler failure is logged and never stops the ingest.
+counted, not added - but a major repeat raises a general hazard to major (a methane
+alarm that goes on to a cut, a lockout test overdue and then failed); after it is
+closed the next occurrence opens a new one. A handler failure is logged and never
+stops the ingest.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ __all__ = ["AUTO_ACTOR", "AutoHazards", "classify"]
 log = logging.getLogger(__name__)
 AUTO_ACTOR = "system:auto-hazards"
 METHANE_KINDS = frozenset({"ch4", "methane"})
+# The feedback rule's reasons for "the area is (or may be) still energised under a cut".
+FEEDBACK_REASONS = frozenset({"feedback_missing", "energised_during_cut", "feedback_fault"})
 
 
 def classify(event: wire.AlarmEvent) -> tuple[str, HazardGrade, str] | None:
@@ -54,11 +63,19 @@ def classify(event: wire.AlarmEvent) -> tuple[str, HazardGrade, str] | None:
                 HazardGrade.GENERAL,
                 f"Methane sensor faulty or offline at {where} ({event.tag})",
             )
-    if reason in ("feedback_missing", "feedback_fault") and event.level != "normal":
+    if event.level == "normal":
+        return None
+    if reason in FEEDBACK_REASONS:
         return (
             "feedback",
             HazardGrade.MAJOR,
-            f"Power feedback not confirming the cut at {where} ({event.tag})",
+            f"Power not cut after a cut command at {where} ({event.tag}: {reason})",
+        )
+    if reason == "actuator_write_failed":
+        return (
+            "actuator",
+            HazardGrade.MAJOR,
+            f"Interlock output could not be written at {where} ({event.tag})",
         )
     if reason == "lockout_test_failed":
         return "lockout_test", HazardGrade.MAJOR, f"Lockout test failed at {where} ({event.tag})"

@@ -295,7 +295,7 @@ class HazardService:
         self.evidence_dir = Path(evidence_dir)
         self.deadlines = {**DEFAULT_DEADLINES, **(deadlines or {})}
         self._clock = clock
-        # Called after each committed creation or transition (the deadline watch).
+        # Called after each committed creation, regrade or transition (the deadline watch).
         self.listeners: list[Callable[[HazardRecord], None]] = []
 
     def _changed(self, record: HazardRecord) -> None:
@@ -332,7 +332,10 @@ class HazardService:
         dedup_key: str | None = None,
     ) -> tuple[HazardRecord, bool]:
         """Record a found hazard; returns (hazard, created). With ``dedup_key``, an open
-        hazard of the same key is returned instead of a second one."""
+        hazard of the same key is returned instead of a second one - raised to ``major``
+        (audited, event ``regrade``) when the repeat is major and it was general: a
+        methane alarm that goes on to a cut makes its open hazard major. A grade is
+        never lowered by a repeat, and the deadline it has stands."""
         now = self.now()
         found_at = now
         deadline = data.deadline or found_at + self.deadlines[data.grade]
@@ -357,7 +360,7 @@ class HazardService:
             "updated_at": now,
         }
 
-        def work(conn: Connection) -> tuple[HazardRecord, bool]:
+        def work(conn: Connection) -> tuple[HazardRecord, bool, bool]:
             # The hazard and its audit row in one transaction: both or neither. A racing
             # twin of an automatic hazard (unique dedup_key) starts this again and finds it.
             if dedup_key is not None:
@@ -365,7 +368,10 @@ class HazardService:
                     sa.select(_HAZARDS).where(_HAZARDS.c.dedup_key == dedup_key)
                 ).first()
                 if row is not None:
-                    return _record(row, now), False
+                    if data.grade is HazardGrade.MAJOR and row.grade != HazardGrade.MAJOR.value:
+                        raised = self._raise_grade(conn, row, data, actor, source, now)
+                        return raised, False, True
+                    return _record(row, now), False, False
             key = conn.execute(sa.insert(_HAZARDS).values(**values)).inserted_primary_key
             assert key is not None
             record = _record(
@@ -386,12 +392,44 @@ class HazardService:
                     "deadline": record.deadline.isoformat(),
                 },
             )
-            return record, True
+            return record, True, True
 
-        record, created = self.audit.atomic(work, "hazards")
-        if created:
+        record, created, changed = self.audit.atomic(work, "hazards")
+        if changed:
             self._changed(record)
         return record, created
+
+    def _raise_grade(
+        self,
+        conn: Connection,
+        row: Any,
+        data: HazardIn,
+        actor: str,
+        source: str,
+        now: dt.datetime,
+    ) -> HazardRecord:
+        """In ``conn``'s transaction: ``row`` raised to ``data``'s grade (and title: it names
+        the worse condition), with its audit row."""
+        conn.execute(
+            sa.update(_HAZARDS)
+            .where(_HAZARDS.c.id == row.id)
+            .values(grade=data.grade.value, title=data.title, updated_at=now)
+        )
+        after = _record(conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == row.id)).one(), now)
+        self.audit.append(
+            conn,
+            actor,
+            AuditAction.HAZARD_TRANSITION,
+            f"hazard:{row.id}",
+            {
+                "event": "regrade",
+                "before": row.status,
+                "after": after.status,
+                "source": source,
+                "changed": {"grade": [row.grade, after.grade], "title": [row.title, after.title]},
+            },
+        )
+        return after
 
     # -- reading ----------------------------------------------------------------------------
 

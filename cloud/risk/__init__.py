@@ -17,13 +17,14 @@ from cloud.risk._model import (
     compute,
     load_risk_file,
 )
-from cloud.risk._service import GradeChange, RiskService
+from cloud.risk._service import GradeChange, HeatmapSnapshot, RiskService
 
 __all__ = [
     "POINTS",
     "AreaRisk",
     "Contribution",
     "GradeChange",
+    "HeatmapSnapshot",
     "LiveFactors",
     "RiskFileError",
     "RiskGrade",

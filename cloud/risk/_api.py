@@ -3,10 +3,12 @@
 # No ``from __future__ import annotations``: routes name local guards in
 # ``Annotated[..., Depends(...)]``, which FastAPI must see evaluated.
 
+import asyncio
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from cloud.auth import ALL_ROLES, Guards, error_responses
@@ -56,6 +58,16 @@ class GradeChangeOut(BaseModel):
     contributions: list[ContributionOut]
 
 
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match against a weak ETag (weak comparison, RFC 9110 13.1.2)."""
+    if not header:
+        return False
+    opaque = etag.removeprefix("W/")
+    return any(
+        tag.strip() == "*" or tag.strip().removeprefix("W/") == opaque for tag in header.split(",")
+    )
+
+
 def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
     router = APIRouter(prefix="/api/v1/risk", tags=["risk"])
     readers = [Depends(guards(*ALL_ROLES))]
@@ -64,45 +76,31 @@ def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
         "/heatmap",
         response_model=HeatmapOut,
         summary="Each area's live grade, its units and the factors that raised it",
-        responses=error_responses(401, 403, 503),
+        description=(
+            "Served from a snapshot recomputed when an input changes (alarms, hazards, "
+            "latest values' quality, gateway status; at most once a second) and at least "
+            "every few seconds; `at` is when it was computed. Send the `ETag` back in "
+            "`If-None-Match` to get 304 while nothing changed."
+        ),
+        responses={
+            **error_responses(401, 403, 503),
+            304: {"description": "Not modified: the areas are as in the ETag sent"},
+        },
         dependencies=readers,
     )
-    def heatmap() -> HeatmapOut:
-        now = dt.datetime.now(dt.UTC)
+    async def heatmap(request: Request) -> Response:
         if service is None:
-            return HeatmapOut(configured=False, site="", at=now, areas=[])
-        areas = service.heatmap()
-        return HeatmapOut(
-            configured=True,
-            site=service.model.site,
-            at=now,
-            areas=[
-                AreaOut(
-                    id=a.id,
-                    name=a.name,
-                    polygon=a.polygon,
-                    static_grade=a.static_grade.colour,
-                    grade=a.grade.colour,
-                    points=a.points,
-                    contributions=[
-                        ContributionOut(factor=c.factor, detail=c.detail, points=c.points)
-                        for c in a.contributions
-                    ],
-                    units=[
-                        UnitOut(
-                            id=u.id,
-                            name=u.name,
-                            method=u.method,
-                            score=u.score,
-                            static_grade=u.static_grade.colour,
-                            grade=u.grade.colour,
-                        )
-                        for u in a.units
-                    ],
-                )
-                for a in areas
-            ],
-        )
+            empty = HeatmapOut(configured=False, site="", at=dt.datetime.now(dt.UTC), areas=[])
+            return Response(empty.model_dump_json(), media_type="application/json")
+        # from memory; only when a refresh is due does a thread recompute (or serve the
+        # current snapshot while another request recomputes)
+        snap = service.current()
+        if snap is None:
+            snap = await asyncio.to_thread(service.snapshot)
+        headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
+        if _etag_matches(request.headers.get("if-none-match"), snap.etag):
+            return Response(status_code=304, headers=headers)
+        return Response(snap.body, media_type="application/json", headers=headers)
 
     @router.get(
         "/history",

@@ -56,6 +56,7 @@ POINTS: dict[str, float] = {
     "hazard_general": 0.5,  # an open general hazard
     "hazard_major": 1.0,  # an open major hazard
     "hazard_overdue": 1.0,  # extra, for a hazard past its deadline
+    "forecast": 0.5,  # a model pre-alarm (advisory: half an alarm)
 }
 
 

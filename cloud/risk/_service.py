@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import hashlib
+import json
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +24,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from cloud.hazards import HazardGrade, HazardService
 from cloud.risk._grading import RiskGrade
 from cloud.risk._model import AreaRisk, LiveFactors, RiskModel, compute, load_risk_file
-from cloud.storage import Store, StoreError
+from cloud.storage import BatchCommit, Store, StoreError
 
-__all__ = ["GradeChange", "RiskBase", "RiskService"]
+__all__ = ["GradeChange", "HeatmapSnapshot", "RiskBase", "RiskService"]
+
+log = logging.getLogger(__name__)
 
 
 def _utcnow() -> dt.datetime:
@@ -49,6 +56,67 @@ class GradeHistoryRow(RiskBase):
 _HISTORY = cast(sa.Table, GradeHistoryRow.__table__)
 
 
+_ACTIVE = {"alarm": 1, "fault": 2, "cut": 3}  # active levels, worse is higher
+# Events that are not a tag's condition: operator actions, notices, flood summaries.
+_NOT_A_CONDITION = frozenset({"alarm_state", "notice", "flood"})
+
+
+def _factor(kind: str, level: str) -> str:
+    """The factor of an active alarm: a model's pre-alarm counts as a forecast."""
+    return "forecast" if kind == "forecast" else level
+
+
+def _signature(area: str, gateway: str, kind: str, quality: str) -> tuple[str, str, str, bool]:
+    return (area, gateway, kind, quality == "good")
+
+
+@dataclass(frozen=True, slots=True)
+class HeatmapSnapshot:
+    """One computed heatmap as served: the areas, the JSON body and its ETag."""
+
+    site: str
+    at: dt.datetime  # when it was computed
+    computed: float  # time.monotonic() of the same moment
+    areas: list[AreaRisk]
+    body: bytes  # GET /api/v1/risk/heatmap's answer (HeatmapOut)
+    etag: str  # weak: the digest of the areas (not of ``at``)
+
+
+def _area_document(a: AreaRisk) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "name": a.name,
+        "polygon": a.polygon,
+        "static_grade": a.static_grade.colour,
+        "grade": a.grade.colour,
+        "points": a.points,
+        "contributions": [
+            {"factor": c.factor, "detail": c.detail, "points": c.points} for c in a.contributions
+        ],
+        "units": [
+            {
+                "id": u.id,
+                "name": u.name,
+                "method": u.method,
+                "score": u.score,
+                "static_grade": u.static_grade.colour,
+                "grade": u.grade.colour,
+            }
+            for u in a.units
+        ],
+    }
+
+
+def _make_snapshot(site: str, areas: list[AreaRisk]) -> HeatmapSnapshot:
+    at = _utcnow()
+    documents = [_area_document(a) for a in areas]
+    content = json.dumps(documents, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
+    head = json.dumps({"configured": True, "site": site, "at": at.isoformat()})
+    body = f'{head[:-1]},"areas":{content}}}'.encode()
+    return HeatmapSnapshot(site, at, time.monotonic(), areas, body, f'W/"{digest}"')
+
+
 @dataclass(frozen=True, slots=True)
 class GradeChange:
     area: str
@@ -68,13 +136,34 @@ class RiskService:
         *,
         store: Store | None = None,
         hazards: HazardService | None = None,
+        min_interval_s: float = 1.0,
+        max_age_s: float = 5.0,
+        stale_s: float = 30.0,
     ) -> None:
+        if not 0 < min_interval_s <= max_age_s:
+            raise ValueError(
+                f"heatmap refresh: need 0 < min_interval_s ({min_interval_s}) "
+                f"<= max_age_s ({max_age_s})"
+            )
         self.engine = engine
         self.model = model
         self.store = store
         self.hazards = hazards
         self._last: dict[str, RiskGrade] | None = None
         self._lock = threading.Lock()
+        # The served snapshot (see keep_fresh): recomputed when an input changes, at most
+        # every min_interval_s, and at least every max_age_s; a request never recomputes
+        # unless nothing has refreshed it for stale_s.
+        self.min_interval_s = min_interval_s
+        self.max_age_s = max_age_s
+        self.stale_s = max(stale_s, max_age_s)
+        self._compute_lock = threading.Lock()
+        self._snapshot: HeatmapSnapshot | None = None
+        self._dirty = True
+        # tag -> (area, gateway, kind, good) of the latest values the last recompute read
+        self._seen: dict[str, tuple[str, str, str, bool]] = {}
+        if hazards is not None:
+            hazards.listeners.append(self.invalidate)  # created, regraded, moved on
 
     @classmethod
     def from_file(cls, engine: Engine, path: Path, **kw: Any) -> RiskService:
@@ -93,26 +182,47 @@ class RiskService:
             RiskBase.metadata.create_all(conn)
 
     def live_factors(self) -> LiveFactors:
-        """Active alarms and faults, offline gateways and open hazards, by area."""
+        """Active alarms and faults, forecasts, offline gateways and open hazards, by area."""
         live = LiveFactors()
         areas = {a.id for a in self.model.areas}
         site = self.model.site
+        seen: dict[str, tuple[str, str, str, bool]] = {}
         if self.store is not None and site:
-            conditions = self.store.conditions(site)
+            newest = self.store.newest_conditions(site)
+            level_of = {(c.tag, c.kind): c.level for c in newest}
             offline = {
                 g.gateway for g in self.store.gateways() if g.site == site and g.state == "offline"
             }
             offline_areas: set[tuple[str, str]] = set()
             for value in self.store.latest(site):
+                seen[value.tag] = _signature(value.area, value.gateway, value.kind, value.quality)
                 if value.area not in areas:
                     continue
-                level = conditions.get(value.tag, "normal")
-                if level in ("alarm", "cut", "fault"):
-                    live.add(value.area, level, value.tag)
+                # the tag's condition as its gateway decided it: its own kind's newest event
+                level = level_of.get((value.tag, value.kind), "normal")
+                if level in _ACTIVE:
+                    live.add(value.area, _factor(value.kind, level), value.tag)
                 elif value.quality != "good":
                     live.add(value.area, "fault", value.tag)
                 if value.gateway in offline:
                     offline_areas.add((value.area, value.gateway))
+            # Active alarms of tags with no latest value (never sent a value, an actuator,
+            # a feedback input judged by its rule): the event's own area; the worst per tag.
+            unvalued: dict[str, tuple[int, str, str]] = {}
+            for c in newest:
+                if (
+                    c.tag in seen
+                    or c.level not in _ACTIVE
+                    or c.kind in _NOT_A_CONDITION
+                    or c.area not in areas
+                ):
+                    continue
+                rank = _ACTIVE[c.level]
+                held = unvalued.get(c.tag)
+                if held is None or rank > held[0]:
+                    unvalued[c.tag] = (rank, c.area, _factor(c.kind, c.level))
+            for tag, (_, area, factor) in sorted(unvalued.items()):
+                live.add(area, factor, tag)
             for area, gateway in sorted(offline_areas):
                 live.add(area, "gateway_offline", gateway)
         if self.hazards is not None:
@@ -127,14 +237,106 @@ class RiskService:
                 )
                 if hazard.overdue:
                     live.add(hazard.area, "hazard_overdue", f"hazard:{hazard.id}")
+        self._seen = seen
         return live
 
     def heatmap(self, *, record: bool = True) -> list[AreaRisk]:
-        """Recompute every area; with ``record``, keep the areas whose grade changed."""
+        """Recompute every area now; with ``record``, keep the areas whose grade changed.
+
+        The result also becomes the served :meth:`snapshot`."""
+        with self._compute_lock:
+            return self._recompute(record)
+
+    def _recompute(self, record: bool) -> list[AreaRisk]:
+        self._dirty = False  # a change from here on is seen by the next recompute
         areas = compute(self.model, self.live_factors())
         if record:
             self._record(areas)
+        self._snapshot = _make_snapshot(self.model.site, areas)
         return areas
+
+    # -- the served snapshot ---------------------------------------------------------------
+
+    def invalidate(self, *_: object) -> None:
+        """An input changed (an alarm, a hazard, a gateway status): recompute soon.
+        Safe from any thread (a flag; :meth:`keep_fresh` looks at it)."""
+        self._dirty = True
+
+    def note_batch(self, commit: BatchCommit) -> None:
+        """What one ingest batch stored (called on the ingest's loop: cheap): alarm events
+        and gateway statuses make the heatmap stale; so does a new tag, or a change of a
+        tag's quality, area, gateway or kind - a new value alone does not."""
+        if commit.alarms or commit.statuses:
+            self._dirty = True
+            return
+        seen = self._seen
+        site = self.model.site
+        for row in commit.latest:
+            if row["site"] != site:
+                continue
+            known = seen.get(row["tag"])
+            if known != _signature(row["area"], row["gateway"], row["kind"], row["quality"]):
+                self._dirty = True
+                return
+
+    def current(self) -> HeatmapSnapshot | None:
+        """The snapshot to serve now without waiting, or None when a refresh is due
+        (then call :meth:`snapshot` from a thread)."""
+        snap = self._snapshot
+        if snap is None or self.due():
+            return None
+        return snap
+
+    def snapshot(self) -> HeatmapSnapshot:
+        """The served heatmap, recomputed first when due (blocking; raises StoreError).
+
+        While another caller recomputes, the current snapshot is served at once unless it
+        is older than ``stale_s`` (then this caller waits for the new one)."""
+        snap = self._snapshot
+        if snap is not None and not self.due():
+            return snap
+        wait = snap is None or time.monotonic() - snap.computed > self.stale_s
+        if not self._compute_lock.acquire(blocking=wait):
+            assert snap is not None
+            return snap
+        try:
+            if self._snapshot is None or self.due():  # not done meanwhile by another caller
+                self._recompute(True)
+            assert self._snapshot is not None
+            return self._snapshot
+        finally:
+            self._compute_lock.release()
+
+    def due(self) -> bool:
+        """Whether a refresh is due: inputs changed (and ``min_interval_s`` has passed
+        since the last one), or ``max_age_s`` has passed."""
+        snap = self._snapshot
+        if snap is None:
+            return True
+        age = time.monotonic() - snap.computed
+        return age >= self.max_age_s or (self._dirty and age >= self.min_interval_s)
+
+    async def keep_fresh(self) -> None:
+        """Recompute when inputs changed (looked at every ``min_interval_s``, so at most
+        that often) and at least every ``max_age_s`` (hazards becoming overdue, other
+        cloud processes' writes). Runs until cancelled; a failed recompute is logged and
+        tried again every ``min_interval_s``: the old snapshot is served until it is
+        ``stale_s`` old, then requests recompute themselves (and answer 503 while the
+        database is down) - a wall never shows an old picture as if it were live."""
+        failing = False
+        while True:
+            if self.due():
+                try:
+                    await asyncio.to_thread(self.heatmap)
+                except StoreError as exc:
+                    (log.debug if failing else log.warning)("heatmap recompute failed: %s", exc)
+                    failing = True
+                except Exception:  # a bug in one recompute never stops the cloud service
+                    log.exception("heatmap recompute failed")
+                    failing = True
+                else:
+                    failing = False
+            await asyncio.sleep(self.min_interval_s)
 
     def _record(self, areas: list[AreaRisk]) -> None:
         with self._lock:

@@ -17,6 +17,7 @@ from cloud.storage.db import (
     LatestValue,
     SpoolChunk,
     Store,
+    TagCondition,
 )
 from cloud.storage.influx import (
     InfluxV1Writer,
@@ -47,6 +48,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreRejected",
+    "TagCondition",
     "WriteResult",
     "is_loopback",
     "to_lines",

@@ -45,6 +45,7 @@ __all__ = [
     "LatestValue",
     "SpoolChunk",
     "Store",
+    "TagCondition",
 ]
 
 # How many sequence numbers below a gateway's newest one stay remembered in seen_seq;
@@ -222,6 +223,16 @@ class LatestValue:
     quality: str
     reason: str | None
     ts_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class TagCondition:
+    """The newest alarm event of one (tag, kind): its level and where it is."""
+
+    tag: str
+    kind: str
+    area: str
+    level: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -845,6 +856,27 @@ class Store:
         )
         with self._begin() as conn:
             return {r.tag: r.level for r in conn.execute(query)}
+
+    def newest_conditions(self, site: str) -> list[TagCondition]:
+        """The level of the newest alarm event of every (tag, kind) of ``site`` - normal
+        ones too - whether or not the tag has a latest value (by gateway timestamp, then
+        arrival, as :meth:`conditions`)."""
+        a = _ALARMS
+        newest_first = sa.func.row_number().over(
+            partition_by=(a.c.tag, a.c.kind), order_by=(a.c.ts_ns.desc(), a.c.id.desc())
+        )
+        ranked = (
+            sa.select(a.c.tag, a.c.kind, a.c.area, a.c.level, newest_first.label("n"))
+            .where(a.c.site == site)
+            .subquery()
+        )
+        query = (
+            sa.select(ranked.c.tag, ranked.c.kind, ranked.c.area, ranked.c.level)
+            .where(ranked.c.n == 1)
+            .order_by(ranked.c.tag, ranked.c.kind)
+        )
+        with self._begin() as conn:
+            return [TagCondition(r.tag, r.kind, r.area, r.level) for r in conn.execute(query)]
 
     def gateways(self) -> list[GatewayRecord]:
         table = _GATEWAYS
