@@ -1,4 +1,11 @@
-"""``/api/v1/hazards``: create, list (filters, pages, CSV), get, transition, evidence, KPIs."""
+"""``/api/v1/hazards``: create, list (filters, pages, CSV), get, transition, evidence, KPIs.
+
+Validated once: the request models check the HTTP input, the service checks the rules
+(roles per event, required fields, deadlines normalised to UTC) and returns typed
+records, which are serialised as they are - not validated again into response models
+(those document the answers). The list is cached per query for at most a second and
+dropped at once when this process changes a hazard.
+"""
 
 # No ``from __future__ import annotations``: routes name local guards in
 # ``Annotated[..., Depends(...)]``, which FastAPI must see evaluated.
@@ -7,11 +14,15 @@ import asyncio
 import csv
 import datetime as dt
 import io
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, UploadFile
 from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from cloud.auth import ALL_ROLES, Guards, Principal, Role, error_responses
 from cloud.hazards._lifecycle import HazardEvent, HazardGrade, HazardStatus
@@ -22,6 +33,7 @@ from cloud.hazards._service import (
     HazardForbidden,
     HazardIn,
     HazardNotFound,
+    HazardRecord,
     HazardService,
 )
 from cloud.storage import StoreError
@@ -32,19 +44,8 @@ _TEXT = 256
 _ID = Path(ge=1, le=2**31 - 1)  # hazards.id is INTEGER (int4 on PostgreSQL)
 
 
-def _utc_deadline(value: dt.datetime | None) -> dt.datetime | None:
-    """A deadline in UTC (naive means UTC; at the ends of the calendar, the offset is dropped)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        return value.replace(tzinfo=dt.UTC)
-
-
-Deadline = Annotated[dt.datetime | None, AfterValidator(_utc_deadline)]
+# A deadline as given (naive means UTC): the service keeps it in UTC.
+Deadline = dt.datetime | None
 
 
 class HazardCreate(BaseModel):
@@ -104,6 +105,52 @@ class HazardPage(BaseModel):
     offset: int
     limit: int
     items: list[HazardOut]
+    # the id to pass as ``before`` for the next page (keyset paging); null on the last page
+    next_before: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """A HazardPage as built from the service's records (serialised, never re-validated)."""
+
+    total: int
+    offset: int
+    limit: int
+    items: list[HazardRecord]
+    next_before: int | None
+
+
+_PAGE_JSON = TypeAdapter(_Page)
+_RECORD = TypeAdapter(HazardRecord)
+PAGE_CACHE_MAX_AGE_S = 1.0  # other processes' changes show after at most this long
+_PAGE_CACHE_SIZE = 256
+
+
+class _PageCache:
+    """Serialised list pages by query, valid while the service's version is unchanged
+    (every change this process commits) and for at most ``max_age_s`` (changes of other
+    processes, hazards turning overdue)."""
+
+    def __init__(self, version: Callable[[], int], max_age_s: float) -> None:
+        self._version = version
+        self.max_age_s = max_age_s
+        self._pages: dict[tuple[object, ...], tuple[int, float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> bytes | None:
+        hit = self._pages.get(key)
+        if hit is None or hit[0] != self._version():
+            return None
+        if time.monotonic() - hit[1] >= self.max_age_s:
+            return None
+        return hit[2]
+
+    def put(self, key: tuple[object, ...], version: int, body: bytes) -> None:
+        with self._lock:
+            self._pages.pop(key, None)
+            self._pages[key] = (version, time.monotonic(), body)
+            while len(self._pages) > _PAGE_CACHE_SIZE:  # the oldest entry goes
+                del self._pages[next(iter(self._pages))]
 
 
 class EvidenceOut(BaseModel):
@@ -145,6 +192,12 @@ def _http(exc: Exception) -> HTTPException:
     return HTTPException(status_code=503, detail=f"database unavailable: {exc}"[:300])
 
 
+def _json(record: HazardRecord, status_code: int = 200) -> Response:
+    return Response(
+        _RECORD.dump_json(record), status_code=status_code, media_type="application/json"
+    )
+
+
 def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["hazards"])
     readers = guards(*ALL_ROLES)
@@ -172,22 +225,37 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
         summary="Record a found hazard (audited)",
         responses=errors,
     )
-    def create(body: HazardCreate, principal: Annotated[Principal, Depends(finders)]) -> HazardOut:
+    def create(body: HazardCreate, principal: Annotated[Principal, Depends(finders)]) -> Response:
         data = HazardIn(**body.model_dump())
         try:
             record, _ = service.create(data, principal.name)
         except (HazardError, StoreError) as exc:
             raise _http(exc) from exc
-        return HazardOut.model_validate(record)
+        return _json(record, status_code=201)
+
+    pages = _PageCache(lambda: service.version, PAGE_CACHE_MAX_AGE_S)
+
+    def _page(flt: HazardFilter, offset: int, limit: int, before: int | None) -> bytes:
+        key = (flt, offset, limit, before)
+        version = service.version  # before the query: a change meanwhile makes it stale
+        items, total = service.find(flt, offset=offset, limit=limit, before=before)
+        last = items[-1].id if len(items) == limit and items[-1].id > 1 else None
+        body = _PAGE_JSON.dump_json(_Page(total, offset, limit, items, last))
+        pages.put(key, version, body)
+        return body
 
     @router.get(
         "/hazards",
         response_model=HazardPage,
         summary="Hazards, newest first, filtered and paged",
+        description=(
+            "Page with `limit` and either `before` (keyset: the previous page's "
+            "`next_before`; cheap at any depth) or `offset`. `total` counts every match."
+        ),
         responses=errors,
         dependencies=[Depends(readers)],
     )
-    def list_hazards(
+    async def list_hazards(
         area: Area = None,
         grade: HazardGrade | None = None,
         status: HazardStatus | None = None,
@@ -195,19 +263,16 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
         overdue: bool | None = None,
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> HazardPage:
-        try:
-            items, total = service.find(
-                _filter(area, grade, status, kind, overdue), offset=offset, limit=limit
-            )
-        except StoreError as exc:
-            raise _http(exc) from exc
-        return HazardPage(
-            total=total,
-            offset=offset,
-            limit=limit,
-            items=[HazardOut.model_validate(i) for i in items],
-        )
+        before: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
+    ) -> Response:
+        flt = _filter(area, grade, status, kind, overdue)
+        body = pages.get((flt, offset, limit, before))
+        if body is None:
+            try:
+                body = await asyncio.to_thread(_page, flt, offset, limit, before)
+            except StoreError as exc:
+                raise _http(exc) from exc
+        return Response(body, media_type="application/json")
 
     @router.get(
         "/hazards.csv",
@@ -231,8 +296,7 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
         writer = csv.DictWriter(out, fieldnames=_CSV_FIELDS)
         writer.writeheader()
         for item in items:
-            row = HazardOut.model_validate(item).model_dump(mode="json")
-            writer.writerow(row)
+            writer.writerow(_RECORD.dump_python(item, mode="json"))
         return Response(
             out.getvalue(),
             media_type="text/csv",
@@ -263,9 +327,9 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
         responses={**errors, **error_responses(404)},
         dependencies=[Depends(readers)],
     )
-    def get(hazard_id: Annotated[int, _ID]) -> HazardOut:
+    def get(hazard_id: Annotated[int, _ID]) -> Response:
         try:
-            return HazardOut.model_validate(service.get(hazard_id))
+            return _json(service.get(hazard_id))
         except (HazardError, StoreError) as exc:
             raise _http(exc) from exc
 
@@ -279,7 +343,7 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
         hazard_id: Annotated[int, _ID],
         body: TransitionIn,
         principal: Annotated[Principal, Depends(movers)],
-    ) -> HazardOut:
+    ) -> Response:
         try:
             record = service.transition(
                 hazard_id,
@@ -295,7 +359,7 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
             )
         except (HazardError, StoreError) as exc:
             raise _http(exc) from exc
-        return HazardOut.model_validate(record)
+        return _json(record)
 
     @router.get(
         "/hazards/{hazard_id}/evidence",

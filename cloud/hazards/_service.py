@@ -115,7 +115,10 @@ class HazardRow(HazardBase):
     __tablename__ = "hazards"
     __table_args__ = (
         sa.Index("ix_hazards_status_deadline", "status", "deadline"),
-        sa.Index("ix_hazards_area", "area"),
+        # the list's filters, newest first (revision 0004)
+        sa.Index("ix_hazards_area_id", "area", "id"),
+        sa.Index("ix_hazards_kind_id", "kind", "id"),
+        sa.Index("ix_hazards_status_id", "status", "id"),
         sa.UniqueConstraint("dedup_key", name="uq_hazards_dedup_key"),
     )
 
@@ -243,39 +246,58 @@ class HazardKpis:
     by_area: dict[str, int] = field(default_factory=dict)  # open hazards per area
 
 
+# The columns of a HazardRecord, in its field order (``overdue`` is computed): selected by
+# every read, so that a row becomes a record by position (a page of 50 in ~0.5 ms, not
+# 2.5 ms by column name).
+_RECORD_COLUMNS = (
+    "id", "title", "description", "site", "area", "kind", "grade", "status", "source",
+    "found_by", "found_at", "deadline", "assignee", "responsible", "supervisor", "plan",
+    "rectification", "review_note", "rejections", "updated_at", "closed_at", "reminded_at",
+    "escalated_at",
+)  # fmt: skip
+_SELECT_RECORD = sa.select(*(_HAZARDS.c[name] for name in _RECORD_COLUMNS))
+_CLOSED = HazardStatus.CLOSED.value
+
+
 def _record(row: Any, now: dt.datetime) -> HazardRecord:
-    deadline = _aware(row.deadline)
-    assert deadline is not None
-    found_at = _aware(row.found_at)
-    updated_at = _aware(row.updated_at)
-    assert found_at is not None and updated_at is not None
-    closed_at = _aware(row.closed_at)
+    """A row of ``_SELECT_RECORD`` as a record (naive datetimes from SQLite are UTC)."""
+    (
+        id_, title, description, site, area, kind, grade, status, source, found_by, found_at,
+        deadline, assignee, responsible, supervisor, plan, rectification, review_note,
+        rejections, updated_at, closed_at, reminded_at, escalated_at,
+    ) = row  # fmt: skip
+    if deadline.tzinfo is None:
+        deadline = deadline.replace(tzinfo=dt.UTC)
     return HazardRecord(
-        id=row.id,
-        title=row.title,
-        description=row.description,
-        site=row.site,
-        area=row.area,
-        kind=row.kind,
-        grade=row.grade,
-        status=row.status,
-        source=row.source,
-        found_by=row.found_by,
-        found_at=found_at,
-        deadline=deadline,
-        assignee=row.assignee,
-        responsible=row.responsible,
-        supervisor=row.supervisor,
-        plan=row.plan,
-        rectification=row.rectification,
-        review_note=row.review_note,
-        rejections=row.rejections,
-        updated_at=updated_at,
-        closed_at=closed_at,
-        overdue=row.status != HazardStatus.CLOSED and now > deadline,
-        reminded_at=_aware(row.reminded_at),
-        escalated_at=_aware(row.escalated_at),
+        id_,
+        title,
+        description,
+        site,
+        area,
+        kind,
+        grade,
+        status,
+        source,
+        found_by,
+        _utc_aware(found_at),
+        deadline,
+        assignee,
+        responsible,
+        supervisor,
+        plan,
+        rectification,
+        review_note,
+        rejections,
+        _utc_aware(updated_at),
+        _aware(closed_at),
+        status != _CLOSED and now > deadline,
+        _aware(reminded_at),
+        _aware(escalated_at),
     )
+
+
+def _utc_aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 class HazardService:
@@ -297,8 +319,16 @@ class HazardService:
         self._clock = clock
         # Called after each committed creation, regrade or transition (the deadline watch).
         self.listeners: list[Callable[[HazardRecord], None]] = []
+        self._version = 0
+
+    @property
+    def version(self) -> int:
+        """Counts the changes this service committed (a page cache's check); changes
+        made by another process are not counted."""
+        return self._version
 
     def _changed(self, record: HazardRecord) -> None:
+        self._version += 1
         for listener in list(self.listeners):
             try:
                 listener(record)
@@ -364,9 +394,7 @@ class HazardService:
             # The hazard and its audit row in one transaction: both or neither. A racing
             # twin of an automatic hazard (unique dedup_key) starts this again and finds it.
             if dedup_key is not None:
-                row = conn.execute(
-                    sa.select(_HAZARDS).where(_HAZARDS.c.dedup_key == dedup_key)
-                ).first()
+                row = conn.execute(_SELECT_RECORD.where(_HAZARDS.c.dedup_key == dedup_key)).first()
                 if row is not None:
                     if data.grade is HazardGrade.MAJOR and row.grade != HazardGrade.MAJOR.value:
                         raised = self._raise_grade(conn, row, data, actor, source, now)
@@ -374,9 +402,7 @@ class HazardService:
                     return _record(row, now), False, False
             key = conn.execute(sa.insert(_HAZARDS).values(**values)).inserted_primary_key
             assert key is not None
-            record = _record(
-                conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == key[0])).one(), now
-            )
+            record = _record(conn.execute(_SELECT_RECORD.where(_HAZARDS.c.id == key[0])).one(), now)
             self.audit.append(
                 conn,
                 actor,
@@ -415,7 +441,7 @@ class HazardService:
             .where(_HAZARDS.c.id == row.id)
             .values(grade=data.grade.value, title=data.title, updated_at=now)
         )
-        after = _record(conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == row.id)).one(), now)
+        after = _record(conn.execute(_SELECT_RECORD.where(_HAZARDS.c.id == row.id)).one(), now)
         self.audit.append(
             conn,
             actor,
@@ -435,7 +461,7 @@ class HazardService:
 
     def get(self, hazard_id: int) -> HazardRecord:
         with self._begin() as conn:
-            row = conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == hazard_id)).first()
+            row = conn.execute(_SELECT_RECORD.where(_HAZARDS.c.id == hazard_id)).first()
         if row is None:
             raise HazardNotFound(f"no hazard {hazard_id}")
         return _record(row, self.now())
@@ -458,21 +484,28 @@ class HazardService:
         return where
 
     def find(
-        self, flt: HazardFilter | None = None, *, offset: int = 0, limit: int = 100
+        self,
+        flt: HazardFilter | None = None,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        before: int | None = None,
     ) -> tuple[list[HazardRecord], int]:
-        """One page of hazards (newest first) and the total matching count."""
+        """One page of hazards (newest first) and the total matching count.
+
+        ``before`` (a hazard id: the last of the previous page) pages by key - the index
+        finds the page wherever it is, where ``offset`` walks over every row before it."""
         now = self.now()
         where = self._where(flt or HazardFilter(), now)
+        page = _SELECT_RECORD.where(*where)
+        if before is not None:
+            page = page.where(_HAZARDS.c.id < before)
         with self._begin() as conn:
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(_HAZARDS).where(*where)
             ).scalar_one()
             rows = conn.execute(
-                sa.select(_HAZARDS)
-                .where(*where)
-                .order_by(_HAZARDS.c.id.desc())
-                .offset(offset)
-                .limit(limit)
+                page.order_by(_HAZARDS.c.id.desc()).offset(offset).limit(limit)
             ).all()
         return [_record(r, now) for r in rows], int(total)
 
@@ -480,9 +513,7 @@ class HazardService:
         """Every hazard not closed (for the risk service)."""
         now = self.now()
         with self._begin() as conn:
-            rows = conn.execute(
-                sa.select(_HAZARDS).where(_HAZARDS.c.status != HazardStatus.CLOSED.value)
-            ).all()
+            rows = conn.execute(_SELECT_RECORD.where(_HAZARDS.c.status != _CLOSED)).all()
         return [_record(r, now) for r in rows]
 
     def evidence(self, hazard_id: int) -> list[EvidenceRecord]:
@@ -627,7 +658,7 @@ class HazardService:
             ).rowcount
             if done != 1:
                 raise InvalidTransition(f"hazard {hazard_id} changed meanwhile: try again")
-            row = conn.execute(sa.select(_HAZARDS).where(_HAZARDS.c.id == hazard_id)).one()
+            row = conn.execute(_SELECT_RECORD.where(_HAZARDS.c.id == hazard_id)).one()
             after = _record(row, now)
             self.audit.append(
                 conn,
@@ -674,7 +705,7 @@ class HazardService:
             done = conn.execute(sa.update(_HAZARDS).where(*where).values({column.name: now}))
             if done.rowcount != 1:
                 return None
-            record = _record(conn.execute(sa.select(_HAZARDS).where(c.id == hazard_id)).one(), now)
+            record = _record(conn.execute(_SELECT_RECORD.where(c.id == hazard_id)).one(), now)
             self.audit.append(
                 conn,
                 DEADLINE_ACTOR,
@@ -691,7 +722,10 @@ class HazardService:
             )
             return record
 
-        return self.audit.atomic(work, "hazards")
+        marked = self.audit.atomic(work, "hazards")
+        if marked is not None:
+            self._version += 1  # reminded_at / escalated_at are shown
+        return marked
 
     def add_evidence(
         self,

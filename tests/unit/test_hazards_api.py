@@ -7,18 +7,22 @@ import hashlib
 import io
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from cloud import create_app
 from cloud.audit import AuditAction
 from cloud.auth import Authenticator, Role
 from cloud.hazards import HazardService
+from cloud.hazards._api import PAGE_CACHE_MAX_AGE_S
 from cloud.risk import RiskModel, RiskService
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
 from tests.db_support import cloud_db_url
+from tests.support import async_wait_until
 
 
 @pytest.fixture
@@ -165,3 +169,66 @@ async def test_list_filters_pages_csv_and_heatmap(
         ("face-1", "orange"),
         ("face-2", "orange"),
     }
+
+
+async def test_keyset_pages_and_a_list_that_never_shows_an_old_page_after_a_change(
+    env: tuple[httpx.AsyncClient, Authenticator, HazardService],
+) -> None:
+    """``before`` pages by id from ``next_before``; a change made through this process
+    shows in the next list at once, one written by another process within a second."""
+    client, auth, hazards = env
+    viewer = headers_for(auth, Role.VIEWER)
+    eng = headers_for(auth, Role.SAFETY_ENGINEER)
+    for i in range(7):
+        body = {"title": f"k{i}", "area": "face-1", "grade": "general"}
+        assert (await client.post("/api/v1/hazards", json=body, headers=eng)).status_code == 201
+
+    async def page(**params: object) -> dict[str, Any]:
+        r = await client.get("/api/v1/hazards", params=params, headers=viewer)
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    titles: list[str] = []
+    first = await page(limit=3)
+    cursor = first["next_before"]
+    titles += [i["title"] for i in first["items"]]
+    while cursor is not None:
+        nxt = await page(limit=3, before=cursor)
+        titles += [i["title"] for i in nxt["items"]]
+        assert nxt["total"] == 7
+        cursor = nxt["next_before"]
+    assert titles == [f"k{i}" for i in reversed(range(7))]
+    assert (
+        await client.get("/api/v1/hazards", params={"before": 0}, headers=viewer)
+    ).status_code == 422
+
+    cached = await page(limit=3)
+    assert cached == first  # served again (from the page cache)
+    newest = (await client.post("/api/v1/hazards", json={"title": "new", "area": "face-2",
+                                "grade": "major"}, headers=eng)).json()  # fmt: skip
+    after = await page(limit=3)
+    assert after["total"] == 8 and after["items"][0]["id"] == newest["id"]
+    moved = await client.post(
+        f"/api/v1/hazards/{newest['id']}/transitions", json={"event": "register"}, headers=eng
+    )
+    assert moved.status_code == 200
+    assert (await page(limit=3))["items"][0]["status"] == "registered"
+
+    # another process (the CLI, a second cloud process) writes the database directly
+    with hazards.engine.begin() as conn:
+        conn.execute(
+            sa.update(sa.table("hazards", sa.column("id"), sa.column("title")))
+            .where(sa.column("id") == newest["id"])
+            .values(title="renamed elsewhere")
+        )
+    seen = await async_wait_until(
+        lambda: _first_title(client, viewer, "renamed elsewhere"),
+        PAGE_CACHE_MAX_AGE_S + 5,
+        "another process's change in the list",
+    )
+    assert seen
+
+
+async def _first_title(client: httpx.AsyncClient, headers: dict[str, str], title: str) -> bool:
+    r = await client.get("/api/v1/hazards", params={"limit": 3}, headers=headers)
+    return bool(r.json()["items"][0]["title"] == title)
