@@ -4,10 +4,14 @@ The API (uvicorn, one worker, the cloud's own ``create_app`` over a SQLite store
 like ``bench heatmap``'s site plus a page of hazards) runs in a child process; this process
 is the load: an open loop that sends each request at its scheduled time (500/s by
 default), whatever the answers before it did, and measures from that scheduled time, so a
-slow server cannot hide its queue (no coordinated omission). Three phases of
+slow server cannot hide its queue (no coordinated omission). The load goes through
+:class:`bench._http.LeanClient` (keep-alive, 32 connections, tens of microseconds per
+request), so that the client does not eat the CPU the server is measured on. Phases of
 ``--seconds`` each: ``/health`` (the baseline: server and client overhead), then
-``GET /api/v1/hazards?limit=50``, then ``GET /api/v1/risk/heatmap``. A request still
-unanswered ``--timeout-s`` after its time counts as a timeout at that latency.
+``GET /api/v1/hazards?limit=50``, then ``GET /api/v1/risk/heatmap`` (the whole body every
+time), then the same with ``If-None-Match`` (a wall polling: 304 while unchanged). A
+request still unanswered ``--timeout-s`` after its time counts as a timeout at that
+latency. The child runs the heatmap's refresher as ``safewatch cloud run`` does.
 """
 
 from __future__ import annotations
@@ -20,9 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from bench._harness import free_port, percentile, workdir
+from bench._http import LeanClient
 
 _TOKEN_ENV = "SAFEWATCH_BENCH_TOKEN"
 
@@ -85,29 +88,46 @@ def serve(work: Path, port: int) -> None:
         hazards=hazards,
         risk=risk,
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    )
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as tg:
+            refresher = tg.create_task(risk.keep_fresh(), name="risk-heatmap")
+            await server.serve()
+            refresher.cancel()
+
+    asyncio.run(main())
 
 
 async def _phase(
-    client: httpx.AsyncClient, path: str, rate: float, seconds: float, timeout_s: float
+    client: LeanClient,
+    path: str,
+    rate: float,
+    seconds: float,
+    timeout_s: float,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     n = max(1, int(rate * seconds))
     latencies: list[float] = []
     errors = 0
     timeouts = 0
+    statuses: dict[int, int] = {}
 
     async def one(at: float) -> None:
         nonlocal errors, timeouts
         # Never cancelled (a cancelled request costs a connection and a new handshake,
         # which only feeds the overload); one answered after timeout_s counts as a timeout.
         try:
-            r = await client.get(path)
-            if r.status_code != 200:
+            r = await client.get(path, headers)
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+            if r.status not in (200, 304):
                 errors += 1
             latency = (time.perf_counter() - at) * 1000
             timeouts += latency > timeout_s * 1000
             latencies.append(latency)
-        except httpx.HTTPError:
+        except (OSError, asyncio.IncompleteReadError, ValueError):
             errors += 1
             latencies.append((time.perf_counter() - at) * 1000)
 
@@ -131,39 +151,43 @@ async def _phase(
         "max_ms": round(max(latencies), 2),
         "errors": errors,
         "timeouts": timeouts,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
     }
 
 
 async def _load(
-    base: str, token: str, rate: float, seconds: float, timeout_s: float
+    port: int, token: str, rate: float, seconds: float, timeout_s: float
 ) -> dict[str, dict[str, Any]]:
-    # A fixed pool: requests beyond it wait in the client's queue (and that wait counts).
-    limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(
-        base_url=base, headers=headers, limits=limits, timeout=600.0
-    ) as client:
+    # A fixed pool: requests beyond it wait for a connection (and that wait counts).
+    client = LeanClient("127.0.0.1", port, headers={"Authorization": f"Bearer {token}"})
+    try:
         deadline = time.monotonic() + 30
         while True:  # the server is up once /health answers
             try:
-                if (await client.get("/health")).status_code == 200:
+                if (await client.get("/health")).status == 200:
                     break
-            except httpx.HTTPError:
+            except (OSError, asyncio.IncompleteReadError, ValueError):
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"bench api: the API at {base} did not start")
+                raise RuntimeError(f"bench api: the API on port {port} did not start")
             await asyncio.sleep(0.1)
         for path in ("/api/v1/hazards?limit=50", "/api/v1/risk/heatmap"):  # warm
-            (await client.get(path)).raise_for_status()
+            warm = await client.get(path)
+            if warm.status != 200:
+                raise RuntimeError(f"bench api: {path} answered {warm.status}: {warm.body[:300]!r}")
+        etag = (await client.get("/api/v1/risk/heatmap")).headers.get("etag", "")
         out = {}
-        for name, path in (
-            ("health", "/health"),
-            ("hazards", "/api/v1/hazards?limit=50"),
-            ("heatmap", "/api/v1/risk/heatmap"),
+        for name, path, headers in (
+            ("health", "/health", None),
+            ("hazards", "/api/v1/hazards?limit=50", None),
+            ("heatmap", "/api/v1/risk/heatmap", None),
+            ("heatmap_etag", "/api/v1/risk/heatmap", {"If-None-Match": etag}),
         ):
-            out[name] = await _phase(client, path, rate, seconds, timeout_s)
+            out[name] = await _phase(client, path, rate, seconds, timeout_s, headers)
             print(f"bench api: {name}: {out[name]}", flush=True)
         return out
+    finally:
+        await client.aclose()
 
 
 def run(
@@ -185,7 +209,7 @@ def run(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            phases = asyncio.run(_load(f"http://127.0.0.1:{port}", token, rate, seconds, timeout_s))
+            phases = asyncio.run(_load(port, token, rate, seconds, timeout_s))
         finally:
             proc.terminate()
             try:
@@ -203,6 +227,7 @@ def run(
         "baseline_health": phases["health"],
         "hazard_list": phases["hazards"],
         "heatmap": phases["heatmap"],
+        "heatmap_if_none_match": phases["heatmap_etag"],
         "p99_ms": worst,
         "rps": min(phases["hazards"]["rps"], phases["heatmap"]["rps"]),
         "goal_p99_ms": 50,
