@@ -159,7 +159,8 @@ async def _load(
     port: int, token: str, rate: float, seconds: float, timeout_s: float
 ) -> dict[str, dict[str, Any]]:
     # A fixed pool: requests beyond it wait for a connection (and that wait counts).
-    client = LeanClient("127.0.0.1", port, headers={"Authorization": f"Bearer {token}"})
+    headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}  # as a browser
+    client = LeanClient("127.0.0.1", port, headers=headers)
     try:
         deadline = time.monotonic() + 30
         while True:  # the server is up once /health answers

@@ -20,10 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, UploadFile
+from fastapi import APIRouter, Depends, File, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from cloud._encoded import EncodedBody, encoded_response
 from cloud.auth import ALL_ROLES, Guards, Principal, Role, error_responses
 from cloud.hazards._lifecycle import HazardEvent, HazardGrade, HazardStatus
 from cloud.hazards._service import (
@@ -134,10 +135,10 @@ class _PageCache:
     def __init__(self, version: Callable[[], int], max_age_s: float) -> None:
         self._version = version
         self.max_age_s = max_age_s
-        self._pages: dict[tuple[object, ...], tuple[int, float, bytes]] = {}
+        self._pages: dict[tuple[object, ...], tuple[int, float, EncodedBody]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[object, ...]) -> bytes | None:
+    def get(self, key: tuple[object, ...]) -> EncodedBody | None:
         hit = self._pages.get(key)
         if hit is None or hit[0] != self._version():
             return None
@@ -145,7 +146,7 @@ class _PageCache:
             return None
         return hit[2]
 
-    def put(self, key: tuple[object, ...], version: int, body: bytes) -> None:
+    def put(self, key: tuple[object, ...], version: int, body: EncodedBody) -> None:
         with self._lock:
             self._pages.pop(key, None)
             self._pages[key] = (version, time.monotonic(), body)
@@ -235,12 +236,12 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
 
     pages = _PageCache(lambda: service.version, PAGE_CACHE_MAX_AGE_S)
 
-    def _page(flt: HazardFilter, offset: int, limit: int, before: int | None) -> bytes:
+    def _page(flt: HazardFilter, offset: int, limit: int, before: int | None) -> EncodedBody:
         key = (flt, offset, limit, before)
         version = service.version  # before the query: a change meanwhile makes it stale
         items, total = service.find(flt, offset=offset, limit=limit, before=before)
         last = items[-1].id if len(items) == limit and items[-1].id > 1 else None
-        body = _PAGE_JSON.dump_json(_Page(total, offset, limit, items, last))
+        body = EncodedBody.of(_PAGE_JSON.dump_json(_Page(total, offset, limit, items, last)))
         pages.put(key, version, body)
         return body
 
@@ -256,6 +257,7 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
         dependencies=[Depends(readers)],
     )
     async def list_hazards(
+        request: Request,
         area: Area = None,
         grade: HazardGrade | None = None,
         status: HazardStatus | None = None,
@@ -272,7 +274,7 @@ def hazards_router(service: HazardService, guards: Guards) -> APIRouter:
                 body = await asyncio.to_thread(_page, flt, offset, limit, before)
             except StoreError as exc:
                 raise _http(exc) from exc
-        return Response(body, media_type="application/json")
+        return encoded_response(request, body)
 
     @router.get(
         "/hazards.csv",

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
+from cloud._encoded import encoded_response
 from cloud.auth import ALL_ROLES, Guards, error_responses
 from cloud.risk._service import RiskService
 
@@ -100,7 +101,7 @@ def risk_router(service: RiskService | None, guards: Guards) -> APIRouter:
         headers = {"ETag": snap.etag, "Cache-Control": "no-cache"}
         if _etag_matches(request.headers.get("if-none-match"), snap.etag):
             return Response(status_code=304, headers=headers)
-        return Response(snap.body, media_type="application/json", headers=headers)
+        return encoded_response(request, snap.body, headers)
 
     @router.get(
         "/history",

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from cloud._encoded import EncodedBody
 from cloud.hazards import HazardGrade, HazardService
 from cloud.risk._grading import RiskGrade
 from cloud.risk._model import AreaRisk, LiveFactors, RiskModel, compute, load_risk_file
@@ -78,7 +79,7 @@ class HeatmapSnapshot:
     at: dt.datetime  # when it was computed
     computed: float  # time.monotonic() of the same moment
     areas: list[AreaRisk]
-    body: bytes  # GET /api/v1/risk/heatmap's answer (HeatmapOut)
+    body: EncodedBody  # GET /api/v1/risk/heatmap's answer (HeatmapOut), also gzipped
     etag: str  # weak: the digest of the areas (not of ``at``)
 
 
@@ -113,7 +114,7 @@ def _make_snapshot(site: str, areas: list[AreaRisk]) -> HeatmapSnapshot:
     content = json.dumps(documents, ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
     head = json.dumps({"configured": True, "site": site, "at": at.isoformat()})
-    body = f'{head[:-1]},"areas":{content}}}'.encode()
+    body = EncodedBody.of(f'{head[:-1]},"areas":{content}}}'.encode())
     return HeatmapSnapshot(site, at, time.monotonic(), areas, body, f'W/"{digest}"')
 
 

@@ -183,7 +183,7 @@ async def test_keyset_pages_and_a_list_that_never_shows_an_old_page_after_a_chan
         body = {"title": f"k{i}", "area": "face-1", "grade": "general"}
         assert (await client.post("/api/v1/hazards", json=body, headers=eng)).status_code == 201
 
-    async def page(**params: object) -> dict[str, Any]:
+    async def page(**params: int) -> dict[str, Any]:
         r = await client.get("/api/v1/hazards", params=params, headers=viewer)
         assert r.status_code == 200, r.text
         return dict(r.json())

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -71,14 +72,20 @@ class Env:
 
 
 @contextlib.asynccontextmanager
-async def _env(tmp_path: Path, **timing: float) -> AsyncIterator[Env]:
+async def _env(
+    tmp_path: Path, model: dict[str, Any] | None = None, **timing: float
+) -> AsyncIterator[Env]:
     store = Store(cloud_db_url(tmp_path, "risk.db"))
     store.create_all()
     auth = make_authenticator(store.engine)
     hazards = HazardService(store.engine, auth.audit, tmp_path / "ev")
     hazards.create_all()
     risk = RiskService(
-        store.engine, RiskModel.model_validate(MODEL), store=store, hazards=hazards, **timing
+        store.engine,
+        RiskModel.model_validate(model or MODEL),
+        store=store,
+        hazards=hazards,
+        **timing,
     )
     risk.create_all()
     ingest = IngestService("127.0.0.1", 1, store, RecordingWriter(), ts_window=ANY_TIME)
@@ -281,3 +288,23 @@ async def test_a_failed_recompute_keeps_the_refresher_alive_and_never_serves_sta
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_the_heatmap_goes_gzipped_to_who_accepts_it(tmp_path: Path) -> None:
+    areas = [{"id": f"a{i}", "units": [{"id": f"u{i}", "lec": {"l": 1, "e": 1, "c": 1}}]}
+             for i in range(40)]  # fmt: skip
+    async with _env(tmp_path, {"site": "mine-a", "areas": areas}) as env:
+        await _gzip_or_not(env)
+
+
+async def _gzip_or_not(env: Env) -> None:
+    plain = await env.client.get(
+        "/api/v1/risk/heatmap", headers={**env.headers, "Accept-Encoding": "identity"}
+    )
+    zipped = await env.client.get(
+        "/api/v1/risk/heatmap", headers={**env.headers, "Accept-Encoding": "gzip"}
+    )
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["content-encoding"] == "gzip"  # httpx decoded it
+    assert zipped.json() == plain.json() and zipped.headers["vary"] == "Accept-Encoding"
+    assert int(zipped.headers["content-length"]) < len(plain.content)
