@@ -73,6 +73,7 @@ def serve(work: Path, port: int) -> None:
     from cloud.auth import Authenticator, AuthStore
     from cloud.hazards import HazardService
     from cloud.risk import RiskModel, RiskService
+    from cloud.service import run_event_loop
     from cloud.storage import Store
 
     store = Store(f"sqlite:///{work / 'cloud.db'}")
@@ -98,7 +99,7 @@ def serve(work: Path, port: int) -> None:
             await server.serve()
             refresher.cancel()
 
-    asyncio.run(main())
+    run_event_loop(main())  # as safewatch cloud run does
 
 
 async def _phase(
@@ -178,13 +179,14 @@ async def _load(
                 raise RuntimeError(f"bench api: {path} answered {warm.status}: {warm.body[:300]!r}")
         etag = (await client.get("/api/v1/risk/heatmap")).headers.get("etag", "")
         out = {}
-        for name, path, headers in (
+        phases: list[tuple[str, str, dict[str, str] | None]] = [
             ("health", "/health", None),
             ("hazards", "/api/v1/hazards?limit=50", None),
             ("heatmap", "/api/v1/risk/heatmap", None),
             ("heatmap_etag", "/api/v1/risk/heatmap", {"If-None-Match": etag}),
-        ):
-            out[name] = await _phase(client, path, rate, seconds, timeout_s, headers)
+        ]
+        for name, path, extra in phases:
+            out[name] = await _phase(client, path, rate, seconds, timeout_s, extra)
             print(f"bench api: {name}: {out[name]}", flush=True)
         return out
     finally:

@@ -13,10 +13,10 @@ import datetime as dt
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -39,7 +39,9 @@ from cloud.storage import (
 )
 from wire.backoff import Backoff
 
-__all__ = ["CloudService", "CloudSettings"]
+__all__ = ["CloudService", "CloudSettings", "run_event_loop"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -345,3 +347,16 @@ def _make_writer(settings: CloudSettings) -> PointWriter:
         username=settings.influx_username,
         password=settings.influx_password,
     )
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on uvloop where it is installed (a dependency on Linux and
+    macOS): the API, the ingest and the heatmap refresher share one loop, and uvloop's
+    costs about half as much CPU per request as asyncio's own loop. Without it (Windows),
+    asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)

@@ -19,6 +19,7 @@ from cloud import CloudService, CloudSettings, IngestService, migrations
 from cloud.commands import CommandSigner
 from cloud.ingest import TimeWindow
 from cloud.risk import RiskFileError, load_risk_file
+from cloud.service import run_event_loop
 from cloud.storage import InfluxError, InfluxV1Writer, Store, StoreError
 
 app = typer.Typer(no_args_is_help=True)
@@ -197,7 +198,7 @@ def run(
                 loop.remove_signal_handler(sig)
 
     try:
-        asyncio.run(main())
+        run_event_loop(main())
     except* RuntimeError as group_error:
         for exc in group_error.exceptions:
             typer.echo(f"error: {exc}", err=True)
