@@ -156,8 +156,17 @@ async def _phase(
     }
 
 
+def _cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None off Linux."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _load(
-    port: int, token: str, rate: float, seconds: float, timeout_s: float
+    port: int, token: str, rate: float, seconds: float, timeout_s: float, server_pid: int
 ) -> dict[str, dict[str, Any]]:
     # A fixed pool: requests beyond it wait for a connection (and that wait counts).
     headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": "gzip"}  # as a browser
@@ -186,7 +195,14 @@ async def _load(
             ("heatmap_etag", "/api/v1/risk/heatmap", {"If-None-Match": etag}),
         ]
         for name, path, extra in phases:
+            server0, client0 = _cpu_s(server_pid), time.process_time()
             out[name] = await _phase(client, path, rate, seconds, timeout_s, extra)
+            server1, client1 = _cpu_s(server_pid), time.process_time()
+            n = out[name]["requests"]
+            # CPU per request, less dependent on the box's load than the latencies
+            out[name]["client_cpu_ms"] = round((client1 - client0) * 1000 / n, 3)
+            if server0 is not None and server1 is not None:
+                out[name]["server_cpu_ms"] = round((server1 - server0) * 1000 / n, 3)
             print(f"bench api: {name}: {out[name]}", flush=True)
         return out
     finally:
@@ -212,7 +228,7 @@ def run(
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:
-            phases = asyncio.run(_load(port, token, rate, seconds, timeout_s))
+            phases = asyncio.run(_load(port, token, rate, seconds, timeout_s, proc.pid))
         finally:
             proc.terminate()
             try:
