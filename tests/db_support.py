@@ -11,6 +11,7 @@ at the end of the session. Run the suite that way with
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,15 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-__all__ = ["PG_URL", "TEST_DB", "cloud_db_url", "drop_made_schemas", "pg_schema", "schema_url"]
+__all__ = [
+    "PG_URL",
+    "TEST_DB",
+    "cloud_db_url",
+    "database_locked",
+    "drop_made_schemas",
+    "pg_schema",
+    "schema_url",
+]
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TEST_DB = os.environ.get("SAFEWATCH_TEST_DB", "").strip()
@@ -81,3 +90,34 @@ def drop_made_schemas() -> None:
     while _made:
         _, (server, schema) = _made.popitem()
         _drop_schema(server, schema)
+
+
+# The tables the ingest writes in every batch (locking them stalls it on PostgreSQL).
+_INGEST_TABLES = ("gateways", "seen_seq", "alarm_events", "latest_values")
+
+
+@contextmanager
+def database_locked(url: str) -> Iterator[None]:
+    """The cloud database ``url`` locked against writers while inside: a fault the ingest
+    must wait out and go on from. SQLite: ``BEGIN EXCLUSIVE`` on the file; PostgreSQL:
+    the ingest's tables locked ``ACCESS EXCLUSIVE`` in an open transaction."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        assert parsed.database, url
+        lock = sqlite3.connect(parsed.database, isolation_level=None, timeout=30)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            yield
+            lock.execute("COMMIT")
+        finally:
+            lock.close()
+        return
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            tables = ", ".join(_INGEST_TABLES)
+            conn.execute(sa.text(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE"))
+            yield
+            conn.rollback()
+    finally:
+        engine.dispose()

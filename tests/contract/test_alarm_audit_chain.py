@@ -20,6 +20,7 @@ from edge.alarm_manager import AlarmStore, alarm_db_path
 from edge.gateway import Gateway
 from edge.latches import submit_command
 from safewatch.cli import app
+from tests.db_support import cloud_db_url
 from tests.support import async_wait_until, start_mosquitto
 from tests.unit.test_polling import FakeBus, f32, make_site
 
@@ -34,7 +35,7 @@ async def test_a_local_cli_ack_and_a_calibration_end_up_in_the_verified_cloud_ch
     bus.set(2, "holding", 0, [30])
     bus.set(2, "input", 1, [2090])
     broker = start_mosquitto(tmp_path)
-    db_url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    db_url = cloud_db_url(tmp_path)
     store = Store(db_url)
     store.create_all()
     audit = AuditLog(store.engine)

@@ -31,6 +31,7 @@ from cloud.storage import Store
 from cloud.storage.db import AlarmEventRow
 from cloud.wall import WallSettings
 from tests.auth_support import make_authenticator
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, point, telemetry
 from tests.support import async_wait_until, free_port
 from tests.unit.test_cloud_ingest import ANY_TIME, RecordingWriter
@@ -150,7 +151,7 @@ class Rig:
 
 
 def _rig(tmp_path: Path, settings: WallSettings) -> Rig:
-    store = Store(f"sqlite:///{tmp_path / 'stream.db'}")
+    store = Store(cloud_db_url(tmp_path, "stream.db"))
     store.create_all()
     risk = RiskService(store.engine, RiskModel.model_validate(RISK), store=store)
     risk.create_all()

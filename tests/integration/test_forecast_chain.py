@@ -27,6 +27,7 @@ from edge.config import load_model, load_site
 from edge.inference import install_timelapse
 from models import MODELS_DIR, read_card
 from simulators import Scenario, ScenarioPlayer, SiteSimulator
+from tests.db_support import cloud_db_url
 from tests.integration.test_methane_chain import _cut_latency_s, _first, _safewatch
 from tests.support import Broker, async_wait_until, free_port
 
@@ -76,7 +77,7 @@ async def test_forecasts_reach_influxdb_and_the_pre_alarm_comes_before_the_alarm
     sim = SiteSimulator(load_site(site_path))
     await sim.start()
     api = f"http://127.0.0.1:{api_port}"
-    db_url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    db_url = cloud_db_url(tmp_path)
     cloud_args = [
         "cloud", "run", "--mqtt-port", str(broker.port), "--influx-url", influx_url,
         "--influx-db", influx_name, "--db-url", db_url, "--port", str(api_port),

@@ -47,6 +47,8 @@ import pytest
 import wire
 from bench._harness import child
 from bench.gateway import write_profiles, write_site
+from cloud.storage import Store, StoreError
+from tests.db_support import cloud_db_url, database_locked
 from tests.integration.test_ingest_faults import DB, LIMITS, Cloud
 from tests.support import async_wait_until, private_influxd, start_mosquitto
 
@@ -160,14 +162,14 @@ class Observer:
 
 def cloud_row(tmp: Path) -> tuple[int, int] | None:
     """(last_seq, gaps) of the gateway in the cloud's database."""
-    with contextlib.closing(sqlite3.connect(tmp / "cloud.db", timeout=30)) as db:
-        try:
-            row = db.execute(
-                "SELECT last_seq, gaps FROM gateways WHERE gateway=?", (GATEWAY,)
-            ).fetchone()
-        except sqlite3.OperationalError:  # no tables yet
-            return None
-    return (int(row[0]), int(row[1])) if row and row[0] is not None else None
+    store = Store(cloud_db_url(tmp, "cloud.db"))
+    try:
+        found = [g for g in store.gateways() if g.gateway == GATEWAY]
+    except StoreError:  # no tables yet
+        return None
+    finally:
+        store.close()
+    return (found[0].last_seq, found[0].gaps) if found and found[0].last_seq is not None else None
 
 
 def cloud_alarms(tmp: Path) -> list[tuple[int, str, str, str, int]]:
@@ -275,12 +277,9 @@ async def test_the_real_gateway_killed_mid_stream_loses_nothing_unmarked(tmp_pat
         )
         note(f"InfluxDB back after {time.monotonic() - away:.0f} s; spool drained")
 
-        lock = sqlite3.connect(tmp_path / "cloud.db", isolation_level=None, timeout=30)
-        lock.execute("BEGIN EXCLUSIVE")  # the SQL database locked
-        await asyncio.sleep(LOCK_S)
-        assert cloud.alive(), "the cloud exited while its database was locked"
-        lock.execute("COMMIT")
-        lock.close()
+        with database_locked(cloud_db_url(tmp_path, "cloud.db")):  # the SQL database locked
+            await asyncio.sleep(LOCK_S)
+            assert cloud.alive(), "the cloud exited while its database was locked"
         await progress("progress after the lock")
 
         assert edge.stop() == 0, "the gateway did not stop cleanly"

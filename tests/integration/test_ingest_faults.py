@@ -19,7 +19,6 @@ import os
 import random
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import pytest
 
 import wire
 from cloud.storage import Store
-from tests.db_support import cloud_db_url
+from tests.db_support import cloud_db_url, database_locked
 from tests.support import (
     Broker,
     InfluxServer,
@@ -321,12 +320,9 @@ async def test_nothing_accepted_is_lost_or_duplicated_and_the_cloud_keeps_servin
                     "the spool drained",
                 )
 
-                lock = sqlite3.connect(tmp_path / "cloud.db", isolation_level=None, timeout=30)
-                lock.execute("BEGIN EXCLUSIVE")  # the SQL database locked for a while
-                await asyncio.sleep(2)
-                assert cloud.alive() and (await cloud.health())["mqtt"]
-                lock.execute("COMMIT")
-                lock.close()
+                with database_locked(cloud_db_url(tmp_path, "cloud.db")):
+                    await asyncio.sleep(2)  # the SQL database locked for a while
+                    assert cloud.alive() and (await cloud.health())["mqtt"]
                 await progress(5, "progress after the lock")
 
             expected = {g: len(gateways.telemetry[g]) + len(gateways.alarms[g]) for g in GATEWAYS}

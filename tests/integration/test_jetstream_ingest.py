@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import signal
-import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ import aiomqtt
 import httpx
 import nats
 import pytest
+import sqlalchemy as sa
 
 import wire
 from cloud import IngestService
@@ -182,8 +182,8 @@ async def test_a_worker_and_a_node_die_and_nothing_is_lost_or_duplicated(
                 try:
                     await async_wait_until(done, 60, "every message stored")
                 except AssertionError:
-                    with sqlite3.connect(tmp_path / "cloud.db") as db_:
-                        seen = [r[0] for r in db_.execute("SELECT seq FROM seen_seq")]
+                    with stores[1].engine.connect() as db_:
+                        seen = list(db_.execute(sa.text("SELECT seq FROM seen_seq")).scalars())
                     raise AssertionError(
                         f"not every seq stored after the {leader} kill: {stores[1].gateways()}, "
                         f"missing {sorted(set(range(1, MESSAGES + 1)) - set(seen))[:50]}"

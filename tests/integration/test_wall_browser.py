@@ -32,6 +32,7 @@ from cloud.commands import generate_command_key
 from edge.config import load_model, load_site
 from simulators import Scenario, ScenarioPlayer, SiteSimulator
 from tests.browser import Browser, chromium_or_fail
+from tests.db_support import cloud_db_url
 from tests.integration.test_methane_chain import ACTUATOR, CUT_TAG, _safewatch, _write_site
 from tests.support import Broker, async_wait_until, free_port
 
@@ -123,7 +124,7 @@ async def test_the_face_turns_red_on_the_wall_after_the_methane_scenario(
     sim = SiteSimulator(load_site(site_path))
     await sim.start()
     api = f"http://127.0.0.1:{api_port}"
-    db_url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    db_url = cloud_db_url(tmp_path)
     cloud_args = [
         "cloud", "run", "--mqtt-port", str(broker.port), "--influx-url", influx_url,
         "--influx-db", influx_name, "--db-url", db_url, "--port", str(api_port),

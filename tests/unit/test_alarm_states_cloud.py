@@ -15,6 +15,7 @@ from cloud.audit import AuditLog
 from cloud.auth import Role
 from cloud.storage import Store
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 from tests.factories import GATEWAY, SITE, T0, alarm
 
 
@@ -36,7 +37,7 @@ def action(seq: int, state: str, verb: str, actor: str, alarm_id: str = "a1") ->
 
 
 def _mirror(tmp_path: Path) -> tuple[Store, AlarmMirror, AuditLog]:
-    store = Store(f"sqlite:///{tmp_path / 'cloud.db'}")
+    store = Store(cloud_db_url(tmp_path))
     store.create_all()
     audit = AuditLog(store.engine)
     audit.create_all()

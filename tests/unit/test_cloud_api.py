@@ -169,9 +169,10 @@ async def test_database_gone_is_a_503_on_every_read_route(
 ) -> None:
     """One app-wide handler turns a StoreError into 503 on every router, auth included."""
     async with asgi_client(store, health_state) as client:
+        cascade = " CASCADE" if store.dialect == "postgresql" else ""  # evidence -> hazards
         with store.engine.begin() as conn:
             for table in reversed(sorted(_table_names(store))):
-                conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"')
+                conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{table}"{cascade}')
         for path in (
             "/api/v1/alarms",
             "/api/v1/latest?site=mine-a",

@@ -12,11 +12,12 @@ from cloud.auth import Authenticator, AuthStore, NotAuthenticated, Role
 from cloud.storage import Store
 from safewatch.cli import app as cli
 from tests.auth_support import PASSWORD
+from tests.db_support import cloud_db_url
 
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'nested' / 'cloud.db'}"
+    return cloud_db_url(tmp_path / "nested")  # SQLite: the folder is made by the CLI
 
 
 def _auth(db_url: str) -> tuple[Store, Authenticator]:

@@ -18,6 +18,7 @@ from cloud.risk import RiskModel, RiskService
 from cloud.storage import AlarmRecord, Store
 from cloud.wall import STATIC_DIR, WallService, active_alarms, inline_page
 from tests.auth_support import headers_for, make_authenticator
+from tests.db_support import cloud_db_url
 from tests.factories import T0, alarm, point, telemetry
 from tests.unit.test_cloud_ingest import ANY_TIME, RecordingWriter
 
@@ -110,7 +111,7 @@ def test_a_state_event_naming_no_known_state_changes_nothing() -> None:
 
 @pytest.fixture
 def wall_setup(tmp_path: Path) -> Iterator[tuple[IngestService, WallService, Store]]:
-    store = Store(f"sqlite:///{tmp_path / 'wall.db'}")
+    store = Store(cloud_db_url(tmp_path, "wall.db"))
     store.create_all()
     risk = RiskService(store.engine, RiskModel.model_validate(RISK), store=store)
     risk.create_all()

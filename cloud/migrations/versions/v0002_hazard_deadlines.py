@@ -23,9 +23,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("hazards") as batch:
-        batch.add_column(sa.Column("reminded_at", sa.DateTime(timezone=True), nullable=True))
-        batch.add_column(sa.Column("escalated_at", sa.DateTime(timezone=True), nullable=True))
+    # An adopted create_all database (HazardService.create_all, the scheduler's own table
+    # creation) may have them already: PostgreSQL refuses a second column of a name.
+    inspector = sa.inspect(op.get_bind())
+    have = {c["name"] for c in inspector.get_columns("hazards")}
+    missing = [name for name in ("reminded_at", "escalated_at") if name not in have]
+    if missing:
+        with op.batch_alter_table("hazards") as batch:
+            for name in missing:
+                batch.add_column(sa.Column(name, sa.DateTime(timezone=True), nullable=True))
+    if inspector.has_table("hazard_jobs"):
+        return
     op.create_table(
         "hazard_jobs",
         sa.Column("id", sa.Unicode(length=191), nullable=False),

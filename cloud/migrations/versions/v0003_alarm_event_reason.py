@@ -21,7 +21,14 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _has_column(table: str, column: str) -> bool:
+    """A database made by create_all before Alembic (adopted by 0001) may have it already."""
+    return column in {c["name"] for c in sa.inspect(op.get_bind()).get_columns(table)}
+
+
 def upgrade() -> None:
+    if _has_column("alarm_events", "reason"):
+        return
     with op.batch_alter_table("alarm_events") as batch:
         batch.add_column(
             sa.Column("reason", sa.Text(), nullable=False, server_default=sa.text("''"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004"
@@ -23,10 +24,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.drop_index("ix_hazards_area", table_name="hazards")
-    op.create_index("ix_hazards_area_id", "hazards", ["area", "id"])
-    op.create_index("ix_hazards_kind_id", "hazards", ["kind", "id"])
-    op.create_index("ix_hazards_status_id", "hazards", ["status", "id"])
+    # an adopted create_all database may have the new indexes and lack the old one
+    have = {i["name"] for i in sa.inspect(op.get_bind()).get_indexes("hazards")}
+    if "ix_hazards_area" in have:
+        op.drop_index("ix_hazards_area", table_name="hazards")
+    for name, columns in (
+        ("ix_hazards_area_id", ["area", "id"]),
+        ("ix_hazards_kind_id", ["kind", "id"]),
+        ("ix_hazards_status_id", ["status", "id"]),
+    ):
+        if name not in have:
+            op.create_index(name, "hazards", columns)
 
 
 def downgrade() -> None:
