@@ -195,18 +195,18 @@ class RiskService:
                 g.gateway for g in self.store.gateways() if g.site == site and g.state == "offline"
             }
             offline_areas: set[tuple[str, str]] = set()
-            for value in self.store.latest(site):
-                seen[value.tag] = _signature(value.area, value.gateway, value.kind, value.quality)
-                if value.area not in areas:
+            for tag, area, gateway, kind, quality in sorted(self.store.latest_states(site)):
+                seen[tag] = _signature(area, gateway, kind, quality)
+                if area not in areas:
                     continue
                 # the tag's condition as its gateway decided it: its own kind's newest event
-                level = level_of.get((value.tag, value.kind), "normal")
+                level = level_of.get((tag, kind), "normal")
                 if level in _ACTIVE:
-                    live.add(value.area, _factor(value.kind, level), value.tag)
-                elif value.quality != "good":
-                    live.add(value.area, "fault", value.tag)
-                if value.gateway in offline:
-                    offline_areas.add((value.area, value.gateway))
+                    live.add(area, _factor(kind, level), tag)
+                elif quality != "good":
+                    live.add(area, "fault", tag)
+                if gateway in offline:
+                    offline_areas.add((area, gateway))
             # Active alarms of tags with no latest value (never sent a value, an actuator,
             # a feedback input judged by its rule): the event's own area; the worst per tag.
             unvalued: dict[str, tuple[int, str, str]] = {}

@@ -857,6 +857,16 @@ class Store:
         with self._begin() as conn:
             return {r.tag: r.level for r in conn.execute(query)}
 
+    def latest_states(self, site: str) -> list[tuple[str, str, str, str, str]]:
+        """(tag, area, gateway, kind, quality) of every tag of ``site`` with a latest value:
+        what the risk heatmap needs, without building a :class:`LatestValue` per tag."""
+        lv = _LATEST
+        query = sa.select(lv.c.tag, lv.c.area, lv.c.gateway, lv.c.kind, lv.c.quality).where(
+            lv.c.site == site
+        )
+        with self._begin() as conn:
+            return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
+
     def newest_conditions(self, site: str) -> list[TagCondition]:
         """The level of the newest alarm event of every (tag, kind) of ``site`` - normal
         ones too - whether or not the tag has a latest value (by gateway timestamp, then

@@ -267,19 +267,19 @@ async def test_a_failed_recompute_keeps_the_refresher_alive_and_never_serves_sta
     async with _env(tmp_path, min_interval_s=0.05, max_age_s=0.1, stale_s=0.5) as env:
         risk = env.risk
         assert (await env.get()).status_code == 200
-        real_latest = risk.store.latest  # type: ignore[union-attr]
+        real_latest = risk.store.latest_states  # type: ignore[union-attr]
 
         def broken(site: str) -> list[object]:
             raise StoreError("database down (test)")
 
-        risk.store.latest = broken  # type: ignore[method-assign,union-attr]
+        risk.store.latest_states = broken  # type: ignore[method-assign,union-attr]
         task = asyncio.create_task(risk.keep_fresh(), name="test-keep-fresh")
         try:
             down = await async_wait_until(
                 lambda: _status_not(env, "nothing", 200), 5, "503 once the snapshot is stale"
             )
             assert down is not None and down.status_code == 503 and not task.done()
-            risk.store.latest = real_latest  # type: ignore[method-assign,union-attr]
+            risk.store.latest_states = real_latest  # type: ignore[method-assign,union-attr]
             back = await async_wait_until(
                 lambda: _status_not(env, "nothing", 503), 5, "200 once the database is back"
             )
