@@ -509,6 +509,18 @@ class HazardService:
             ).all()
         return [_record(r, now) for r in rows], int(total)
 
+    def change_marker(self) -> tuple[object, ...]:
+        """A cheap summary that changes when the open hazards or their overdue flags may
+        have changed - by any process: the newest change, the count of hazards and of open
+        ones past their deadline now."""
+        c = _HAZARDS.c
+        overdue = sa.func.sum(
+            sa.case((sa.and_(c.status != _CLOSED, c.deadline < self.now()), 1), else_=0)
+        )
+        with self._begin() as conn:
+            row = conn.execute(sa.select(sa.func.max(c.updated_at), sa.func.count(), overdue)).one()
+        return (row[0], row[1], row[2] or 0)
+
     def open_hazards(self) -> list[HazardRecord]:
         """Every hazard not closed (for the risk service)."""
         now = self.now()

@@ -138,7 +138,7 @@ class RiskService:
         store: Store | None = None,
         hazards: HazardService | None = None,
         min_interval_s: float = 1.0,
-        max_age_s: float = 5.0,
+        max_age_s: float = 10.0,
         stale_s: float = 30.0,
     ) -> None:
         if not 0 < min_interval_s <= max_age_s:
@@ -161,6 +161,9 @@ class RiskService:
         self._compute_lock = threading.Lock()
         self._snapshot: HeatmapSnapshot | None = None
         self._dirty = True
+        # when the snapshot was last known current (computed, or the inputs' marker unchanged)
+        self._verified = 0.0
+        self._marker: tuple[object, ...] | None = None
         # tag -> (area, gateway, kind, good) of the latest values the last recompute read
         self._seen: dict[str, tuple[str, str, str, bool]] = {}
         if hazards is not None:
@@ -250,11 +253,36 @@ class RiskService:
 
     def _recompute(self, record: bool) -> list[AreaRisk]:
         self._dirty = False  # a change from here on is seen by the next recompute
+        marker = self.change_marker()  # before reading: a change meanwhile shows next time
         areas = compute(self.model, self.live_factors())
         if record:
             self._record(areas)
         self._snapshot = _make_snapshot(self.model.site, areas)
+        self._marker = marker
+        self._verified = self._snapshot.computed
         return areas
+
+    def change_marker(self) -> tuple[object, ...]:
+        """What the inputs look like, cheaply (a few aggregate queries, ~1-2 ms): when it
+        differs from the last recompute's, something this service reads has changed -
+        also when another process wrote it, or a hazard's deadline passed."""
+        store = None if self.store is None or not self.model.site else self.store
+        return (
+            None if store is None else store.change_marker(self.model.site),
+            None if self.hazards is None else self.hazards.change_marker(),
+        )
+
+    def refresh(self) -> bool:
+        """Recompute when due or when the inputs' marker changed; whether it recomputed.
+        Blocking (the refresher calls it from a thread every ``min_interval_s``)."""
+        with self._compute_lock:
+            if not self.due():
+                marker = self.change_marker()
+                if marker == self._marker:
+                    self._verified = time.monotonic()
+                    return False
+            self._recompute(True)
+            return True
 
     # -- the served snapshot ---------------------------------------------------------------
 
@@ -292,11 +320,11 @@ class RiskService:
         """The served heatmap, recomputed first when due (blocking; raises StoreError).
 
         While another caller recomputes, the current snapshot is served at once unless it
-        is older than ``stale_s`` (then this caller waits for the new one)."""
+        was last confirmed more than ``stale_s`` ago (then this caller waits for the new one)."""
         snap = self._snapshot
         if snap is not None and not self.due():
             return snap
-        wait = snap is None or time.monotonic() - snap.computed > self.stale_s
+        wait = snap is None or time.monotonic() - self._verified > self.stale_s
         if not self._compute_lock.acquire(blocking=wait):
             assert snap is not None
             return snap
@@ -309,34 +337,38 @@ class RiskService:
             self._compute_lock.release()
 
     def due(self) -> bool:
-        """Whether a refresh is due: inputs changed (and ``min_interval_s`` has passed
-        since the last one), or ``max_age_s`` has passed."""
+        """Whether a recompute is due without looking at the database: this process
+        changed an input (and ``min_interval_s`` has passed since the last recompute), or
+        nothing has confirmed the snapshot for ``max_age_s`` (no refresher running, or the
+        database failing it)."""
         snap = self._snapshot
         if snap is None:
             return True
-        age = time.monotonic() - snap.computed
-        return age >= self.max_age_s or (self._dirty and age >= self.min_interval_s)
+        now = time.monotonic()
+        if now - self._verified >= self.max_age_s:
+            return True
+        return self._dirty and now - snap.computed >= self.min_interval_s
 
     async def keep_fresh(self) -> None:
-        """Recompute when inputs changed (looked at every ``min_interval_s``, so at most
-        that often) and at least every ``max_age_s`` (hazards becoming overdue, other
-        cloud processes' writes). Runs until cancelled; a failed recompute is logged and
-        tried again every ``min_interval_s``: the old snapshot is served until it is
-        ``stale_s`` old, then requests recompute themselves (and answer 503 while the
-        database is down) - a wall never shows an old picture as if it were live."""
+        """Every ``min_interval_s``: recompute when this process changed an input, or when
+        the inputs' marker (:meth:`change_marker`) moved - another process's alarm, a
+        gateway going offline, a hazard turning overdue; otherwise only confirm the
+        snapshot (a few cheap queries: a recompute holds the GIL for tens of ms, stalling
+        the API in the same process). Runs until cancelled; a failure is logged and tried
+        again: requests keep the old snapshot for ``max_age_s``, then recompute themselves
+        (503 while the database is down) - a wall never shows an old picture as live."""
         failing = False
         while True:
-            if self.due():
-                try:
-                    await asyncio.to_thread(self.heatmap)
-                except StoreError as exc:
-                    (log.debug if failing else log.warning)("heatmap recompute failed: %s", exc)
-                    failing = True
-                except Exception:  # a bug in one recompute never stops the cloud service
-                    log.exception("heatmap recompute failed")
-                    failing = True
-                else:
-                    failing = False
+            try:
+                await asyncio.to_thread(self.refresh)
+            except StoreError as exc:
+                (log.debug if failing else log.warning)("heatmap refresh failed: %s", exc)
+                failing = True
+            except Exception:  # a bug in one refresh never stops the cloud service
+                log.exception("heatmap refresh failed")
+                failing = True
+            else:
+                failing = False
             await asyncio.sleep(self.min_interval_s)
 
     def _record(self, areas: list[AreaRisk]) -> None:

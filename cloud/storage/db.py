@@ -867,6 +867,22 @@ class Store:
         with self._begin() as conn:
             return [(r[0], r[1], r[2], r[3], r[4]) for r in conn.execute(query)]
 
+    def change_marker(self, site: str) -> tuple[object, ...]:
+        """A cheap summary that changes when what the risk heatmap reads of ``site`` may
+        have changed - written by any process: the newest alarm event, the number of tags
+        and of tags not in good quality, the gateways' states. Three small queries."""
+        a, lv, gw = _ALARMS, _LATEST, _GATEWAYS
+        not_good = sa.func.sum(sa.case((lv.c.quality != "good", 1), else_=0))
+        with self._begin() as conn:
+            newest_alarm = conn.execute(sa.select(sa.func.max(a.c.id))).scalar()
+            tags, bad = conn.execute(
+                sa.select(sa.func.count(), not_good).where(lv.c.site == site)
+            ).one()
+            states = conn.execute(
+                sa.select(gw.c.gateway, gw.c.state).where(gw.c.site == site).order_by(gw.c.gateway)
+            ).all()
+        return (newest_alarm, tags, bad or 0, tuple((g, st) for g, st in states))
+
     def newest_conditions(self, site: str) -> list[TagCondition]:
         """The level of the newest alarm event of every (tag, kind) of ``site`` - normal
         ones too - whether or not the tag has a latest value (by gateway timestamp, then

@@ -232,30 +232,58 @@ def _newer(risk: RiskService, than: HeatmapSnapshot, *, same: bool) -> HeatmapSn
     return snap
 
 
-async def test_keep_fresh_recomputes_in_the_background_and_ages_out(tmp_path: Path) -> None:
-    async with _env(tmp_path, min_interval_s=0.05, max_age_s=0.3) as env:
+async def test_keep_fresh_recomputes_on_any_change_and_only_then(tmp_path: Path) -> None:
+    """The refresher confirms an unchanged snapshot with a few cheap queries, and
+    recomputes for this process's changes, another process's writes and a deadline
+    passing - never just because time went by."""
+    async with _env(tmp_path, min_interval_s=0.05, max_age_s=30.0) as env:
         risk = env.risk
         task = asyncio.create_task(risk.keep_fresh(), name="test-keep-fresh")
         try:
-            await async_wait_until(risk.current, 5, "a first snapshot")
-            first = risk.current()
+            first = await async_wait_until(risk.current, 5, "a first snapshot")
             assert first is not None
-            later = await async_wait_until(
-                lambda: _newer(risk, first, same=True), 5, "a recompute after max_age_s, no change"
+            assert await asyncio.to_thread(risk.refresh) is False  # nothing changed
+            assert risk.current() is first
+
+            with env.store.engine.begin() as conn:  # another process's alarm
+                conn.execute(sa.insert(Base.metadata.tables["alarm_events"]), [_row("X", "cut")])
+            moved: HeatmapSnapshot | None = await async_wait_until(
+                lambda: _newer(risk, first, same=False), 5, "a recompute after a foreign alarm"
             )
-            assert (
-                later is not None and later.etag == first.etag
-            )  # same picture: same ETag, newer `at`
+            assert moved is not None
+            assert ("cut", "X") in _factors(moved, "panel-3")
+            after_alarm = moved
+
             env.hazards.create(HazardIn(title="t", area="panel-4", grade=HazardGrade.MAJOR), "x")
             grown = await async_wait_until(
-                lambda: _newer(risk, first, same=False), 5, "a recompute after a new hazard"
+                lambda: _newer(risk, after_alarm, same=False), 5, "a recompute after a new hazard"
             )
             assert grown is not None
             assert {a.id: a.grade.colour for a in grown.areas}["panel-4"] == "yellow"
+
+            soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.3)
+            env.hazards.create(
+                HazardIn(title="d", area="panel-4", grade=HazardGrade.GENERAL, deadline=soon), "x"
+            )
+            overdue = await async_wait_until(
+                lambda: (
+                    (s := risk.current()) is not None
+                    and ("hazard_overdue" in {f for f, _ in _factors(s, "panel-4")})
+                    and s
+                ),
+                10,
+                "a recompute once the deadline passed",
+            )
+            assert overdue is not None
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _factors(snap: HeatmapSnapshot, area: str) -> list[tuple[str, str]]:
+    (found,) = [a for a in snap.areas if a.id == area]
+    return [(c.factor, c.detail) for c in found.contributions]
 
 
 async def test_a_failed_recompute_keeps_the_refresher_alive_and_never_serves_stale_forever(
@@ -264,22 +292,24 @@ async def test_a_failed_recompute_keeps_the_refresher_alive_and_never_serves_sta
     """The database goes away under the refresher: it logs and keeps trying; the old
     snapshot is served until stale_s, then a request answers 503 instead of an old picture;
     the database back, the next request recomputes."""
-    async with _env(tmp_path, min_interval_s=0.05, max_age_s=0.1, stale_s=0.5) as env:
+    async with _env(tmp_path, min_interval_s=0.05, max_age_s=0.2, stale_s=0.5) as env:
         risk = env.risk
         assert (await env.get()).status_code == 200
-        real_latest = risk.store.latest_states  # type: ignore[union-attr]
+        store = risk.store
+        assert store is not None
+        real = (store.latest_states, store.change_marker)
 
-        def broken(site: str) -> list[object]:
+        def broken(site: str) -> Any:
             raise StoreError("database down (test)")
 
-        risk.store.latest_states = broken  # type: ignore[method-assign,union-attr]
+        store.latest_states = store.change_marker = broken  # type: ignore[method-assign]
         task = asyncio.create_task(risk.keep_fresh(), name="test-keep-fresh")
         try:
             down = await async_wait_until(
-                lambda: _status_not(env, "nothing", 200), 5, "503 once the snapshot is stale"
+                lambda: _status_not(env, "nothing", 200), 5, "503 once nothing confirms it"
             )
             assert down is not None and down.status_code == 503 and not task.done()
-            risk.store.latest_states = real_latest  # type: ignore[method-assign,union-attr]
+            store.latest_states, store.change_marker = real  # type: ignore[method-assign]
             back = await async_wait_until(
                 lambda: _status_not(env, "nothing", 503), 5, "200 once the database is back"
             )
