@@ -14,7 +14,7 @@ from cloud import migrations
 from cloud.audit import AuditLog
 from cloud.storage import Store, StoreError
 from safewatch.cli import app
-from tests.db_support import PG_URL, pg_schema
+from tests.db_support import PG_URL, pg_schema, schema_url
 from tests.factories import alarm
 
 pytestmark = pytest.mark.contract
@@ -163,8 +163,17 @@ def test_unreachable_database_names_it() -> None:
         store.close()
 
 
-def test_cli_upgrade_and_check(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'sub' / 'cloud.db'}"
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_cli_upgrade_and_check(tmp_path: Path, backend: str) -> None:
+    """SQLite in a folder the CLI makes; PostgreSQL in a private schema (``search_path``)."""
+    if backend == "sqlite":
+        _cli_round_trip(f"sqlite:///{tmp_path / 'sub' / 'cloud.db'}")
+        return
+    with pg_schema() as schema:
+        _cli_round_trip(schema_url(PG_URL, schema))
+
+
+def _cli_round_trip(url: str) -> None:
     runner = CliRunner()
     check = runner.invoke(app, ["cloud", "db", "check", "--db-url", url])
     assert check.exit_code == 1, check.output
