@@ -115,10 +115,7 @@ class HazardRow(HazardBase):
     __tablename__ = "hazards"
     __table_args__ = (
         sa.Index("ix_hazards_status_deadline", "status", "deadline"),
-        # the list's filters, newest first (revision 0004)
-        sa.Index("ix_hazards_area_id", "area", "id"),
-        sa.Index("ix_hazards_kind_id", "kind", "id"),
-        sa.Index("ix_hazards_status_id", "status", "id"),
+        sa.Index("ix_hazards_area", "area"),
         sa.UniqueConstraint("dedup_key", name="uq_hazards_dedup_key"),
     )
 

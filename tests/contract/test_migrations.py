@@ -74,7 +74,7 @@ def test_the_comparison_sees_a_difference(store: Store) -> None:
     migrations.upgrade(store.engine)
     prefix = _prefix(store)
     with store.engine.begin() as conn:
-        conn.execute(sa.text(f"DROP INDEX {prefix}ix_hazards_area_id"))
+        conn.execute(sa.text(f"DROP INDEX {prefix}ix_hazards_area"))
         conn.execute(sa.text(f"ALTER TABLE {prefix}gateways ADD COLUMN stray INTEGER"))
     kinds = {item[0] for item in _flat(store)}
     assert {"add_index", "remove_column"} <= kinds
