@@ -348,8 +348,10 @@ class ModbusDriver(LazyConnection):
         if not self._in_flight or client is not self._client:
             return
         pending = self._pending
-        if pending is not None and not pending[0].done():
-            pending[0].set_exception(ConnectionException("connection closed by the peer"))
+        if pending is not None:  # a lean read waits; pymodbus's own future is nobody's
+            if not pending[0].done():
+                pending[0].set_exception(ConnectionException("connection closed by the peer"))
+            return
         future = getattr(getattr(client, "ctx", None), "response_future", None)
         if isinstance(future, asyncio.Future) and not future.done():
             future.set_exception(ConnectionException("connection closed by the peer"))

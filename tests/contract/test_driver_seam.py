@@ -25,6 +25,7 @@ from device_drivers import (
     DecodeError,
     DeviceDriver,
     DeviceTimeout,
+    DeviceUnavailable,
     OutputSpec,
     Quality,
     WriteMismatch,
@@ -329,5 +330,36 @@ async def test_coil_reads_still_go_through_the_guarded_pymodbus_path() -> None:
             assert await drv.read_coils(1, 0, 3) == [True, False, True]
             assert await drv.read_registers(1, "holding", 4, 1) == [9]
             assert drv.connected and drv.garbage_frames == 1
+        finally:
+            await drv.close()
+
+
+async def test_lean_read_fails_at_once_when_the_peer_closes() -> None:
+    """The peer closes the connection while a register read waits: that read fails at
+    once as 'no connection' (not at its timeout), nothing else is left with an error
+    nobody reads (asyncio would log it), and the next read reconnects."""
+    calls = 0
+
+    def answer(tid: int, unit: int, fc: int, count: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionResetError  # the peer drops the connection without answering
+        return _mbap(tid, unit, struct.pack(">BB", fc, 2 * count) + b"\x00\x03" * count)
+
+    async with _RawPeer(answer) as port:
+        drv = ModbusTcpDriver("closing", "127.0.0.1", port, 3.0)
+        loop = asyncio.get_running_loop()
+        try:
+            await drv.open()
+            # pymodbus's own response future, which no lean read awaits
+            unused = drv._client.ctx.response_future  # type: ignore[union-attr]
+            started = loop.time()
+            with pytest.raises(DeviceUnavailable) as caught:
+                await drv.read_registers(1, "holding", 0, 2)
+            assert loop.time() - started < 1.5  # not the 3 s timeout
+            assert not unused.done()  # no error left in it for asyncio to log as unread
+            assert caught.value.reason == "comms_lost"
+            assert await drv.read_registers(1, "holding", 0, 2) == [3, 3]
         finally:
             await drv.close()
