@@ -8,7 +8,7 @@ from typing import Annotated
 
 import aiomqtt
 from fastapi import APIRouter, Depends, HTTPException, Path
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 import wire
 from cloud.auth import Guards, Principal, Role, error_responses
@@ -21,12 +21,36 @@ _ID = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
 _ArgValue = str | int | float | bool | None
 
 
+# alarm actions name their alarm; out of service needs a reason; a shelve lasts at most a
+# week (the gateway's own limits, edge/alarm_manager.py: refused here, not silently there)
+ALARM_ACTIONS = ("acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service")
+MAX_SHELVE_S = 7 * 24 * 3600.0
+
+
 class CommandIn(BaseModel):
     action: wire.CommandAction
     args: dict[Annotated[str, Field(max_length=64)], _ArgValue] = Field(
         default_factory=dict, max_length=32
     )
     ttl_s: float = Field(default=60.0, ge=1, le=3600)
+
+    @model_validator(mode="after")
+    def _alarm_args(self) -> "CommandIn":
+        if self.action not in ALARM_ACTIONS:
+            return self
+        alarm = self.args.get("alarm")
+        if not isinstance(alarm, str) or not alarm.strip():
+            raise ValueError(f"{self.action} needs args.alarm: the alarm id (or rule|tag)")
+        why = self.args.get("why", self.args.get("reason"))
+        if self.action == "out_of_service" and not (isinstance(why, str) and why.strip()):
+            raise ValueError("out_of_service needs args.why: the reason")
+        duration = self.args.get("duration_s")
+        if self.action == "shelve" and duration is not None:
+            if isinstance(duration, bool) or not isinstance(duration, int | float):
+                raise ValueError("shelve args.duration_s must be a number of seconds")
+            if not 0 < duration <= MAX_SHELVE_S:
+                raise ValueError(f"shelve args.duration_s must be within 0..{MAX_SHELVE_S:g}")
+        return self
 
 
 class CommandOut(BaseModel):

@@ -61,6 +61,7 @@ __all__ = [
     "alarm_key",
     "kpis",
     "priority_of",
+    "shelve_stamp",
 ]
 
 NORMAL: Final = "normal"
@@ -177,6 +178,11 @@ def step(state: str, active: bool, event: str) -> str:
     machine = AlarmLifecycle(model)
     machine.send(event)
     return str(model.state)
+
+
+def shelve_stamp(ts_ns: int) -> str:
+    """A shelve's expiry as an alarm_state message says it: UTC, ISO 8601, seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_ns // 10**9))
 
 
 def alarm_key(rule_id: str, tag: str) -> str:
@@ -918,6 +924,10 @@ class AlarmForwarder:
         level = change.level if change.level in ("normal", "alarm", "cut", "fault") else "alarm"
         who = f" by {change.actor}" if change.actor else ""
         why = f": {change.why}" if change.why else ""
+        if change.action == "shelve":  # the expiry, for the walls: "... until <UTC ISO>"
+            rec = self._store.get(change.alarm_id)
+            if rec is not None and rec.state == SHELVED and rec.shelved_until_ns is not None:
+                who += f" until {shelve_stamp(rec.shelved_until_ns)}"
         return wire.AlarmEvent(
             gateway=self._gateway,
             site=self._site_id,

@@ -91,11 +91,18 @@ class ActiveAlarmOut(_Attrs):
     since_ns: int
     ts_ns: int
     action: str
+    shelved_until_ns: int | None  # while shelved: when it runs out
+    note: str  # while shelved or out of service: the operator's reason
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def since(self) -> str:
         return _iso(self.since_ns)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def shelved_until(self) -> str | None:
+        return None if self.shelved_until_ns is None else _iso(self.shelved_until_ns)
 
 
 class WallGatewayOut(_Attrs):

@@ -11,14 +11,18 @@ a raise is ``unacknowledged``, a clear of an unacknowledged alarm is
 ``returned_unacknowledged``, a clear of an acknowledged one ends it — while every
 ``alarm_state`` event (an operator action forwarded by the gateway, see
 ``edge.alarm_manager.AlarmForwarder``) sets the state it names. An alarm is shown
-until it is back in ``normal``: condition cleared *and* acknowledged.
+until it is back in ``normal``: condition cleared *and* acknowledged. A shelve's event
+names its expiry (``... shelve by <who> until 2026-11-25T21:00:00Z: <why>: <from> ->
+shelved``); the wall shows it, and the operator's reason of a shelve or an out of service.
 """
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -35,6 +39,7 @@ __all__ = [
     "WallGateway",
     "WallService",
     "WallSnapshot",
+    "action_details",
     "active_alarms",
 ]
 
@@ -73,6 +78,8 @@ class ActiveAlarm:
     since_ns: int  # the raise
     ts_ns: int  # the newest event of this alarm
     action: str  # the message of the newest operator action (alarm_state event), else ""
+    shelved_until_ns: int | None = None  # while shelved: when the shelve runs out
+    note: str = ""  # while shelved or out of service: the operator's reason
 
 
 def _state_from_message(message: str) -> str | None:
@@ -80,6 +87,29 @@ def _state_from_message(message: str) -> str | None:
     _, sep, tail = message.rpartition(" -> ")
     state = tail.strip()
     return state if sep and state in _STATES else None
+
+
+_UNTIL = re.compile(r" until (\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)Z")
+
+
+def action_details(message: str) -> tuple[int | None, str]:
+    """(shelve expiry in ns or None, the operator's reason) of an ``alarm_state`` message:
+    ``<tag> (rule <r>) <action> by <who>[ until <UTC>][: <why>]: <from> -> <to>``."""
+    head, sep, _ = message.rpartition(" -> ")
+    if not sep:
+        return None, ""
+    head = head.rpartition(": ")[0]  # drop ": <from>"
+    until = _UNTIL.search(head)
+    if until is not None:
+        stamp = tuple(int(g) for g in until.groups())
+        expiry = calendar.timegm((*stamp, 0, 0, 0)) * 10**9
+        rest = head[until.end() :]
+    else:
+        expiry = None
+        by = head.find(" by ")
+        rest = head[by + 4 :] if by >= 0 else ""
+        rest = rest[rest.find(": ") :] if ": " in rest else ""
+    return expiry, rest[2:].strip() if rest.startswith(": ") else ""
 
 
 def active_alarms(records: Iterable[AlarmRecord]) -> list[ActiveAlarm]:
@@ -99,12 +129,17 @@ def active_alarms(records: Iterable[AlarmRecord]) -> list[ActiveAlarm]:
         condition: AlarmRecord | None = None
         since = events[0].ts_ns
         action = ""
+        shelved_until: int | None = None
+        note = ""
         for ev in events:
             if ev.kind == ALARM_STATE_KIND:
                 named = _state_from_message(ev.message)
                 if named is not None:
                     state = named
                     action = ev.message
+                    shelved_until, note = action_details(ev.message)
+                    if state not in ("shelved", "out_of_service"):
+                        shelved_until, note = None, ""
                 continue
             condition = ev
             level = ev.level
@@ -136,6 +171,8 @@ def active_alarms(records: Iterable[AlarmRecord]) -> list[ActiveAlarm]:
                 since_ns=since,
                 ts_ns=events[-1].ts_ns,
                 action=action,
+                shelved_until_ns=shelved_until if state == "shelved" else None,
+                note=note if state in ("shelved", "out_of_service") else "",
             )
         )
     out.sort(key=lambda a: (_LEVEL_RANK.get(a.level, 9), _STATE_RANK.get(a.state, 5), -a.since_ns))
@@ -176,7 +213,10 @@ def _digest(areas: Sequence[WallArea], alarms: Sequence[ActiveAlarm], gws: Seque
     content = json.dumps(
         [
             [(a.id, a.grade, a.points, a.alarms, a.contributions) for a in areas],
-            [(a.alarm_id, a.level, a.state, a.value, a.ts_ns) for a in alarms],
+            [
+                (a.alarm_id, a.level, a.state, a.value, a.ts_ns, a.shelved_until_ns, a.note)
+                for a in alarms
+            ],
             [(g.gateway, g.state) for g in gws],
         ],
         default=str,

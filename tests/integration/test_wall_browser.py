@@ -16,11 +16,13 @@ the server (``/health``) before the wall, so Chromium's own start-up is not coun
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,40 @@ ACK_CUT_JS = f"""Array.from(document.querySelectorAll('#alarms .alarm'))
   .map(li => li.querySelector('button.ack'))
   .filter(Boolean)
   .map(b => (b.click(), b.dataset.alarm))"""
+# the cut's row on the page: its state, the shelve expiry the page shows, the state text
+CUT_ROW_JS = f"""Array.from(document.querySelectorAll('#alarms .alarm'))
+  .filter(li => li.querySelector('.tag').textContent.includes('{CUT_TAG}'))
+  .map(li => ({{state: li.dataset.state, until: li.dataset.shelvedUntil || null,
+               text: li.querySelector('.state').textContent}}))"""
+
+
+def _on_cut_js(body: str) -> str:
+    """Run ``body`` (a function of the cut's <li>) on the cut's row; its results."""
+    return f"""Array.from(document.querySelectorAll('#alarms .alarm'))
+  .filter(li => li.querySelector('.tag').textContent.includes('{CUT_TAG}'))
+  .map(li => ({body})(li))"""
+
+
+SHELVE_CUT_JS = _on_cut_js("""li => {
+  const pick = li.querySelector('select.shelve-for');
+  pick.value = '15'; pick.dispatchEvent(new Event('change'));
+  li.querySelector('button.shelve').click();
+  return li.dataset.alarm;
+}""")
+OOS_WITHOUT_REASON_JS = _on_cut_js("""li => {
+  li.querySelector('input.oos-reason').value = '';
+  li.querySelector('input.oos-reason').dispatchEvent(new Event('input'));
+  const b = li.querySelector('button.oos'); b.click();
+  return [b.disabled, b.title];
+}""")
+OOS_CUT_JS = _on_cut_js("""li => {
+  const reason = li.querySelector('input.oos-reason');
+  reason.value = 'detector swapped for calibration';
+  reason.dispatchEvent(new Event('input'));
+  li.querySelector('button.oos').click();
+  return li.dataset.alarm;
+}""")
+RESTORE_CUT_JS = _on_cut_js("li => (li.querySelector('button.restore').click(), li.dataset.alarm)")
 CUT_LISTED_JS = f"""Array.from(document.querySelectorAll('#alarms .alarm'))
   .some(li => li.textContent.includes('{CUT_TAG}') && li.dataset.level === 'cut')"""
 
@@ -208,50 +244,24 @@ async def _wall_checks(
     assert first < FIRST_SCREEN_MS, f"first screen took {first:.0f} ms"
     assert again < FIRST_SCREEN_MS, f"first screen after a reload took {again:.0f} ms"
 
-    player = asyncio.create_task(ScenarioPlayer(sim, scenario, speed=SPEED).run())
-    try:
-
-        async def face_red() -> bool:
-            return bool(await _in_browser(browser, FACE_GRADE_JS) == "red")
-
-        await async_wait_until(face_red, 30, "the face area red on the wall")
-        assert await _in_browser(browser, CUT_LISTED_JS), "the cut in the alarm list"
-        shot = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-face-red-en.png")
-        figures["screenshot_en"] = str(_keep(shot))
-        assert shot.stat().st_size > 10_000, "a real picture, not a blank page"
-        label = await _in_browser(browser, "document.getElementById('link').dataset.link")
-        assert label == "live"
-
-        # the same moment in Chinese, by the page's own toggle (no reload)
-        await _in_browser(browser, "document.getElementById('lang').click()")
-        title = await _in_browser(browser, "document.querySelector('h1').textContent")
-        assert title == "SafeWatch 安全监控大屏"
-        face_text = await _in_browser(
-            browser, f"document.querySelector('[data-area=\"{FACE}\"] text').textContent"
-        )
-        assert "重大风险" in face_text, face_text
-        assert "lang=zh" in await _in_browser(browser, "location.search")
-        shot_zh = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-face-red-zh.png")
-        figures["screenshot_zh"] = str(_keep(shot_zh))
-    finally:
-        await player
-
-    # after the scenario: the cut cleared, the alarm waits for someone to acknowledge it
-    async def cleared_unacknowledged() -> bool:
-        return "returned_unacknowledged" in (await _in_browser(browser, CUT_STATES_JS) or [])
-
-    await async_wait_until(cleared_unacknowledged, 60, "the cleared, unacknowledged cut")
+    await _play_until_cleared(browser, sim, scenario, tmp_path, figures, languages=True)
     assert await _in_browser(browser, ACK_BUTTONS_JS) == 0, "a viewer gets no acknowledge button"
 
-    # a safety engineer logs in on the page and acknowledges it there
+    # a safety engineer logs in on the page: shelves the cleared cut, takes it out of service
+    # with a reason, returns it to service; each state comes back from the gateway
     await _in_browser(browser, LOGIN_JS)
 
     async def offered() -> bool:
         return bool(await _in_browser(browser, ACK_BUTTONS_JS))
 
-    await async_wait_until(offered, 20, "the acknowledge button for the safety engineer")
+    await async_wait_until(offered, 20, "the operator actions for the safety engineer")
     who = await _in_browser(browser, "document.getElementById('who').textContent")
     assert who == f"{ENGINEER} (safety_engineer)"
+    await _shelve_and_take_out_of_service(browser, api, token, tmp_path, figures)
+
+    # the scenario again: a new cut, cleared, acknowledged on the page
+    await _play_until_cleared(browser, sim, scenario, tmp_path, figures, languages=False)
+    await async_wait_until(offered, 20, "the acknowledge button on the new cut")
     clicked = await _in_browser(browser, ACK_CUT_JS)
     assert clicked, "an acknowledge button on the cut alarm"
 
@@ -274,3 +284,111 @@ async def _wall_checks(
     shot = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-after-ack-zh.png")
     figures["screenshot_after_ack"] = str(_keep(shot))
     assert browser.console_errors() == []
+
+
+async def _play_until_cleared(
+    browser: Browser,
+    sim: SiteSimulator,
+    scenario: Scenario,
+    tmp_path: Path,
+    figures: dict[str, Any],
+    *,
+    languages: bool,
+) -> None:
+    """Play the methane scenario: the face turns red and the cut is listed (the first time
+    with screenshots in English and, by the page's toggle, Chinese); then the cut clears and
+    waits, returned-unacknowledged, for an operator."""
+    player = asyncio.create_task(ScenarioPlayer(sim, scenario, speed=SPEED).run())
+    try:
+
+        async def face_red() -> bool:
+            return bool(await _in_browser(browser, FACE_GRADE_JS) == "red")
+
+        await async_wait_until(face_red, 30, "the face area red on the wall")
+        assert await _in_browser(browser, CUT_LISTED_JS), "the cut in the alarm list"
+        if languages:
+            await _both_languages(browser, tmp_path, figures)
+    finally:
+        await player
+
+    async def cleared_unacknowledged() -> bool:
+        return "returned_unacknowledged" in (await _in_browser(browser, CUT_STATES_JS) or [])
+
+    await async_wait_until(cleared_unacknowledged, 60, "the cleared, unacknowledged cut")
+
+
+async def _both_languages(browser: Browser, tmp_path: Path, figures: dict[str, Any]) -> None:
+    shot = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-face-red-en.png")
+    figures["screenshot_en"] = str(_keep(shot))
+    assert shot.stat().st_size > 10_000, "a real picture, not a blank page"
+    label = await _in_browser(browser, "document.getElementById('link').dataset.link")
+    assert label == "live"
+
+    # the same moment in Chinese, by the page's own toggle (no reload)
+    await _in_browser(browser, "document.getElementById('lang').click()")
+    title = await _in_browser(browser, "document.querySelector('h1').textContent")
+    assert title == "SafeWatch 安全监控大屏"
+    face_text = await _in_browser(
+        browser, f"document.querySelector('[data-area=\"{FACE}\"] text').textContent"
+    )
+    assert "重大风险" in face_text, face_text
+    assert "lang=zh" in await _in_browser(browser, "location.search")
+    shot_zh = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-face-red-zh.png")
+    figures["screenshot_zh"] = str(_keep(shot_zh))
+
+
+async def _cut_row(browser: Browser, state: str) -> dict[str, Any]:
+    """The cut's row once the page shows it in ``state`` (else {})."""
+    rows = await _in_browser(browser, CUT_ROW_JS) or []
+    return next((r for r in rows if r["state"] == state), {})
+
+
+async def _shelve_and_take_out_of_service(
+    browser: Browser, api: str, token: str, tmp_path: Path, figures: dict[str, Any]
+) -> None:
+    """Shelve the cleared cut for 15 minutes from the page, then take it out of service
+    (refused without a reason, then with one), then return it to service: each time the
+    signed command reaches the gateway and the page shows the state the gateway sends back."""
+    asked = time.time()
+    (alarm_id,) = await _in_browser(browser, SHELVE_CUT_JS)
+    row = await async_wait_until(
+        lambda: _cut_row(browser, "shelved"), 30, "the shelved cut back from the gateway"
+    )
+    until = dt.datetime.fromisoformat(row["until"].replace("Z", "+00:00")).timestamp()
+    assert asked + 14 * 60 < until < time.time() + 16 * 60, row  # 15 minutes from the click
+    assert "已搁置" in row["text"] and "至" in row["text"], row  # the page is in Chinese now
+    shot = await asyncio.to_thread(browser.screenshot, tmp_path / "wall-shelved.png")
+    figures["screenshot_shelved"] = str(_keep(shot))
+
+    # out of service needs a reason: the page refuses to send without one
+    ((disabled, why_not),) = await _in_browser(browser, OOS_WITHOUT_REASON_JS)
+    assert not disabled and why_not == "请填写原因", (disabled, why_not)
+    assert await _cut_row(browser, "shelved"), "nothing sent without a reason"
+    await _in_browser(browser, OOS_CUT_JS)
+    row = await async_wait_until(
+        lambda: _cut_row(browser, "out_of_service"), 30, "the cut out of service"
+    )
+    assert "停用" in row["text"] and "detector swapped for calibration" in row["text"], row
+    assert row["until"] is None
+
+    await _in_browser(browser, RESTORE_CUT_JS)
+
+    async def back_in_service() -> bool:  # cleared while out of service: back to normal
+        return bool(await _in_browser(browser, CUT_STATES_JS) == [])
+
+    await async_wait_until(back_in_service, 30, "the cut returned to service (normal)")
+    async with httpx.AsyncClient(timeout=5) as http:
+        events = (
+            await http.get(
+                f"{api}/api/v1/alarms",
+                params={"site": "demo-mine", "limit": 100},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        ).json()
+    actions = [
+        e["message"].split(" by ")[0].rsplit(" ", 1)[-1]
+        for e in sorted(events, key=lambda e: e["ts_ns"])
+        if e["kind"] == "alarm_state" and e["alarm_id"] == alarm_id
+    ]
+    assert actions == ["shelve", "out_of_service", "return_to_service"], actions
+    figures["shelved_then_out_of_service"] = alarm_id

@@ -208,3 +208,37 @@ def test_the_page_loads_nothing_from_outside() -> None:
                 if needle in line and "w3.org/2000/svg" not in line
             ]
             assert not hits, f"{path.name}: {hits[:2]}"
+
+
+def test_shelve_expiry_and_reasons_travel_from_the_gateway_to_the_wall(tmp_path: Path) -> None:
+    """The gateway's own forwarder writes the messages the wall reads (one format, two ends)."""
+    from edge.alarm_manager import AlarmForwarder, AlarmStore
+    from tests.unit.test_polling import make_site
+
+    now = [1_790_000_000 * 10**9]
+    store = AlarmStore(tmp_path / "gw-alarms.sqlite", clock=lambda: now[0])
+    sent: list[wire.AlarmEvent] = []
+    forwarder = AlarmForwarder(make_site(), store, sent.append)
+    rec = store.on_condition(
+        "CH4_A", "CH4_A", "cut", kind="ch4", fail_safe=True, reason="above_cut", ts_ns=now[0]
+    )
+    raised = alarm(1, level="cut", previous="normal", alarm_id=rec.alarm_id, tag="CH4_A",
+                   ts_ns=now[0])  # fmt: skip
+
+    def shown() -> list[tuple[str, int | None, str]]:
+        forwarder.forward()
+        events = [raised] + [
+            wire.AlarmEvent(**{**{f: getattr(e, f) for f in e.__struct_fields__}, "seq": i})
+            for i, e in enumerate(sent, 2)
+        ]
+        return [(a.state, a.shelved_until_ns, a.note) for a in active_alarms(_records(*events))]
+
+    now[0] += 10**9
+    store.act(rec.alarm_id, "shelve", actor="cloud:ops", why="known leak: 1201", shelve_s=900)
+    assert shown() == [("shelved", now[0] + 900 * 10**9, "known leak: 1201")]
+    now[0] += 10**9
+    store.act(rec.alarm_id, "out_of_service", actor="wang", why="sensor replaced")
+    assert shown() == [("out_of_service", None, "sensor replaced")]
+    now[0] += 10**9
+    store.act(rec.alarm_id, "return_to_service", actor="wang")
+    assert shown() == [("unacknowledged", None, "")]

@@ -11,7 +11,10 @@
   const LANG_KEY = "safewatch.wall.lang";
   const KPI_EVERY_MS = 30000;
   const STALE_AFTER_MS = 35000; // the server pings every 15 s; two missed pings: stale
-  const ACK_ROLES = ["admin", "safety_engineer"]; // roles of the commands route
+  const ACT_ROLES = ["admin", "safety_engineer"]; // roles of the commands route
+  const SHELVE_MINUTES = [15, 60, 240, 480]; // offered shelve durations (the gateway caps a week)
+  const SHELVABLE = ["unacknowledged", "acknowledged", "returned_unacknowledged"];
+  const REMOVABLE = SHELVABLE.concat(["shelved", "suppressed"]);
 
   const TEXT = {
     en: {
@@ -22,6 +25,8 @@
       loginFailed: "Login failed", noRisk: "No risk map configured (cloud run --risk-file)",
       staleBanner: "Connection lost: the data shown is from ", ack: "Acknowledge",
       ackSent: "Sent", ackFailed: "Failed", since: "since", noSite: "No site: open /wall?site=<site id>",
+      shelve: "Shelve", unshelve: "Unshelve", oos: "Out of service", restore: "Return to service",
+      reason: "Reason", needReason: "A reason is required", until: "until", min: "min", h: "h",
       "grade.red": "Major", "grade.orange": "Higher", "grade.yellow": "General", "grade.blue": "Low",
       "level.cut": "POWER CUT", "level.alarm": "ALARM", "level.fault": "FAULT", "level.normal": "CLEARED",
       "state.unacknowledged": "Unacknowledged", "state.acknowledged": "Acknowledged",
@@ -39,6 +44,8 @@
       lost: "连接中断", kioskHint: "值守屏：打开 /wall#token=<只读 API 令牌>",
       loginFailed: "登录失败", noRisk: "未配置风险分区（cloud run --risk-file）",
       staleBanner: "连接中断：所示数据截至 ", ack: "确认", ackSent: "已发送", ackFailed: "失败",
+      shelve: "搁置", unshelve: "取消搁置", oos: "停用", restore: "恢复投用",
+      reason: "原因", needReason: "请填写原因", until: "至", min: "分钟", h: "小时",
       since: "始于", noSite: "无站点：请打开 /wall?site=<站点>",
       "grade.red": "重大风险", "grade.orange": "较大风险", "grade.yellow": "一般风险", "grade.blue": "低风险",
       "level.cut": "断电", "level.alarm": "报警", "level.fault": "故障", "level.normal": "已恢复",
@@ -62,6 +69,8 @@
   let streamAbort = null;
   let streamGen = 0; // a newer stream() ends the older one's reconnect loop
   let kpiTimer = null;
+  // what an operator typed or chose per alarm, kept across the list's re-renders
+  const drafts = { reason: {}, minutes: {} };
   const $ = (id) => document.getElementById(id);
 
   function pickLang() {
@@ -192,24 +201,92 @@
     return d.toLocaleString(lang === "zh" ? "zh-CN" : "en-GB", { hour12: false });
   }
 
+  function stateText(a) {
+    let text = t("state." + a.state);
+    if (a.state === "shelved" && a.shelved_until) text += " " + t("until") + " " + clock(a.shelved_until);
+    if (a.note) text += " · " + a.note;
+    return text;
+  }
+
+  function actionButton(cls, label, onClick) {
+    const b = el("button", { type: "button", class: "small " + cls }, t(label));
+    b.addEventListener("click", () => onClick(b));
+    return b;
+  }
+
+  // the operator actions a permitted role gets for an alarm in this state
+  function actions(site, a) {
+    const box = el("span", { class: "actions" });
+    const id = a.alarm_id;
+    if (a.state === "unacknowledged" || a.state === "returned_unacknowledged") {
+      const b = actionButton("ack", "ack", (btn) =>
+        command(site, a, "acknowledge", { why: "acknowledged on the wall" }, btn));
+      b.classList.remove("small");
+      b.dataset.alarm = id;
+      box.append(b);
+    }
+    if (SHELVABLE.includes(a.state)) {
+      const pick = el("select", { class: "shelve-for", "aria-label": t("shelve") });
+      for (const m of SHELVE_MINUTES) {
+        const o = el("option", { value: m }, m < 60 ? m + " " + t("min") : m / 60 + " " + t("h"));
+        if (String(m) === String(drafts.minutes[id] || 60)) o.selected = true;
+        pick.append(o);
+      }
+      pick.addEventListener("change", () => { drafts.minutes[id] = pick.value; });
+      box.append(pick, actionButton("shelve", "shelve", (btn) => command(site, a, "shelve",
+        { duration_s: Number(pick.value) * 60, why: reasonOf(id) || "shelved on the wall" }, btn)));
+    }
+    if (a.state === "shelved" || a.state === "suppressed") {
+      box.append(actionButton("unshelve", "unshelve", (btn) =>
+        command(site, a, "unshelve", { why: "unshelved on the wall" }, btn)));
+    }
+    if (REMOVABLE.includes(a.state)) {
+      const reason = el("input", { class: "oos-reason", placeholder: t("reason"), maxlength: 200, value: reasonOf(id) });
+      reason.addEventListener("input", () => { drafts.reason[id] = reason.value; });
+      box.append(reason, actionButton("oos", "oos", (btn) => {
+        const why = reason.value.trim();
+        if (!why) {
+          btn.title = t("needReason");
+          reason.classList.add("missing");
+          reason.focus();
+          return;
+        }
+        command(site, a, "out_of_service", { why: why }, btn);
+      }));
+    }
+    if (a.state === "out_of_service") {
+      box.append(actionButton("restore", "restore", (btn) =>
+        command(site, a, "return_to_service", { why: "returned on the wall" }, btn)));
+    }
+    return box;
+  }
+
+  function reasonOf(id) {
+    return (drafts.reason[id] || "").trim();
+  }
+
   function renderAlarms(site, alarms) {
     const list = $("alarms");
+    const focused = document.activeElement;
+    const typing = focused && focused.classList && focused.classList.contains("oos-reason")
+      ? focused.closest("li").dataset.alarm : null;
     list.replaceChildren();
-    const canAck = ACK_ROLES.includes(role);
+    const canAct = ACT_ROLES.includes(role);
     for (const a of alarms) {
       const li = el("li", { class: "alarm", "data-alarm": a.alarm_id, "data-level": a.level, "data-state": a.state });
+      if (a.shelved_until) li.dataset.shelvedUntil = a.shelved_until;
       li.append(el("span", { class: "tag" }, a.tag + "  "));
       li.lastChild.append(el("span", { class: "lvl" }, t("level." + a.level)));
       li.append(el("span", { class: "value" }, fmt(a.value) + (a.threshold !== null ? " / " + fmt(a.threshold) : "")));
       li.append(el("span", { class: "where" }, [a.area, a.position, a.gateway].filter(Boolean).join(" · ")));
       li.append(el("span", { class: "when" }, t("since") + " " + clock(a.since)));
-      li.append(el("span", { class: "state" }, t("state." + a.state)));
-      if (canAck && (a.state === "unacknowledged" || a.state === "returned_unacknowledged")) {
-        const b = el("button", { type: "button", class: "ack", "data-alarm": a.alarm_id }, t("ack"));
-        b.addEventListener("click", () => acknowledge(site, a, b));
-        li.append(b);
-      }
+      li.append(el("span", { class: "state" }, stateText(a)));
+      if (canAct) li.append(actions(site, a));
       list.append(li);
+      if (typing === a.alarm_id) { // the list was redrawn under the operator's typing
+        const input = li.querySelector(".oos-reason");
+        if (input) input.focus();
+      }
     }
     $("no-alarms").hidden = alarms.length > 0;
     const count = $("alarm-count");
@@ -281,14 +358,17 @@
 
   // -- actions ---------------------------------------------------------------------------
 
-  async function acknowledge(site, alarm, button) {
+  // one operator action as a signed command through the API; the gateway applies it and
+  // its alarm_state event brings the new state back with the stream
+  async function command(site, alarm, action, args, button) {
     button.disabled = true;
     try {
       await api("api/v1/gateways/" + encodeURIComponent(site) + "/" + encodeURIComponent(alarm.gateway) + "/commands", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ action: "acknowledge", args: { alarm: alarm.alarm_id, why: "acknowledged on the wall" } }),
+        body: JSON.stringify({ action: action, args: Object.assign({ alarm: alarm.alarm_id }, args) }),
       });
+      if (action === "out_of_service") delete drafts.reason[alarm.alarm_id];
       button.textContent = t("ackSent"); // the new state arrives with the gateway's answer
     } catch (e) {
       if (e instanceof Unauthorized) return needLogin();
