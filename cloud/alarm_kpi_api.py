@@ -8,6 +8,11 @@ re-reports (``previous`` normal again, but the same alarm id, still active) is t
 alarm and not a new raise; nor is a raise while the alarm is shelved, out of service or
 suppressed. Gateways' ``alarm_state`` events name those states and the alarms
 suppressed for chattering.
+
+EEMUA 191 counts alarms per operator: ``consoles`` has the figures per operator console
+(the console each event carries, from the site files' ``alarms.consoles``; a console
+spanning gateways adds their raises up; events of older gateways count for their
+gateway). The top-level figures are the site's, divided by ``operators``.
 """
 
 # No ``from __future__ import annotations``: FastAPI must see the Annotated guards evaluated.
@@ -21,7 +26,7 @@ from fastapi import APIRouter, Depends, Query
 
 from cloud.auth import ALL_ROLES, Guards, error_responses
 from cloud.storage import AlarmRecord, Store
-from wire.alarm_kpi import alarm_kpis
+from wire.alarm_kpi import alarm_kpis, console_kpis
 
 __all__ = ["RaiseCount", "alarm_kpi_router", "raises_of"]
 
@@ -33,10 +38,13 @@ _SILENT = frozenset({"shelved", "out_of_service", "suppressed"})
 
 @dataclass(frozen=True, slots=True)
 class RaiseCount:
-    raises: list[tuple[int, str]]  # (ts_ns, gateway|tag|kind) of each raise in the period
+    # (ts_ns, gateway|tag|kind, operator console) of each raise; the console is the one the
+    # gateway named (alarms.consoles), else the gateway (older gateways)
+    raises: list[tuple[int, str, str]]
     suppressed: list[str]  # gateway|tag of the alarms suppressed for chattering
     standing: list[tuple[str, int]]  # (key, active since) of the alarms active at the end
     floods: int  # flood summaries started in the period
+    flooded: dict[str, int]  # the same, per operator console
 
 
 def _named_state(message: str) -> str:
@@ -54,7 +62,8 @@ def raises_of(records: Iterable[AlarmRecord], start_ns: int, end_ns: int) -> Rai
     and that is no new alarm. Events of alarms whose earlier events fell out of the scan
     count as raises when their ``previous`` is ``normal``.
     """
-    raises: list[tuple[int, str]] = []
+    raises: list[tuple[int, str, str]] = []
+    flooded: dict[str, int] = {}
     suppressed: list[str] = []
     active: dict[tuple[str, str], bool] = {}  # (gateway, alarm id) -> active now
     state: dict[tuple[str, str], str] = {}  # (gateway, alarm id) -> ISA state named last
@@ -65,9 +74,11 @@ def raises_of(records: Iterable[AlarmRecord], start_ns: int, end_ns: int) -> Rai
             break  # the figures are those of the period: standing at its end
         ident = (r.gateway, r.alarm_id)
         inside = start_ns <= r.ts_ns
+        console = r.console or r.gateway
         if r.kind == "flood":  # the gateway's flood summary is not an alarm of its own
             if inside and r.level != "normal":
                 floods += 1
+                flooded[console] = flooded.get(console, 0) + 1
             continue
         if r.kind == "alarm_state":
             named = _named_state(r.message)
@@ -81,12 +92,12 @@ def raises_of(records: Iterable[AlarmRecord], start_ns: int, end_ns: int) -> Rai
         key = f"{r.gateway}|{r.tag}|{r.kind}"
         if now_active:
             if not was_active and state.get(ident) not in _SILENT:
-                raises.append((r.ts_ns, key))
+                raises.append((r.ts_ns, key, console))
             latest.setdefault(ident, (key, r.ts_ns))
         else:
             latest.pop(ident, None)
         active[ident] = now_active
-    return RaiseCount(raises, suppressed, list(latest.values()), floods)
+    return RaiseCount(raises, suppressed, list(latest.values()), floods, flooded)
 
 
 def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
@@ -111,13 +122,17 @@ def alarm_kpi_router(store: Store, guards: Guards) -> APIRouter:
         records = store.alarms(site=site, limit=MAX_EVENTS)
         counted = raises_of(records, start, end)
         figures = alarm_kpis(
-            counted.raises,
+            [(ts, key) for ts, key, _ in counted.raises],
             start,
             end,
             operators=operators,
             suppressed=counted.suppressed,
             standing=counted.standing,
         )
+        figures["consoles"] = [
+            {**row, "flood_summaries": counted.flooded.get(row["console"], 0)}
+            for row in console_kpis(counted.raises, start, end)
+        ]
         figures["flood_summaries"] = counted.floods
         figures["events_considered"] = len(records)
         figures["truncated"] = len(records) >= MAX_EVENTS

@@ -34,7 +34,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
@@ -44,7 +44,7 @@ from statemachine.exceptions import TransitionNotAllowed
 
 import wire
 from edge.config import LoadedSite
-from wire.alarm_kpi import alarm_kpis
+from wire.alarm_kpi import alarm_kpis, console_kpis
 
 __all__ = [
     "ACTIONS",
@@ -823,17 +823,18 @@ def kpis(
     chatter: ChatterPolicy | None = None,
     standing: list[AlarmRecord] | None = None,
     stale_s: float = 24 * 3600.0,
+    consoles: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Alarm-rate figures (:func:`wire.alarm_kpi.alarm_kpis`) from the recorded changes:
     an alarm counts when it is raised and annunciated (not while shelved, out of service
-    or suppressed); suppressions by design count as chattering."""
+    or suppressed); suppressions by design count as chattering. ``consoles`` maps tags to
+    their operator console (:meth:`LoadedSite.console_of`): ``consoles`` in the answer has
+    the figures per console (a tag not in the map: console ``gateway``)."""
     policy = chatter or ChatterPolicy()
-    return alarm_kpis(
-        [
-            (c.ts_ns, f"{c.rule_id}|{c.tag}")
-            for c in history
-            if c.action == "raise" and c.state == UNACK
-        ],
+    raised = [c for c in history if c.action == "raise" and c.state == UNACK]
+    console_of = consoles or {}
+    figures = alarm_kpis(
+        [(c.ts_ns, f"{c.rule_id}|{c.tag}") for c in raised],
         start_ns,
         end_ns,
         operators=operators,
@@ -848,6 +849,13 @@ def kpis(
         standing=[(r.key, r.since_ns) for r in standing or [] if r.active],
         stale_s=stale_s,
     )
+    figures["consoles"] = console_kpis(
+        [(c.ts_ns, f"{c.rule_id}|{c.tag}", console_of.get(c.tag, "gateway")) for c in raised],
+        start_ns,
+        end_ns,
+        flood_per_10min=flood_per_10min,
+    )
+    return figures
 
 
 # -- forwarding operator actions to the cloud ----------------------------------------
@@ -863,6 +871,7 @@ class AlarmForwarder:
         self._site_id = site.config.site.id
         self._gateway = site.config.gateway.id
         self._tags = {tag.name: (device, tag) for device, tag in site.tags()}
+        self._console_of = site.console_of
         self._store = store
         self._sink = sink
         self.forwarded = 0
@@ -914,6 +923,7 @@ class AlarmForwarder:
             actuators=[],
             reason=f"action_{action.action}",
             actor=_clean(action.actor),
+            console=self._console_of(area),
         )
 
     def event(self, change: Change) -> wire.AlarmEvent:
@@ -952,6 +962,7 @@ class AlarmForwarder:
             state=change.state,
             priority=change.priority,
             actor=_clean(change.actor),
+            console=self._console_of(area),
         )
 
 

@@ -20,6 +20,7 @@ mail server never holds the safety loop.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import time
@@ -105,7 +106,7 @@ class Notifier:
         areas: dict[str, str] | None = None,
         sender: Callable[[Sequence[str], str, str], bool] = send,
         clock: Callable[[], float] = time.monotonic,
-        in_flood: Callable[[], bool] = lambda: False,
+        in_flood: Callable[[str], bool] = lambda _console: False,
         shifts: Sequence[Shift] = (),
         timezone: str = "UTC",
         jobs_path: Path | None = None,
@@ -139,19 +140,25 @@ class Notifier:
         self.failed = 0
         self.limited = 0
         self.dropped = 0
-        self.in_flood = in_flood
-        self.flood_held = 0  # raises summarised by a flood message instead of sent
+        self.in_flood = in_flood  # whether an operator console (event.console) is flooded
+        # raises summarised by a flood message instead of sent, per console
+        self._flood_held: collections.Counter[str] = collections.Counter()
+
+    @property
+    def flood_held(self) -> int:
+        return sum(self._flood_held.values())
 
     def _flood(self, event: wire.AlarmEvent) -> None:
         """A flood's start or end: one message to every route, outside the rate limit."""
         start = event.level != "normal"
-        title = f"[flood] {event.site}/{event.gateway} " + (
+        console = f" console {event.area}" if event.area != "site-wide" else ""
+        title = f"[flood] {event.site}/{event.gateway}{console} " + (
             "alarm flood" if start else "flood over"
         )
         body = event.message
         if not start:
-            body += f"; {self.flood_held} notifications held during the flood"
-            self.flood_held = 0
+            held = self._flood_held.pop(event.console, 0)
+            body += f"; {held} notifications held during the flood"
         for urls in dict.fromkeys(tuple(route.urls) for route in self.routes):
             self._enqueue(list(urls), title, body)
 
@@ -171,8 +178,8 @@ class Notifier:
             if not self._matches(route, event.area, event.priority):
                 continue
             self._schedule(event.alarm_id, route, 0, self._now())
-            if self.in_flood() and event.priority != "critical":
-                self.flood_held += 1
+            if self.in_flood(event.console) and event.priority != "critical":
+                self._flood_held[event.console] += 1
                 continue
             self._limited(i, route, title, event.message)
 

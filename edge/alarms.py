@@ -15,6 +15,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
+import msgspec
+
 import wire
 from edge.actuation import ActuatorCommand
 from edge.config import LoadedSite
@@ -79,8 +81,12 @@ class AlarmManager:
         # ISA-18.2 alarm states (edge/alarm_manager.py): stable ids across a raise..clear
         self.lifecycle: AlarmStore | None = None
         self.lifecycle_errors = 0
-        # alarm floods (edge/alarm_manager.FloodDetector): one summary event per flood
+        # alarm floods (edge/alarm_manager.FloodDetector): one summary event per flood and
+        # operator console; ``flood`` holds the limits (and is the detector itself when the
+        # whole gateway is one console, no alarms.consoles configured)
         self.flood: FloodDetector | None = None
+        self._floods: dict[str, FloodDetector] = {}
+        self._per_console = bool(site.config.alarms.consoles)
         self.floods = 0
         self.announcing = True
 
@@ -165,41 +171,78 @@ class AlarmManager:
             state=state,
             priority=priority,
         )
-        self._emit(event, transition.level, announce=not re_reported)
+        event = self._emit(event, transition.level, announce=not re_reported)
+        console = event.console
+        flood = self.flood_of(console)
         if (
-            self.flood is not None
+            flood is not None
             and not calibration
             and not re_reported
             and transition.previous is Level.NORMAL
             and transition.level is not Level.NORMAL
-            and self.flood.note(transition.ts_ns)
+            and flood.note(transition.ts_ns)
         ):
             self.floods += 1
-            self._emit(self._flood_event(transition.ts_ns, start=True), Level.ALARM)
+            self._emit(self._flood_event(console, flood, transition.ts_ns, start=True), Level.ALARM)
         return event
 
-    def check_flood(self, now_ns: int | None = None) -> bool:
-        """End a flood whose rate has stayed under the limit (called every second or so);
-        True when one ended now (its end event is emitted)."""
-        now = time.time_ns() if now_ns is None else now_ns
-        if self.flood is None or not self.flood.check(now):
-            return False
-        self._emit(self._flood_event(now, start=False), Level.NORMAL)
-        return True
+    def flood_of(self, console: str) -> FloodDetector | None:
+        """The flood detector of one operator console (None: no flood detection)."""
+        if self.flood is None or not self._per_console:
+            return self.flood
+        found = self._floods.get(console)
+        if found is None:
+            found = self._floods[console] = type(self.flood)(
+                self.flood.per_minute, self.flood.clear_s
+            )
+        return found
 
-    def _flood_event(self, ts_ns: int, *, start: bool) -> wire.AlarmEvent:
-        """The flood summary: one alarm (``kind`` flood, tag = the gateway) from start to end."""
-        flood = self.flood
-        assert flood is not None
+    def flooded(self, console: str = "") -> bool:
+        """Whether ``console`` (any console: ``""``) is in an alarm flood now."""
+        if self.flood is None:
+            return False
+        if not self._per_console:
+            return self.flood.active
+        if console:
+            found = self._floods.get(console)
+            return found is not None and found.active
+        return any(f.active for f in self._floods.values())
+
+    def check_flood(self, now_ns: int | None = None) -> bool:
+        """End the floods whose rate has stayed under the limit (called every second or
+        so); True when one ended now (its end event is emitted)."""
+        now = time.time_ns() if now_ns is None else now_ns
+        if self.flood is None:
+            return False
+        floods = (
+            self._floods.items() if self._per_console else [(self._site.console_of(""), self.flood)]
+        )
+        ended = False
+        for console, flood in list(floods):
+            if flood.check(now):
+                self._emit(self._flood_event(console, flood, now, start=False), Level.NORMAL)
+                ended = True
+        return ended
+
+    def _flood_event(
+        self, console: str, flood: FloodDetector, ts_ns: int, *, start: bool
+    ) -> wire.AlarmEvent:
+        """The flood summary: one alarm (``kind`` flood, tag = the gateway, ``console`` the
+        operator console flooded) from start to end."""
+        where = (
+            f"console {console} (gateway {self._gateway})"
+            if self._per_console
+            else f"gateway {self._gateway}"
+        )
         if start:
             message = (
-                f"alarm flood on gateway {self._gateway}: {flood.during} alarms within a minute "
+                f"alarm flood on {where}: {flood.during} alarms within a minute "
                 f"(limit {flood.per_minute}); every alarm is still recorded and forwarded, "
                 "notifications are summarised until the flood ends"
             )
         else:
             message = (
-                f"alarm flood on gateway {self._gateway} over: {flood.during} alarms during "
+                f"alarm flood on {where} over: {flood.during} alarms during "
                 f"{(ts_ns - flood.started_ns) / 1e9:.0f} s, peak {flood.peak} a minute"
             )
         return wire.AlarmEvent(
@@ -210,7 +253,8 @@ class AlarmManager:
             tag=self._gateway,
             device=self._gateway,
             kind="flood",
-            area="site-wide",  # the wire's area and position are never empty
+            # the wire's area and position are never empty
+            area=console if self._per_console else "site-wide",
             position="gateway",
             level="alarm" if start else "normal",
             previous="normal" if start else "alarm",
@@ -222,6 +266,7 @@ class AlarmManager:
             reason="flood" if start else "flood_end",
             state="unacknowledged" if start else "normal",
             priority="high",
+            console=console,
         )
 
     def on_notice(
@@ -318,7 +363,12 @@ class AlarmManager:
             reason=reason,
         )
 
-    def _emit(self, event: wire.AlarmEvent, level: Level, *, announce: bool = True) -> None:
+    def _emit(
+        self, event: wire.AlarmEvent, level: Level, *, announce: bool = True
+    ) -> wire.AlarmEvent:
+        """Hand one event on, stamped with its operator console; the event as sent."""
+        if not event.console:
+            event = msgspec.structs.replace(event, console=self._site.console_of(event.area))
         self.raised += 1
         logger = log.info if level is Level.NORMAL else log.warning
         logger("ALARM %s %s -> %s: %s", event.tag, event.previous, event.level, event.message)
@@ -328,6 +378,7 @@ class AlarmManager:
             self._sink(event)
         finally:
             self.announcing = True
+        return event
 
 
 def _num(value: float | None) -> str:

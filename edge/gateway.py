@@ -222,7 +222,7 @@ class Gateway:
                 site.config.notifications,
                 self.alarm_store,
                 areas={tag.name: tag.location.area for _, tag in site.tags()},
-                in_flood=lambda: self.alarms.flood is not None and self.alarms.flood.active,
+                in_flood=self.alarms.flooded,
                 shifts=cfg.alarms.shifts,
                 timezone=cfg.alarms.timezone,
                 jobs_path=alarm_db_path(self.state_path).with_name(
@@ -467,7 +467,7 @@ class Gateway:
             "latch_errors": self.latches.errors,
             "alarm_state_errors": self.alarms.lifecycle_errors,
             "alarm_floods": self.alarms.floods,
-            "alarm_flood_active": bool(self.alarms.flood and self.alarms.flood.active),
+            "alarm_flood_active": self.alarms.flooded(),
             "alarm_actions_forwarded": self.alarm_forwarder.forwarded,
         }
         safety = self.safety

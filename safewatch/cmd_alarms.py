@@ -12,7 +12,7 @@ import getpass
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -26,6 +26,9 @@ from edge.alarm_manager import (
     alarm_db_path,
     kpis,
 )
+
+if TYPE_CHECKING:
+    from edge.config import LoadedSite
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -43,20 +46,25 @@ WhyOpt = Annotated[str, typer.Option("--why", help="Why (recorded).")]
 AlarmArg = Annotated[str, typer.Argument(help="Alarm id, rule|tag, or tag.")]
 
 
+def _site(config: Path) -> LoadedSite:
+    from edge.config import ConfigError, load_site
+
+    try:
+        return load_site(config)
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+
+
 def _db_path(config: Path | None, buffer: Path | None, db: Path | None) -> Path:
     if db is not None:
         return db
     if config is None:
         typer.echo("name the site (--config site.yaml) or the database (--db)", err=True)
         raise typer.Exit(2)
-    from edge.config import ConfigError, load_site
     from edge.latches import state_path_for
 
-    try:
-        site = load_site(config)
-    except ConfigError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from exc
+    site = _site(config)
     return alarm_db_path(state_path_for(buffer or site.config.buffer.path, site.config.state.path))
 
 
@@ -190,7 +198,12 @@ def kpi(
     hours: Annotated[float, typer.Option("--hours", min=0.01, help="Period ending now.")] = 12,
     operators: Annotated[int, typer.Option("--operators", min=1)] = 1,
 ) -> None:
-    """EEMUA 191 / ISA-18.2 figures over a period; the last line is JSON."""
+    """EEMUA 191 / ISA-18.2 figures over a period, also per operator console (the site's
+    alarms.consoles; with --db only, the gateway is one console); the last line is JSON."""
+    consoles: dict[str, str] = {}
+    if config is not None:
+        site = _site(config)
+        consoles = {t.name: site.console_of(t.location.area) for _, t in site.tags()}
     store = _open(config, buffer, db)
     try:
         end = time.time_ns()
@@ -202,6 +215,7 @@ def kpi(
             operators=operators,
             chatter=ChatterPolicy(),
             standing=store.alarms(),
+            consoles=consoles,
         )
     finally:
         store.close()

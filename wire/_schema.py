@@ -143,6 +143,10 @@ class AlarmEvent(msgspec.Struct, frozen=True, tag="alarm"):
     state: Annotated[str, msgspec.Meta(max_length=32)] = ""
     priority: Annotated[str, msgspec.Meta(max_length=16)] = ""
     actor: Text = ""  # who acted (operator actions), empty for condition changes
+    # the operator console answering for the area (alarms.consoles; the gateway id when
+    # none is configured): EEMUA 191 counts alarms and floods per operator; empty from
+    # older gateways
+    console: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class GapEvent(msgspec.Struct, frozen=True, tag="gap"):

@@ -10,7 +10,7 @@ import collections
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["alarm_kpis", "chattering"]
+__all__ = ["alarm_kpis", "chattering", "console_kpis"]
 
 WINDOW_NS = 600 * 10**9  # EEMUA 191 counts alarms per 10 minutes
 
@@ -69,3 +69,32 @@ def alarm_kpis(
         "standing": sorted(key for key, _ in standing),
         "stale": sorted(key for key, since in standing if end_ns - since > stale_s * 1e9),
     }
+
+
+def console_kpis(
+    raises: Iterable[tuple[int, str, str]],
+    start_ns: int,
+    end_ns: int,
+    *,
+    flood_per_10min: int = 10,
+) -> list[dict[str, Any]]:
+    """The rate figures per operator console (EEMUA 191 counts alarms per operator):
+    ``raises`` are (ts_ns, alarm key, console) triples; one row per console that has raises
+    in the period, each console one operator, busiest (peak) first."""
+    grouped: dict[str, list[tuple[int, str]]] = collections.defaultdict(list)
+    for ts, key, console in raises:
+        if start_ns <= ts < end_ns:
+            grouped[console].append((ts, key))
+    rows = []
+    for console, inside in grouped.items():
+        figures = alarm_kpis(inside, start_ns, end_ns, flood_per_10min=flood_per_10min)
+        rows.append(
+            {
+                "console": console,
+                "alarms": figures["alarms"],
+                "avg_per_10min": figures["avg_per_10min_per_operator"],
+                "peak_per_10min": figures["peak_per_10min_per_operator"],
+                "flood_share": figures["flood_share"],
+            }
+        )
+    return sorted(rows, key=lambda r: (-r["peak_per_10min"], -r["alarms"], r["console"]))

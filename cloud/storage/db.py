@@ -95,11 +95,17 @@ class AlarmEventRow(Base):
     # why, as a field (comms_lost, over_range, fan_stopped...); added after the first schema:
     # create_all adds it to an older table (_ADDED_COLUMNS)
     reason: Mapped[str] = mapped_column(sa.Text, default="", server_default="")
+    # the operator console answering for the area (EEMUA 191 counts per operator); empty
+    # from older gateways; added by Alembic revision 0004
+    console: Mapped[str] = mapped_column(sa.String(64), default="", server_default="")
 
 
 # Columns added to existing tables after their first release: (table, column, SQL type and
 # default). ``Store.create_all`` adds the ones an older database lacks.
-_ADDED_COLUMNS = (("alarm_events", "reason", "TEXT NOT NULL DEFAULT ''"),)
+_ADDED_COLUMNS = (
+    ("alarm_events", "reason", "TEXT NOT NULL DEFAULT ''"),
+    ("alarm_events", "console", "VARCHAR(64) NOT NULL DEFAULT ''"),
+)
 
 
 class LatestValueRow(Base):
@@ -207,6 +213,7 @@ class AlarmRecord:
     actuators: list[str]
     received_at: dt.datetime
     reason: str = ""
+    console: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,6 +524,7 @@ class Store:
                 actuators=list(ev.actuators),
                 received_at=now,
                 reason=ev.reason,
+                console=ev.console,
             )
             .on_conflict_do_nothing(index_elements=["gateway", "seq"])
             .returning(table.c.id)
@@ -823,6 +831,7 @@ class Store:
                 actuators=list(r.actuators or []),
                 received_at=_aware(r.received_at) or _utcnow(),
                 reason=r.reason or "",
+                console=r.console or "",
             )
             for r in rows
         ]

@@ -470,6 +470,7 @@ def _check_alarm_settings(doc: _Document, config: SiteConfig) -> Iterable[Config
                 yield doc.issue(
                     ("notifications", ri, "shifts", si), f"unknown shift {name!r} (known: {known})"
                 )
+    yield from _check_consoles(doc, config)
     kinds = {a.id: a.kind for a in config.actuators}
     driven = {a for d in config.devices for t in d.tags for a in t.actuators} | {
         row.effect for row in config.interlocks
@@ -489,6 +490,38 @@ def _check_alarm_settings(doc: _Document, config: SiteConfig) -> Iterable[Config
                 f"actuator {ann.actuator!r} is also driven by a tag or interlock row: "
                 "an acknowledgement could not silence it",
             )
+
+
+def _check_consoles(doc: _Document, config: SiteConfig) -> Iterable[ConfigIssue]:
+    """Operator consoles: unique ids, an area answered by one console only, and (when any
+    console is configured) every tag's area answered by one: an alarm no operator counts
+    would escape the flood limit and the KPIs."""
+    consoles = config.alarms.consoles
+    if not consoles:
+        return
+    owner: dict[str, str] = {}
+    ids: set[str] = set()
+    for ci, console in enumerate(consoles):
+        if console.id in ids:
+            yield doc.issue(("alarms", "consoles", ci, "id"), f"duplicate console {console.id!r}")
+        ids.add(console.id)
+        for ai, area in enumerate(console.areas):
+            if area in owner and owner[area] != console.id:
+                yield doc.issue(
+                    ("alarms", "consoles", ci, "areas", ai),
+                    f"area {area!r} is already answered by console {owner[area]!r}: "
+                    "an area has one operator console",
+                )
+            owner.setdefault(area, console.id)
+    known = ", ".join(c.id for c in consoles)
+    for di, device in enumerate(config.devices):
+        for ti, tag in enumerate(device.tags):
+            if tag.location.area not in owner:
+                yield doc.issue(
+                    ("devices", di, "tags", ti, "location", "area"),
+                    f"area {tag.location.area!r} of tag {tag.name} is answered by no operator "
+                    f"console (alarms.consoles: {known}); add it to one",
+                )
 
 
 def _check_rules(

@@ -147,16 +147,29 @@ class Annunciator(_Frozen):
     until: Literal["acknowledged", "cleared"] = "acknowledged"
 
 
+class OperatorConsole(_Frozen):
+    """An operator position (EEMUA 191 counts alarms per operator): the areas whose alarms
+    it answers. The same ``id`` in another gateway's site file is the same operator (a
+    console may span gateways; list the areas of every gateway it answers for)."""
+
+    id: Identifier
+    areas: tuple[Annotated[str, Field(min_length=1)], ...] = Field(min_length=1)
+
+
 class AlarmSettings(_Frozen):
     """Site-wide alarm handling: the flood limit and the default chatter detection.
 
-    More than ``flood_per_minute`` raises within one minute is a flood: the gateway
-    sends one flood summary (every alarm is still recorded and forwarded; notifications
-    are summarised) until the rate has stayed at or below the limit for ``flood_clear_s``.
+    More than ``flood_per_minute`` raises within one minute **on one operator console** is
+    a flood: the gateway sends one flood summary for that console (every alarm is still
+    recorded and forwarded; notifications of that console's alarms are summarised) until
+    its rate has stayed at or below the limit for ``flood_clear_s``. ``consoles`` maps the
+    areas to operator consoles; without it the whole gateway is one console (named after
+    the gateway). Alarm events carry their console; KPIs are per console.
     """
 
     flood_per_minute: int = Field(default=10, ge=1, le=10000)
     flood_clear_s: float = Field(default=60.0, gt=0, le=3600)
+    consoles: tuple[OperatorConsole, ...] = ()
     chatter: ChatterSettings = ChatterSettings()
     # the shift calendar notification routes refer to (``shifts:`` of a route)
     timezone: str = "UTC"
@@ -764,6 +777,15 @@ class LoadedSite(_Frozen):
     def maybe_thresholds_of(self, tag: Tag) -> Thresholds | None:
         """The tag's thresholds; None for a state input whose profile has none."""
         return tag.thresholds or self.profiles[tag.profile].thresholds_for(tag.location.position)
+
+    def console_of(self, area: str) -> str:
+        """The operator console answering for ``area``: the console listing it, else the
+        gateway (no consoles configured, or an area no tag of this gateway has)."""
+        return self._console_by_area.get(area, self.config.gateway.id)
+
+    @cached_property
+    def _console_by_area(self) -> dict[str, str]:
+        return {area: c.id for c in self.config.alarms.consoles for area in c.areas}
 
     def chatter_of(self, tag: Tag) -> ChatterSettings:
         """The tag's chatter detection: its own, else its profile's, else the site's."""

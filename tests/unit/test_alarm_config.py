@@ -158,3 +158,47 @@ def test_bad_chatter_in_a_profile_names_the_profile_file(tmp_path: Path) -> None
     assert (issue.file, issue.field) == (str(path), "chatter.window_s")
     assert issue.line == len(text.splitlines()) + 1
     assert "greater than 0" in issue.message
+
+
+CONSOLES = """alarms:
+  consoles:
+    - id: panel-1201
+      areas: ["1201 face", "1201 return roadway"]
+    - id: panel-1201
+      areas: ["1201 haulage roadway"]
+    - id: main
+      areas: ["1201 face", "Main roadway"]
+"""
+
+
+def test_operator_consoles_are_refused_naming_the_field_and_line(tmp_path: Path) -> None:
+    path = _site(tmp_path, DEMO_TEXT + CONSOLES)
+    issues = {(i.field, i.line): i.message for i in _issues(path)}
+    text = path.read_text(encoding="utf-8")
+    assert issues[("alarms.consoles.1.id", _line_of(text, "- id: panel-1201", 2))] == (
+        "duplicate console 'panel-1201'"
+    )
+    assert issues[("alarms.consoles.2.areas.0", _line_of(text, 'areas: ["1201 face", "Main'))] == (
+        "area '1201 face' is already answered by console 'panel-1201': an area has one "
+        "operator console"
+    )
+    assert not any("no operator console" in m for m in issues.values()), issues
+
+
+def test_every_tag_area_needs_a_console_once_consoles_are_set(tmp_path: Path) -> None:
+    text = DEMO_TEXT + 'alarms:\n  consoles:\n    - {id: roads, areas: ["Main roadway"]}\n'
+    issues = _issues(_site(tmp_path, text))
+    unanswered = [i for i in issues if "answered by no operator console" in i.message]
+    assert len(unanswered) == 4 and all(i.field.endswith(".location.area") for i in unanswered)
+    assert [i.line for i in unanswered] == [34, 46, 59, 66], "the tags' location lines"
+    assert all(i.device for i in unanswered), "the device is named"
+    assert unanswered[0].message == (
+        "area '1201 face' of tag CH4_1201_T1 is answered by no operator console "
+        "(alarms.consoles: roads); add it to one"
+    )
+
+
+def test_without_consoles_the_gateway_is_one_console(tmp_path: Path) -> None:
+    site = load_site(_site(tmp_path, DEMO_TEXT))
+    assert site.config.alarms.consoles == ()
+    assert {site.console_of(t.location.area) for _, t in site.tags()} == {site.config.gateway.id}

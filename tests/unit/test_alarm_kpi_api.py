@@ -122,3 +122,48 @@ async def test_a_restart_re_report_is_the_same_alarm_and_a_shelved_raise_is_not_
     assert sorted(k.split("|")[1] for k in before_clear["standing"]) == ["CUT", "SHELF"]
     after = await figures(400)
     assert after["alarms"] == 3, "the re-activation after the clear is a raise"
+
+
+async def test_kpis_per_operator_console_add_up_gateways(tmp_path: Path) -> None:
+    """One console answers for areas on two gateways; a gateway serves two consoles; an
+    older gateway's events (no console) count for that gateway."""
+    store = Store(cloud_db_url(tmp_path, "api.db"))
+    store.create_all()
+    t0 = (time.time_ns() // 10**9 - 3600) * 10**9
+    seq = 0
+
+    def add(gateway: str, tag: str, at_s: int, console: str, kind: str = "ch4") -> None:
+        nonlocal seq
+        seq += 1
+        base = alarm(seq, tag=tag, ts_ns=t0 + at_s * 10**9, level="alarm", previous="normal",
+                     gateway=gateway, alarm_id=f"{gateway}-{tag}-{seq}", kind=kind)  # fmt: skip
+        fields = {f: getattr(base, f) for f in base.__struct_fields__}
+        assert store.record_alarm(wire.AlarmEvent(**{**fields, "console": console}))
+
+    for i in range(6):  # console "panel": 6 raises on gw-1 and 6 on gw-2 in one minute
+        add("gw-1", f"P1-{i}", i, "panel")
+        add("gw-2", f"P2-{i}", i, "panel")
+    for i in range(3):  # gw-2 also serves console "roads"
+        add("gw-2", f"R-{i}", 100 + i, "roads")
+    add("gw-old", "OLD", 200, "")  # an older gateway: its own console
+    add("gw-1", "gw-1", 5, "panel", kind="flood")  # gw-1's flood summary of its console
+    auth = make_authenticator(store.engine)
+    app = create_app(store, dict, authenticator=auth, audit=auth.audit)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://api",
+        headers=headers_for(auth, Role.VIEWER),
+    ) as client:
+        got = await client.get(
+            "/api/v1/alarms/kpi", params={"site": SITE, "hours": 1, "until_ns": t0 + 3600 * 10**9}
+        )
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["alarms"] == 16
+    rows = {r["console"]: r for r in body["consoles"]}
+    assert [r["console"] for r in body["consoles"]] == ["panel", "roads", "gw-old"]
+    assert (rows["panel"]["alarms"], rows["panel"]["peak_per_10min"]) == (12, 12)
+    assert rows["panel"]["flood_share"] == round(1 / 6, 4), "one 10-minute window over 10"
+    assert rows["panel"]["flood_summaries"] == 1
+    assert (rows["roads"]["alarms"], rows["roads"]["flood_share"]) == (3, 0.0)
+    assert rows["gw-old"]["alarms"] == 1

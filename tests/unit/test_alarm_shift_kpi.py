@@ -111,8 +111,10 @@ def run_shift(site: LoadedSite, tmp_path: Path) -> dict[str, Any]:
             if found is not None and found.state == UNACK:
                 store.act(item[1], "acknowledge", actor="shift-operator", why="seen")
     start, end = T0, clock.ns()
+    consoles = {tag.name: site.console_of(tag.location.area) for _, tag in site.tags()}
     figures = kpis(store.history(start, end), start, end, operators=1,
-                   chatter=ChatterPolicy.from_site(site), standing=store.alarms())  # fmt: skip
+                   chatter=ChatterPolicy.from_site(site), standing=store.alarms(),
+                   consoles=consoles)  # fmt: skip
     figures["samples"] = engine.samples
     figures["floods"] = manager.floods
     store.close()
@@ -133,6 +135,12 @@ def test_a_full_site_shift_meets_the_eemua_191_targets(tmp_path: Path) -> None:
     assert figures["chattering"] == [], figures
     assert figures["floods"] == 0
     assert figures["standing"] == [], "every alarm of the shift cleared"
+    # per operator console: the site names none, so the gateway is the one operator
+    (console,) = figures["consoles"]
+    assert console["console"] == site.config.gateway.id
+    assert console["alarms"] == figures["alarms"]
+    assert console["avg_per_10min"] <= 1.0 and console["peak_per_10min"] <= 10
+    assert console["flood_share"] < 0.01
 
 
 def test_the_same_shift_without_the_co_deadband_fails_them(tmp_path: Path) -> None:

@@ -70,13 +70,15 @@ EXAMPLES: list[tuple[wire.Message, bytes]] = [
             reason="above_cut",
             state="unacknowledged",
             priority="critical",
+            console="panel-1201",
         ),
         b'{"type":"alarm","gateway":"gw-1201","site":"demo-mine","seq":42,'
         b'"alarm_id":"gw-1201-CH4_1201_T1-7","tag":"CH4_1201_T1","device":"ch4-1201-t1",'
         b'"kind":"ch4","area":"1201 face","position":"face","level":"cut","previous":"alarm",'
         b'"value":1.62,"threshold":1.5,"ts_ns":1764000000000000000,'
         b'"message":"CH4 1.62 % >= cut 1.5 %: power cut","actuators":["power-1201"],"v":1,'
-        b'"reason":"above_cut","state":"unacknowledged","priority":"critical","actor":""}',
+        b'"reason":"above_cut","state":"unacknowledged","priority":"critical","actor":"",'
+        b'"console":"panel-1201"}',
     ),
     (
         wire.GapEvent(
