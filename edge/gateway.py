@@ -492,6 +492,14 @@ class Gateway:
             out["safety_loop_lag_late"] = child.get("loop_lag_late", 0)
             out["safety_link_samples_dropped"] = child.get("link_samples_dropped", 0)
             out["safety_link_records_dropped"] = child.get("link_records_dropped", 0)
+        if self.notifier is not None:
+            n = self.notifier
+            out["notifications_sent"] = n.sent
+            out["notifications_failed"] = n.failed  # messages with a channel that failed
+            out["notifications_rate_limited"] = n.limited
+            out["notifications_dropped"] = n.dropped
+            out["notifications_flood_held"] = n.flood_held
+            out["escalations"] = n.escalations
         if self.inference is not None:
             out.update(self.inference.counters())
         if self.waveforms is not None:

@@ -76,6 +76,7 @@ def _leaf(
     common: str,
     *,
     server: bool,
+    dns_names: tuple[str, ...] = ("localhost",),
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
@@ -102,7 +103,10 @@ def _leaf(
     if server:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                [
+                    *(x509.DNSName(n) for n in dns_names),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )
@@ -132,3 +136,17 @@ def make_pki(directory: Path) -> Pki:
     _write_key(server_key, pki.server_key)
     _write_key(client_key, pki.client_key)
     return pki
+
+
+def make_site_cert(directory: Path, *hosts: str) -> tuple[Path, Path, Path]:
+    """(CA file, certificate, key) of a server certificate for ``hosts``, signed by a fresh
+    test CA (a local stand-in for a vendor's HTTPS API)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = _ca("SafeWatch test vendor CA")
+    key, cert = _leaf(ca_key, ca_cert, hosts[0], server=True, dns_names=hosts)
+    pem = serialization.Encoding.PEM
+    ca, cert_file, key_file = directory / "ca.pem", directory / "site.pem", directory / "site.key"
+    ca.write_bytes(ca_cert.public_bytes(pem))
+    cert_file.write_bytes(cert.public_bytes(pem))
+    _write_key(key, key_file)
+    return ca, cert_file, key_file

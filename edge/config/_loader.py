@@ -463,6 +463,7 @@ def _check_alarm_settings(doc: _Document, config: SiteConfig) -> Iterable[Config
     """Routes name known shifts; annunciators drive horns and lights that nothing else
     drives (an acknowledgement must be able to silence them)."""
     shifts = {s.name for s in config.alarms.shifts}
+    yield from _check_notification_urls(doc, config)
     for ri, route in enumerate(config.notifications):
         for si, name in enumerate(route.shifts):
             if name not in shifts:
@@ -490,6 +491,25 @@ def _check_alarm_settings(doc: _Document, config: SiteConfig) -> Iterable[Config
                 f"actuator {ann.actuator!r} is also driven by a tag or interlock row: "
                 "an acknowledgement could not silence it",
             )
+
+
+def _check_notification_urls(doc: _Document, config: SiteConfig) -> Iterable[ConfigIssue]:
+    """Every notification URL is one apprise can send to (the scheme is named, never the
+    URL: it may hold a token or a password)."""
+    if not config.notifications:
+        return
+    import apprise  # only where notifications are configured
+
+    for ri, route in enumerate(config.notifications):
+        for field, urls in (("urls", route.urls), ("escalate_to", route.escalate_to)):
+            for ui, url in enumerate(urls):
+                if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
+                    scheme = url.split("://", 1)[0] if "://" in url else "(no scheme)"
+                    yield doc.issue(
+                        ("notifications", ri, field, ui),
+                        f"apprise cannot send to this {scheme}:// URL (unknown service, or a "
+                        "token, host or option it refuses)",
+                    )
 
 
 def _check_consoles(doc: _Document, config: SiteConfig) -> Iterable[ConfigIssue]:

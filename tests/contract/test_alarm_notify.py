@@ -158,7 +158,9 @@ async def test_the_gateway_notifies_a_cut_by_itself(receiver: Receiver, tmp_path
             10,
             "the cut notified",
         )
+        counters = gateway.counters()
     finally:
         gateway.stop()
         await asyncio.wait_for(task, 15)
     assert receiver.paths()[-1] == "/oncall"
+    assert counters["notifications_failed"] == 0 and counters["notifications_sent"] >= 1

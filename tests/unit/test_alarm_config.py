@@ -202,3 +202,23 @@ def test_without_consoles_the_gateway_is_one_console(tmp_path: Path) -> None:
     site = load_site(_site(tmp_path, DEMO_TEXT))
     assert site.config.alarms.consoles == ()
     assert {site.console_of(t.location.area) for _, t in site.tags()} == {site.config.gateway.id}
+
+
+def test_notification_urls_apprise_cannot_use_are_refused_without_showing_them(
+    tmp_path: Path,
+) -> None:
+    text = DEMO_TEXT + (
+        "notifications:\n"
+        "  - name: control\n"
+        '    urls: ["wecombot://duty-key-1", "smsgw://secret-token@10.0.0.9/13800000000"]\n'
+        '    escalate_to: ["dingtalk://not a token!/"]\n'
+    )
+    issues = {i.field: i for i in _issues(_site(tmp_path, text))}
+    assert set(issues) == {"notifications.0.urls.1", "notifications.0.escalate_to.0"}
+    assert issues["notifications.0.urls.1"].message == (
+        "apprise cannot send to this smsgw:// URL (unknown service, or a token, host or "
+        "option it refuses)"
+    )
+    assert issues["notifications.0.urls.1"].line == _line_of(text, 'urls: ["wecombot')
+    assert "secret-token" not in str(issues["notifications.0.urls.1"])
+    assert "dingtalk://" in issues["notifications.0.escalate_to.0"].message
