@@ -56,6 +56,7 @@ VERSION_TABLE = "alembic_version"
 
 def target_metadata() -> list[sa.MetaData]:
     """The models of every service: what ``upgrade`` to head must yield."""
+    from cloud.alarm_states import AlarmStateBase
     from cloud.audit._log import AuditBase
     from cloud.auth._store import AuthBase
     from cloud.hazards._deadlines import JOBS_METADATA
@@ -70,6 +71,7 @@ def target_metadata() -> list[sa.MetaData]:
         HazardBase.metadata,
         RiskBase.metadata,
         JOBS_METADATA,
+        AlarmStateBase.metadata,
     ]
 
 
