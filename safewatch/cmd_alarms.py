@@ -136,17 +136,25 @@ def _note(rec: AlarmRecord) -> str:
     return rec.reason
 
 
-@app.command("ack")
-def ack(
-    alarm: AlarmArg,
-    config: ConfigOpt = None,
-    buffer: BufferOpt = None,
-    db: DbOpt = None,
-    by: ByOpt = "",
-    why: WhyOpt = "",
-) -> None:
-    """Acknowledge an alarm."""
-    _act(alarm, "acknowledge", config, buffer, db, by, why)
+def _plain_action(name: str, action: str, summary: str) -> None:
+    """Register ``safewatch alarms <name>``: ``action`` on one alarm, no options of its own
+    (shelve and oos below add theirs; every action goes through :func:`_act`)."""
+
+    def command(
+        alarm: AlarmArg,
+        config: ConfigOpt = None,
+        buffer: BufferOpt = None,
+        db: DbOpt = None,
+        by: ByOpt = "",
+        why: WhyOpt = "",
+    ) -> None:
+        _act(alarm, action, config, buffer, db, by, why)
+
+    command.__doc__ = summary
+    app.command(name)(command)
+
+
+_plain_action("ack", "acknowledge", "Acknowledge an alarm.")
 
 
 @app.command("shelve")
@@ -163,17 +171,9 @@ def shelve(
     _act(alarm, "shelve", config, buffer, db, by, why, shelve_s=minutes * 60)
 
 
-@app.command("unshelve")
-def unshelve(
-    alarm: AlarmArg,
-    config: ConfigOpt = None,
-    buffer: BufferOpt = None,
-    db: DbOpt = None,
-    by: ByOpt = "",
-    why: WhyOpt = "",
-) -> None:
-    """Unshelve an alarm (or release one suppressed for chattering)."""
-    _act(alarm, "unshelve", config, buffer, db, by, why)
+_plain_action(
+    "unshelve", "unshelve", "Unshelve an alarm (or release one suppressed for chattering)."
+)
 
 
 @app.command("oos")
@@ -198,8 +198,10 @@ def kpi(
     hours: Annotated[float, typer.Option("--hours", min=0.01, help="Period ending now.")] = 12,
     operators: Annotated[int, typer.Option("--operators", min=1)] = 1,
 ) -> None:
-    """EEMUA 191 / ISA-18.2 figures over a period, also per operator console (the site's
-    alarms.consoles; with --db only, the gateway is one console); the last line is JSON."""
+    """EEMUA 191 / ISA-18.2 figures, also per operator console; last line JSON.
+
+    Consoles come from the site's alarms.consoles (--config); with --db only, the gateway
+    is one console."""
     consoles: dict[str, str] = {}
     if config is not None:
         site = _site(config)

@@ -169,14 +169,29 @@ def test_restart_with_alarms_in_every_state_keeps_ids_and_states(tmp_path: Path)
         want[rule] = (rec.alarm_id, got.active)
     store.close()
 
-    reopened = _store(tmp_path, clock, ChatterPolicy(transitions=3, window_s=60))
+    reopened = _store(tmp_path, clock, ChatterPolicy(transitions=3, window_s=60, hold_s=600))
+    raises_before = sum(c.action == "raise" for c in reopened.history())
     for rule, (alarm_id, active) in want.items():
         rec = reopened.get(rule)
         assert rec is not None and rec.alarm_id == alarm_id
+        assert rec.state == rule.removeprefix("R-"), f"{rule}: state lost by the restart"
         if active:  # the engine re-reports the active condition after the restart
             again = _cond(reopened, clock, "alarm", rule, rule)
             assert again.alarm_id == alarm_id, f"{rule}: re-announced as a new alarm"
             assert again.state == rec.state, f"{rule}: state changed by the restart"
+            assert reopened.last_action == "change", f"{rule}: the re-report is no raise"
+    assert sum(c.action == "raise" for c in reopened.history()) == raises_before
+    # what was running before the restart runs on after it: the shelve expires on time,
+    # the chattering alarm is released after its hold, the normal alarm raises a new one
+    shelved = reopened.get(f"R-{SHELVED}")
+    assert shelved is not None and shelved.shelved_until_ns is not None
+    clock.now = shelved.shelved_until_ns + 1
+    released = {r.key: r.state for r in reopened.expire_shelves()}
+    assert released == {f"R-{SHELVED}|R-{SHELVED}": UNACK, f"R-{SUPPRESSED}|R-{SUPPRESSED}": UNACK}
+    fresh = _cond(reopened, clock, "alarm", f"R-{NORMAL}", f"R-{NORMAL}")
+    assert fresh.alarm_id != want[f"R-{NORMAL}"][0] and fresh.state == UNACK
+    back = reopened.act(f"R-{OOS}", "return_to_service", actor="op")
+    assert (back.alarm_id, back.state) == (want[f"R-{OOS}"][0], UNACK), "still active: unack"
 
 
 def test_operator_actions_are_checked_recorded_and_pending_for_the_cloud(tmp_path: Path) -> None:
@@ -278,10 +293,20 @@ def test_cli_acts_on_the_local_database_and_prints_json(tmp_path: Path) -> None:
     assert out.exit_code == 1 and "cannot be shelved" in out.output
     out = runner.invoke(app, ["alarms", "list", "--db", db, "--json"])
     assert json.loads(out.output.splitlines()[-1])["state"] == OOS
+    out = runner.invoke(app, ["alarms", "unshelve", rec.alarm_id, "--db", db, "--by", "ana"])
+    assert out.exit_code == 1 and "cannot be unshelved from state out_of_service" in out.output
+    back = ["alarms", "oos", rec.alarm_id, "--return", "--db", db, "--by", "li", "--why", "ok"]
+    assert runner.invoke(app, back).exit_code == 0
+    out = runner.invoke(app, ["alarms", "shelve", rec.alarm_id, "--db", db, "--minutes", "5"])
+    assert json.loads(out.output.splitlines()[-1])["state"] == SHELVED
+    out = runner.invoke(app, ["alarms", "unshelve", rec.alarm_id, "--db", db, "--by", "li"])
+    assert out.exit_code == 0 and json.loads(out.output.splitlines()[-1])["state"] == UNACK
     out = runner.invoke(app, ["alarms", "kpi", "--db", db, "--hours", "1000000"])
     assert out.exit_code == 0, out.output
-    assert json.loads(out.output.splitlines()[-1])["alarms"] == 1
+    figures = json.loads(out.output.splitlines()[-1])
+    assert figures["alarms"] == 1
+    assert [(c["console"], c["alarms"]) for c in figures["consoles"]] == [("gateway", 1)]
     reopened = AlarmStore(db)
-    assert [(c.action, c.actor) for c in reopened.pending()] == [
+    assert [(c.action, c.actor) for c in reopened.pending()][:2] == [
         ("acknowledge", "ana"), ("out_of_service", "ana"),
     ]  # fmt: skip
