@@ -4,13 +4,12 @@
 # ``Annotated[..., Depends(...)]``, which FastAPI must see evaluated.
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 import aiomqtt
 from fastapi import APIRouter, Depends, HTTPException, Path
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-import wire
 from cloud.auth import Guards, Principal, Role, error_responses
 from cloud.commands import CommandSender
 from cloud.storage import StoreError
@@ -21,36 +20,68 @@ _ID = Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
 _ArgValue = str | int | float | bool | None
 
 
-# alarm actions name their alarm; out of service needs a reason; a shelve lasts at most a
-# week (the gateway's own limits, edge/alarm_manager.py: refused here, not silently there)
-ALARM_ACTIONS = ("acknowledge", "shelve", "unshelve", "out_of_service", "return_to_service")
+# Alarm actions name their alarm; out of service needs a reason; a shelve lasts at most a
+# week (the gateway's own limits, edge/alarm_manager.py): the request schema says so, so a
+# client learns it from the API (422 naming the field), not from a gateway that refuses
+# silently. The other actions take free arguments (the engineer commands' own checks).
 MAX_SHELVE_S = 7 * 24 * 3600.0
 
 
-class CommandIn(BaseModel):
-    action: wire.CommandAction
+class _CommandBase(BaseModel):
+    ttl_s: float = Field(default=60.0, ge=1, le=3600)
+
+
+class AlarmArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alarm: str = Field(min_length=1, max_length=256, description="alarm id, rule|tag or tag")
+    why: str = Field(default="", max_length=500, description="why (audited)")
+
+
+class ShelveArgs(AlarmArgs):
+    duration_s: float | None = Field(
+        default=None, gt=0, le=MAX_SHELVE_S, description="how long (default 8 h)"
+    )
+
+
+class OutOfServiceArgs(AlarmArgs):
+    why: str = Field(min_length=1, max_length=500, pattern=r"\S", description="the reason")
+
+
+class AlarmCommandIn(_CommandBase):
+    action: Literal["acknowledge", "unshelve", "return_to_service"]
+    args: AlarmArgs
+
+
+class ShelveCommandIn(_CommandBase):
+    action: Literal["shelve"]
+    args: ShelveArgs
+
+
+class OutOfServiceCommandIn(_CommandBase):
+    action: Literal["out_of_service"]
+    args: OutOfServiceArgs
+
+
+class OtherCommandIn(_CommandBase):
+    action: Literal["ping", "reset", "calibrate", "end_calibration", "lockout_test", "config_push"]
     args: dict[Annotated[str, Field(max_length=64)], _ArgValue] = Field(
         default_factory=dict, max_length=32
     )
-    ttl_s: float = Field(default=60.0, ge=1, le=3600)
 
-    @model_validator(mode="after")
-    def _alarm_args(self) -> "CommandIn":
-        if self.action not in ALARM_ACTIONS:
-            return self
-        alarm = self.args.get("alarm")
-        if not isinstance(alarm, str) or not alarm.strip():
-            raise ValueError(f"{self.action} needs args.alarm: the alarm id (or rule|tag)")
-        why = self.args.get("why", self.args.get("reason"))
-        if self.action == "out_of_service" and not (isinstance(why, str) and why.strip()):
-            raise ValueError("out_of_service needs args.why: the reason")
-        duration = self.args.get("duration_s")
-        if self.action == "shelve" and duration is not None:
-            if isinstance(duration, bool) or not isinstance(duration, int | float):
-                raise ValueError("shelve args.duration_s must be a number of seconds")
-            if not 0 < duration <= MAX_SHELVE_S:
-                raise ValueError(f"shelve args.duration_s must be within 0..{MAX_SHELVE_S:g}")
-        return self
+
+CommandIn = Annotated[
+    AlarmCommandIn | ShelveCommandIn | OutOfServiceCommandIn | OtherCommandIn,
+    Field(discriminator="action"),
+]
+
+
+def _args(
+    body: AlarmCommandIn | ShelveCommandIn | OutOfServiceCommandIn | OtherCommandIn,
+) -> dict[str, _ArgValue]:
+    if isinstance(body, OtherCommandIn):
+        return dict(body.args)
+    return body.args.model_dump(exclude_none=True)
 
 
 class CommandOut(BaseModel):
@@ -84,7 +115,7 @@ def commands_router(sender: CommandSender | None, guards: Guards) -> APIRouter:
             raise HTTPException(status_code=503, detail="commands are not configured")
         try:
             command = await sender.send(
-                site, gateway, body.action, principal.name, body.args, body.ttl_s
+                site, gateway, body.action, principal.name, _args(body), body.ttl_s
             )
         except (aiomqtt.MqttError, TimeoutError) as exc:
             raise HTTPException(status_code=503, detail=f"broker unavailable: {exc}") from exc
